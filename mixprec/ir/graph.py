@@ -1,0 +1,407 @@
+"""The IR: Value, Node, Graph, Model.
+
+Invariants (checked by mixprec.ir.verify):
+- every Value has exactly one producer: a node output, a graph input or a constant;
+- ``value.uses()`` lists exactly the (node, input_index) pairs that read the value, in the
+  order they were added, and node inputs change only through Node methods that keep the
+  use-lists right in both directions;
+- ``graph.nodes`` is in topological order (every input is defined before its reader);
+  nodes are kept in a doubly linked list so that inserting or removing one is O(1);
+- names of values are unique within a graph and the graphs nested in it.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from mixprec.errors import IRError
+from mixprec.ir.dtypes import DType
+
+logger = logging.getLogger(__name__)
+
+Dim = int | str | None
+Shape = tuple[Dim, ...] | None
+
+
+class Value:
+    """A tensor in the graph: a name, an element type, a shape, one producer and its uses."""
+
+    __slots__ = ("name", "dtype", "shape", "data", "_producer", "_index", "_kind", "_uses", "__weakref__")
+
+    def __init__(self, name: str, dtype: DType = DType.UNKNOWN, shape: Shape = None,
+                 data: np.ndarray | None = None) -> None:
+        self.name = name
+        self.dtype = dtype
+        self.shape = tuple(shape) if shape is not None else None
+        self.data = data
+        self._producer: Node | None = None
+        self._index = 0
+        self._kind = "free"  # free | input | const | node
+        self._uses: dict[tuple[int, int], tuple[Node, int]] = {}
+
+    @property
+    def producer(self) -> "Node | None":
+        """The node that computes this value, or None for graph inputs and constants."""
+        return self._producer
+
+    @property
+    def producer_index(self) -> int:
+        return self._index
+
+    @property
+    def kind(self) -> str:
+        """'input', 'const', 'node', or 'free' for a value not yet placed in a graph."""
+        return self._kind
+
+    @property
+    def is_constant(self) -> bool:
+        return self._kind == "const"
+
+    @property
+    def is_graph_input(self) -> bool:
+        return self._kind == "input"
+
+    def uses(self) -> list[tuple["Node", int]]:
+        """A snapshot of (node, input_index) pairs that read this value."""
+        return list(self._uses.values())
+
+    @property
+    def num_uses(self) -> int:
+        return len(self._uses)
+
+    def replace_all_uses_with(self, other: "Value") -> None:
+        """Every reader of self reads ``other`` instead (graph outputs are the caller's)."""
+        for node, idx in self.uses():
+            node.set_input(idx, other)
+
+    def __repr__(self) -> str:
+        return f"Value(%{self.name}: {self.dtype.short}{list(self.shape) if self.shape is not None else ''})"
+
+
+class Node:
+    """One operation. ``op`` is the framework's own op name, ``domain`` its op-set namespace
+    (empty for the framework's standard ops). ``attrs`` are carried verbatim; ``meta`` holds
+    the passes' decisions (precision, category, reason) that the report and text show."""
+
+    __slots__ = ("op", "domain", "name", "attrs", "meta", "_inputs", "_outputs", "graph",
+                 "_prev", "_next", "__weakref__")
+
+    def __init__(self, op: str, inputs: Sequence[Value | None] = (), outputs: Sequence[Value] = (),
+                 attrs: dict[str, Any] | None = None, domain: str = "", name: str | None = None) -> None:
+        self.op = op
+        self.domain = domain
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.meta: dict[str, Any] = {}
+        self._inputs: list[Value | None] = []
+        self._outputs: list[Value] = []
+        self.graph: Graph | None = None
+        self._prev: Node | None = None
+        self._next: Node | None = None
+        for value in inputs:
+            self.append_input(value)
+        for value in outputs:
+            self._add_output(value)
+        self.name = name if name is not None else (self._outputs[0].name if self._outputs else op)
+
+    # ---- inputs -------------------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[Value | None, ...]:
+        """The operands in order; None marks an omitted optional input."""
+        return tuple(self._inputs)
+
+    @property
+    def outputs(self) -> tuple[Value, ...]:
+        return tuple(self._outputs)
+
+    def append_input(self, value: Value | None) -> None:
+        self._inputs.append(value)
+        if value is not None:
+            value._uses[(id(self), len(self._inputs) - 1)] = (self, len(self._inputs) - 1)
+
+    def set_input(self, index: int, value: Value | None) -> None:
+        """Replace operand ``index``, keeping both use-lists right."""
+        old = self._inputs[index]
+        if old is value:
+            return
+        if old is not None:
+            old._uses.pop((id(self), index), None)
+        self._inputs[index] = value
+        if value is not None:
+            value._uses[(id(self), index)] = (self, index)
+
+    def drop_inputs(self) -> None:
+        """Forget every operand (used when the node is removed)."""
+        for index, value in enumerate(self._inputs):
+            if value is not None:
+                value._uses.pop((id(self), index), None)
+        self._inputs = []
+
+    def _add_output(self, value: Value) -> None:
+        if value._kind != "free":
+            raise IRError(f"value %{value.name} already has a producer ({value._kind})")
+        value._producer = self
+        value._index = len(self._outputs)
+        value._kind = "node"
+        self._outputs.append(value)
+
+    def subgraphs(self) -> Iterator["Graph"]:
+        """Graphs nested in this node's attributes (If/Loop/Scan bodies, functions)."""
+        for attr in self.attrs.values():
+            if isinstance(attr, Graph):
+                yield attr
+            elif isinstance(attr, list):
+                for item in attr:
+                    if isinstance(item, Graph):
+                        yield item
+
+    @property
+    def qualified_op(self) -> str:
+        return f"{self.domain}::{self.op}" if self.domain else self.op
+
+    def __repr__(self) -> str:
+        return f"Node({self.qualified_op} {self.name!r})"
+
+
+class Graph:
+    """Nodes in topological order plus the graph's inputs, outputs and constants.
+
+    ``framework`` names the framework the graph came from (``onnx``, ``tensorflow``,
+    ``torch``, ``mxnet``, or ``generic`` for hand-built graphs); passes pick their policy
+    from it. Nested graphs point to their parent so that outer-scope values resolve."""
+
+    def __init__(self, name: str = "main", framework: str = "generic", parent: "Graph | None" = None) -> None:
+        self.name = name
+        self.framework = framework
+        self.parent = parent
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.constants: dict[str, Value] = {}
+        self._head: Node | None = None
+        self._tail: Node | None = None
+        self._count = 0
+        self._names: set[str] = set()
+        self._name_counter: dict[str, int] = {}
+
+    # ---- values -------------------------------------------------------------------------
+    def add_input(self, value: Value) -> Value:
+        if value._kind != "free":
+            raise IRError(f"value %{value.name} already has a producer ({value._kind})")
+        value._kind = "input"
+        self.inputs.append(value)
+        self._names.add(value.name)
+        return value
+
+    def add_constant(self, value: Value) -> Value:
+        if value._kind != "free":
+            raise IRError(f"value %{value.name} already has a producer ({value._kind})")
+        if value.name in self.constants:
+            raise IRError(f"duplicate constant %{value.name}")
+        value._kind = "const"
+        self.constants[value.name] = value
+        self._names.add(value.name)
+        return value
+
+    def remove_constant(self, value: Value) -> None:
+        if value.num_uses:
+            raise IRError(f"constant %{value.name} still has {value.num_uses} uses")
+        del self.constants[value.name]
+        value._kind = "free"
+
+    def unique_name(self, base: str) -> str:
+        """A value/node name not used anywhere in this graph tree, derived from ``base``
+        deterministically (``base``, then ``base.1``, ``base.2``, ...)."""
+        root = self.root
+        if not root._name_taken(base):
+            root._names.add(base)
+            return base
+        counter = root._name_counter.get(base, 0)
+        while True:
+            counter += 1
+            candidate = f"{base}.{counter}"
+            if not root._name_taken(candidate):
+                root._name_counter[base] = counter
+                root._names.add(candidate)
+                return candidate
+
+    def _name_taken(self, name: str) -> bool:
+        return name in self._names
+
+    def register_name(self, name: str) -> None:
+        self.root._names.add(name)
+
+    @property
+    def root(self) -> "Graph":
+        graph = self
+        while graph.parent is not None:
+            graph = graph.parent
+        return graph
+
+    # ---- nodes --------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes in topological order (a snapshot)."""
+        return list(self.iter_nodes())
+
+    def iter_nodes(self) -> Iterator[Node]:
+        node = self._head
+        while node is not None:
+            nxt = node._next
+            yield node
+            node = nxt
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _link(self, node: Node) -> None:
+        if node.graph is not None:
+            raise IRError(f"node {node.name!r} is already in a graph")
+        node.graph = self
+        self._count += 1
+        root = self.root
+        for value in node._outputs:
+            root._names.add(value.name)
+        for sub in node.subgraphs():
+            sub.parent = self
+            root._names |= sub._names
+
+    def append(self, node: Node) -> Node:
+        """Add ``node`` at the end."""
+        self._link(node)
+        node._prev = self._tail
+        node._next = None
+        if self._tail is None:
+            self._head = node
+        else:
+            self._tail._next = node
+        self._tail = node
+        return node
+
+    def insert_before(self, anchor: Node, node: Node) -> Node:
+        self._link(node)
+        node._next = anchor
+        node._prev = anchor._prev
+        if anchor._prev is None:
+            self._head = node
+        else:
+            anchor._prev._next = node
+        anchor._prev = node
+        return node
+
+    def insert_after(self, anchor: Node, node: Node) -> Node:
+        if anchor._next is None:
+            return self.append(node)
+        return self.insert_before(anchor._next, node)
+
+    def remove(self, node: Node) -> None:
+        """Unlink ``node``; its outputs must have no readers left."""
+        for value in node._outputs:
+            if value._uses:
+                raise IRError(f"cannot remove {node.name!r}: output %{value.name} still has readers")
+            if value in self.outputs:
+                raise IRError(f"cannot remove {node.name!r}: output %{value.name} is a graph output")
+        node.drop_inputs()
+        if node._prev is None:
+            self._head = node._next
+        else:
+            node._prev._next = node._next
+        if node._next is None:
+            self._tail = node._prev
+        else:
+            node._next._prev = node._prev
+        node._prev = node._next = None
+        node.graph = None
+        self._count -= 1
+        for value in node._outputs:
+            value._kind = "free"
+            value._producer = None
+
+    def replace_output(self, old: Value, new: Value) -> None:
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    # ---- whole-graph helpers ------------------------------------------------------------
+    def values(self) -> Iterator[Value]:
+        """Inputs, constants, then node outputs in order (this graph only)."""
+        yield from self.inputs
+        yield from self.constants.values()
+        for node in self.iter_nodes():
+            yield from node._outputs
+
+    def all_graphs(self) -> Iterator["Graph"]:
+        """This graph and every graph nested in it, depth first."""
+        yield self
+        for node in self.iter_nodes():
+            for sub in node.subgraphs():
+                yield from sub.all_graphs()
+
+    def all_nodes(self) -> Iterator[Node]:
+        for graph in self.all_graphs():
+            yield from graph.iter_nodes()
+
+    def find_value(self, name: str) -> Value | None:
+        for value in self.values():
+            if value.name == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {self.framework}, {self._count} nodes)"
+
+
+class Model:
+    """A graph plus what the framework needs to write it back (opsets, metadata, ...)."""
+
+    def __init__(self, graph: Graph, meta: dict[str, Any] | None = None) -> None:
+        self.graph = graph
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    @property
+    def framework(self) -> str:
+        return self.graph.framework
+
+    def __repr__(self) -> str:
+        return f"Model({self.graph!r})"
+
+
+def topological_order(nodes: Iterable[Node]) -> list[Node]:
+    """Kahn's algorithm over data edges among ``nodes`` (stable: ties keep input order)."""
+    nodes = list(nodes)
+    members = {id(n) for n in nodes}
+    indegree = {id(n): 0 for n in nodes}
+    users: dict[int, list[Node]] = {id(n): [] for n in nodes}
+    for node in nodes:
+        seen = set()
+        for value in _reads(node):
+            prod = value.producer
+            if prod is not None and id(prod) in members and (id(prod), id(node)) not in seen:
+                seen.add((id(prod), id(node)))
+                indegree[id(node)] += 1
+                users[id(prod)].append(node)
+    order_index = {id(n): i for i, n in enumerate(nodes)}
+    ready = [(order_index[id(n)], n) for n in nodes if indegree[id(n)] == 0]
+    heapq.heapify(ready)
+    out: list[Node] = []
+    while ready:
+        _, node = heapq.heappop(ready)
+        out.append(node)
+        for user in users[id(node)]:
+            indegree[id(user)] -= 1
+            if indegree[id(user)] == 0:
+                heapq.heappush(ready, (order_index[id(user)], user))
+    if len(out) != len(nodes):
+        raise IRError("graph has a cycle")
+    return out
+
+
+def _reads(node: Node) -> Iterator[Value]:
+    """Values a node reads, including outer-scope values read inside its subgraphs."""
+    for value in node._inputs:
+        if value is not None:
+            yield value
+    for sub in node.subgraphs():
+        for inner in sub.all_nodes():
+            for value in inner._inputs:
+                if value is not None:
+                    yield value

@@ -1,0 +1,99 @@
+"""verify(graph): raise IRError naming the first broken invariant.
+
+Checked: use-lists agree with node inputs in both directions; nodes are in topological
+order (outer-scope values visible inside subgraphs); value names are unique across the
+graph tree; no node reads a value that is not in scope (dangling); graph outputs are
+defined; every cast's output dtype is its target; and, when ``mixed_input_ok`` is given,
+every non-cast node reads one float dtype on all its float inputs except those the
+callback allows to differ (policy pins)."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from mixprec.errors import IRError
+from mixprec.ir.cast import cast_target, is_cast
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Node, Value
+
+logger = logging.getLogger(__name__)
+
+MixedInputOk = Callable[[Node, int], bool]
+
+
+def verify(graph: Graph, mixed_input_ok: MixedInputOk | None = None) -> None:
+    """Check the invariants of ``graph`` and everything nested in it."""
+    names: set[str] = set()
+    _verify(graph, set(), names, mixed_input_ok)
+
+
+def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: MixedInputOk | None) -> None:
+    defined: set[int] = set(outer)
+
+    def define(value: Value, what: str) -> None:
+        if value.name in names:
+            raise IRError(f"graph {graph.name!r}: value name %{value.name} is not unique ({what})")
+        names.add(value.name)
+        defined.add(id(value))
+
+    for value in graph.inputs:
+        if value.kind != "input":
+            raise IRError(f"graph {graph.name!r}: input %{value.name} is not marked as an input")
+        define(value, "input")
+    for key, value in graph.constants.items():
+        if value.kind != "const" or key != value.name:
+            raise IRError(f"graph {graph.name!r}: constant %{value.name} is registered wrongly")
+        define(value, "constant")
+    count = 0
+    prev = None
+    for node in graph.iter_nodes():
+        count += 1
+        if node.graph is not graph or node._prev is not prev:
+            raise IRError(f"node {node.name!r}: broken node list in graph {graph.name!r}")
+        prev = node
+        for index, value in enumerate(node.inputs):
+            if value is None:
+                continue
+            if id(value) not in defined:
+                where = "after its reader (not topological)" if value.kind == "node" else "out of scope (dangling)"
+                raise IRError(f"node {node.name!r} ({node.op}) reads %{value.name} defined {where}")
+            if value._uses.get((id(node), index)) != (node, index):
+                raise IRError(f"use-list of %{value.name} misses ({node.name!r}, input {index})")
+        for sub in node.subgraphs():
+            _verify(sub, defined, names, mixed_input_ok)
+        for index, value in enumerate(node.outputs):
+            if value.producer is not node or value.producer_index != index or value.kind != "node":
+                raise IRError(f"output %{value.name} of {node.name!r} has a wrong producer link")
+            define(value, f"output of {node.name!r}")
+        _check_types(node, mixed_input_ok)
+    if count != len(graph):
+        raise IRError(f"graph {graph.name!r}: node count {len(graph)} disagrees with the node list ({count})")
+    for value in list(graph.inputs) + list(graph.constants.values()) + [o for n in graph.iter_nodes() for o in n.outputs]:
+        for (node_id, index), (node, idx) in value._uses.items():
+            if node_id != id(node) or idx != index or index >= len(node.inputs) or node.inputs[index] is not value:
+                raise IRError(f"use-list of %{value.name} names ({node.name!r}, input {index}) which reads something else")
+            if node.graph is None:
+                raise IRError(f"use-list of %{value.name} names removed node {node.name!r}")
+    for value in graph.outputs:
+        if id(value) not in defined:
+            raise IRError(f"graph {graph.name!r}: output %{value.name} is not defined")
+
+
+def _check_types(node: Node, mixed_input_ok: MixedInputOk | None) -> None:
+    if node.graph is not None and is_cast(node):
+        target = cast_target(node)
+        if node.outputs[0].dtype != target:
+            raise IRError(f"cast {node.name!r} targets {target.value} but its output "
+                          f"%{node.outputs[0].name} is {node.outputs[0].dtype.value}")
+        return
+    if mixed_input_ok is None:
+        return
+    seen: DType | None = None
+    for index, value in enumerate(node.inputs):
+        if value is None or not value.dtype.is_float or mixed_input_ok(node, index):
+            continue
+        if seen is None:
+            seen = value.dtype
+        elif value.dtype != seen:
+            raise IRError(f"node {node.name!r} ({node.op}) mixes float input types: "
+                          f"{seen.value} and {value.dtype.value} (input {index}, %{value.name})")
