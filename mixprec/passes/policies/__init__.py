@@ -1,0 +1,178 @@
+"""Precision policies as data: one TOML file per framework in this folder.
+
+A policy file has these keys and no others:
+- ``framework`` (str) and ``reference`` (str, where the lists come from);
+- ``allow``, ``infer``, ``clear``, ``deny``: lists of op names (``domain::Op`` for ops
+  outside the framework's default domain). An op may stand in one list only;
+- ``shape_sources``: ops whose outputs depend only on their input's shape (Shape, Size);
+  mark-shape-subgraphs stops walking there;
+- ``[pins]``: op -> input indices that keep their dtype (never cast, e.g. Resize scales);
+- ``[shape_inputs]``: op -> input indices that carry shapes, indices, axes or bounds; the
+  subgraph feeding them stays in its dtype. ``-1`` means every input;
+- ``[[conditional]]`` tables ``{op, attr, values, list}``: the op moves to ``list`` when
+  attribute ``attr`` has one of ``values``.
+Loading rejects unknown keys, an op in two lists and a bad conditional rule."""
+from __future__ import annotations
+
+import functools
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixprec.errors import PolicyError
+
+logger = logging.getLogger(__name__)
+
+LISTS = ("allow", "infer", "clear", "deny")
+UNLISTED = "unlisted"
+_KEYS = {"framework", "reference", *LISTS, "shape_sources", "pins", "shape_inputs", "conditional"}
+_RULE_KEYS = {"op", "attr", "values", "list"}
+POLICY_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class ConditionalRule:
+    op: str
+    attr: str
+    values: tuple
+    list: str
+
+
+@dataclass
+class Policy:
+    """The four op lists plus pins, shape inputs and conditional rules of one framework."""
+    framework: str
+    reference: str = ""
+    lists: dict[str, frozenset[str]] = field(default_factory=dict)
+    shape_sources: frozenset[str] = frozenset()
+    pins: dict[str, frozenset[int]] = field(default_factory=dict)
+    shape_inputs: dict[str, frozenset[int]] = field(default_factory=dict)
+    conditional: tuple[ConditionalRule, ...] = ()
+    _category: dict[str, str] = field(default_factory=dict, repr=False)
+    _rules: dict[str, list[ConditionalRule]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in LISTS:
+            for op in self.lists.get(name, ()):
+                if op in self._category:
+                    raise PolicyError(f"{self.framework} policy: op {op!r} is in both "
+                                      f"{self._category[op]!r} and {name!r}; keep it in one list")
+                self._category[op] = name
+        for rule in self.conditional:
+            self._rules.setdefault(rule.op, []).append(rule)
+
+    @property
+    def known_ops(self) -> frozenset[str]:
+        return frozenset(self._category)
+
+    def base_category(self, op: str) -> str:
+        """The list that names ``op``, or 'unlisted'. A dotted name whose full form is not
+        listed falls back to its prefix (``aten.conv2d.default`` -> ``aten.conv2d``)."""
+        cat = self._category.get(op)
+        while cat is None and "." in op:
+            op = op.rsplit(".", 1)[0]
+            cat = self._category.get(op)
+        return cat or UNLISTED
+
+    def category(self, op: str, attrs: dict[str, Any] | None = None) -> tuple[str, str]:
+        """(list, why) for an op with these attributes, conditional rules applied."""
+        for rule in self._rules.get(op, ()):
+            value = (attrs or {}).get(rule.attr)
+            if _matches(value, rule.values):
+                return rule.list, f"{rule.list} list because {rule.attr}={value!r}"
+        cat = self.base_category(op)
+        if cat == UNLISTED:
+            return cat, f"op in no list of the {self.framework} policy; kept in its dtype"
+        return cat, f"{cat} list"
+
+    def is_pinned(self, op: str, index: int) -> bool:
+        pins = self.pins.get(op)
+        return pins is not None and (index in pins or -1 in pins)
+
+    def is_shape_input(self, op: str, index: int) -> bool:
+        idx = self.shape_inputs.get(op)
+        return idx is not None and (index in idx or -1 in idx)
+
+
+def _matches(value: Any, values: tuple) -> bool:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return value in values
+
+
+def _index_table(data: Any, key: str, where: str) -> dict[str, frozenset[int]]:
+    if not isinstance(data, dict):
+        raise PolicyError(f"{where}: [{key}] must be a table of op = [input indices]")
+    out = {}
+    for op, idx in data.items():
+        if not isinstance(idx, list) or not all(isinstance(i, int) for i in idx):
+            raise PolicyError(f"{where}: [{key}] {op} must be a list of input indices, got {idx!r}")
+        out[op] = frozenset(idx)
+    return out
+
+
+def parse_policy(data: dict[str, Any], where: str) -> Policy:
+    """Build a Policy from a parsed TOML table; ``where`` names it in errors."""
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(_KEYS)}")
+    lists = {}
+    for name in LISTS:
+        ops = data.get(name, [])
+        if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+            raise PolicyError(f"{where}: {name!r} must be a list of op names")
+        dup = {o for o in ops if ops.count(o) > 1}
+        if dup:
+            raise PolicyError(f"{where}: {sorted(dup)} listed twice in {name!r}")
+        lists[name] = frozenset(ops)
+    rules = []
+    for i, rule in enumerate(data.get("conditional", [])):
+        if not isinstance(rule, dict) or set(rule) != _RULE_KEYS:
+            raise PolicyError(f"{where}: conditional rule {i} needs exactly the keys {sorted(_RULE_KEYS)}")
+        if rule["list"] not in LISTS:
+            raise PolicyError(f"{where}: conditional rule {i} names unknown list {rule['list']!r}")
+        rules.append(ConditionalRule(rule["op"], rule["attr"], tuple(rule["values"]), rule["list"]))
+    return Policy(
+        framework=str(data.get("framework", "generic")),
+        reference=str(data.get("reference", "")),
+        lists=lists,
+        shape_sources=frozenset(data.get("shape_sources", [])),
+        pins=_index_table(data.get("pins", {}), "pins", where),
+        shape_inputs=_index_table(data.get("shape_inputs", {}), "shape_inputs", where),
+        conditional=tuple(rules),
+    )
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from None
+    return parse_policy(data, str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin(framework: str) -> Policy:
+    path = POLICY_DIR / f"{framework}.toml"
+    if not path.exists():
+        available = sorted(p.stem for p in POLICY_DIR.glob("*.toml"))
+        raise PolicyError(f"no built-in policy for framework {framework!r}; available: {available}, "
+                          "or pass the path of a policy file")
+    return load_policy_file(path)
+
+
+def load_policy(name_or_path: str) -> Policy:
+    """A built-in policy by framework name (``onnx``, ``tensorflow``, ``torch``, ``mxnet``,
+    ``generic``) or a policy file by path."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        return load_policy_file(name_or_path)
+    return _builtin(name_or_path)
+
+
+def builtin_policies() -> list[str]:
+    return sorted(p.stem for p in POLICY_DIR.glob("*.toml"))
