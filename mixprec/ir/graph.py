@@ -252,6 +252,10 @@ class Graph:
             yield node
             node = nxt
 
+    @property
+    def first_node(self) -> Node | None:
+        return self._head
+
     def __len__(self) -> int:
         return self._count
 

@@ -88,12 +88,28 @@ class Policy:
         return cat, f"{cat} list"
 
     def is_pinned(self, op: str, index: int) -> bool:
-        pins = self.pins.get(op)
-        return pins is not None and (index in pins or -1 in pins)
+        """True when input ``index`` of ``op`` keeps its dtype (never cast)."""
+        return _has_index(_lookup(self.pins, op), index)
 
     def is_shape_input(self, op: str, index: int) -> bool:
-        idx = self.shape_inputs.get(op)
-        return idx is not None and (index in idx or -1 in idx)
+        """True when input ``index`` of ``op`` carries a shape, index, axis or bound."""
+        return _has_index(_lookup(self.shape_inputs, op), index)
+
+    def is_shape_source(self, op: str) -> bool:
+        return _lookup({o: True for o in self.shape_sources}, op) is not None
+
+
+def _lookup(table: dict, op: str):
+    """``table[op]``, falling back from dotted names to their prefixes."""
+    while True:
+        hit = table.get(op)
+        if hit is not None or "." not in op:
+            return hit
+        op = op.rsplit(".", 1)[0]
+
+
+def _has_index(indices: frozenset[int] | None, index: int) -> bool:
+    return indices is not None and (index in indices or -1 in indices)
 
 
 def _matches(value: Any, values: tuple) -> bool:

@@ -1,0 +1,76 @@
+"""Helpers shared by the precision passes (no framework knowledge here)."""
+from __future__ import annotations
+
+import logging
+
+from mixprec.errors import PipelineError
+from mixprec.ir.cast import is_cast
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Node, Value
+from mixprec.passes.policies import Policy, load_policy
+
+logger = logging.getLogger(__name__)
+
+FP32 = "f32"
+KEEP = "keep"
+_PRECISIONS = {"bf16": DType.BFLOAT16, "bfloat16": DType.BFLOAT16,
+               "fp16": DType.FLOAT16, "f16": DType.FLOAT16, "float16": DType.FLOAT16}
+
+
+def target_dtype(precision: str) -> DType:
+    """``bf16``/``fp16`` (and their long names) -> the DType to convert to."""
+    try:
+        return _PRECISIONS[str(precision).lower()]
+    except KeyError:
+        raise PipelineError(f"unknown precision {precision!r}; use bf16 or fp16") from None
+
+
+def graph_policy(graph: Graph, policy: str | None) -> Policy:
+    """The policy named by a pass option, or the built-in one of the graph's framework."""
+    return load_policy(policy or graph.root.framework)
+
+
+def is_lowered(node: Node, target: DType) -> bool:
+    """True when the node's decision is to run in ``target``."""
+    return node.meta.get("precision") == target.value
+
+
+def decide(node: Node, precision: str, category: str | None, reason: str) -> None:
+    node.meta["precision"] = precision
+    if category is not None:
+        node.meta["category"] = category
+    node.meta["reason"] = reason
+
+
+def float_inputs(node: Node, policy: Policy) -> list[tuple[int, Value]]:
+    """(index, value) of the FP32 inputs that may change dtype (pinned inputs excluded)."""
+    return [(i, v) for i, v in enumerate(node.inputs)
+            if v is not None and v.dtype == DType.FLOAT32 and not policy.is_pinned(node.op, i)]
+
+
+def touches_fp32(node: Node, policy: Policy) -> bool:
+    """A node takes part in painting when it reads or writes an FP32 tensor."""
+    if any(v.dtype == DType.FLOAT32 for v in node.outputs):
+        return True
+    return bool(float_inputs(node, policy))
+
+
+def cast_nodes(graph: Graph) -> list[Node]:
+    return [n for n in graph.all_nodes() if is_cast(n)]
+
+
+def owning_graph(value: Value, index: dict[int, Graph]) -> Graph | None:
+    if value.producer is not None:
+        return value.producer.graph
+    return index.get(id(value))
+
+
+def value_owners(root: Graph) -> dict[int, Graph]:
+    """id(value) -> graph, for every graph input and constant in the tree."""
+    owners: dict[int, Graph] = {}
+    for graph in root.all_graphs():
+        for value in graph.inputs:
+            owners[id(value)] = graph
+        for value in graph.constants.values():
+            owners[id(value)] = graph
+    return owners

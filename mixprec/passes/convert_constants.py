@@ -1,0 +1,65 @@
+"""convert-constants: store a float constant in the low-precision dtype when every reader
+is a cast to that dtype, instead of casting it on every run.
+
+The constant keeps its name (parameters stay findable); its data is rounded to nearest
+even, the source type's extremes (±FLT_MAX mask sentinels) saturate to the target's
+extremes and ±inf/NaN stay; a constant whose conversion would overflow other values is
+left alone (assign-precision keeps its readers in FP32 anyway)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixprec.ir.cast import cast_target, is_cast
+from mixprec.ir.dtypes import DType, convert_array
+from mixprec.ir.graph import Graph
+from mixprec.passes.base import Pass, PassResult
+from mixprec.passes.registry import register_pass
+
+logger = logging.getLogger(__name__)
+
+
+@register_pass
+@dataclass
+class ConvertConstants(Pass):
+    name = "convert-constants"
+    description = "store constants in bf16/fp16 when every reader casts them to it"
+
+    def run(self, graph: Graph) -> PassResult:
+        modified = False
+        protected = {id(v) for g in graph.all_graphs() for v in g.outputs}
+        for g in graph.all_graphs():
+            for const in list(g.constants.values()):
+                if not const.dtype.is_float or id(const) in protected:
+                    continue
+                readers = [node for node, _ in const.uses()]
+                if not readers or not all(is_cast(r) for r in readers):
+                    continue
+                targets = {cast_target(r) for r in readers}
+                if len(targets) != 1:
+                    continue
+                target = targets.pop()
+                if not target.is_float or target == const.dtype:
+                    continue
+                if any(id(r.outputs[0]) in protected for r in readers):
+                    continue
+                if const.data is not None:
+                    new = convert_array(const.data, target)
+                    if _overflowed(const.data, new):
+                        logger.warning("constant %s has values outside %s; left in %s",
+                                       const.name, target.value, const.dtype.value)
+                        continue
+                    const.data = new
+                const.dtype = target
+                for reader in readers:
+                    reader.outputs[0].replace_all_uses_with(const)
+                    reader.graph.remove(reader)
+                modified = True
+        return PassResult(graph, modified)
+
+
+def _overflowed(old: np.ndarray, new: np.ndarray) -> bool:
+    old = np.asarray(old)
+    return bool(np.any(np.isinf(new.astype(np.float32)) & np.isfinite(old)))

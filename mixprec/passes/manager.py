@@ -1,0 +1,103 @@
+"""PassManager: runs passes in order, verifies the IR after each pass that changed it,
+and optionally writes ``NN-<pass>.ir`` after each such pass."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mixprec.errors import IRError, MixprecError, PassError, PolicyError
+from mixprec.ir.graph import Graph, Node
+from mixprec.ir.text import dump
+from mixprec.ir.verify import verify as verify_ir
+from mixprec.passes.base import Pass, PassResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PassRecord:
+    name: str
+    modified: bool
+    seconds: float
+
+
+@dataclass
+class PassManager:
+    """Runs ``passes`` on a graph. Invariant: after every pass that reports a change the
+    IR verifies, and no node mixes float input types unless the policy pins that input or
+    the node already did so before the first pass; otherwise PassError names the pass."""
+
+    passes: Sequence[Pass]
+    verify: bool = True
+    dump_dir: str | os.PathLike | None = None
+    progress: Callable[[int, int, str], None] | None = None
+    history: list[PassRecord] = field(default_factory=list)
+
+    def run(self, graph: Graph) -> PassResult:
+        self.history = []
+        mixed_ok = self._mixed_input_rule(graph) if self.verify else None
+        if self.verify:
+            try:
+                verify_ir(graph)
+            except IRError as exc:
+                raise PassError(f"the input graph is already broken: {exc}") from None
+        if self.dump_dir is not None:
+            Path(self.dump_dir).mkdir(parents=True, exist_ok=True)
+            _write(Path(self.dump_dir) / "00-input.ir", dump(graph))
+        changed_any = False
+        for index, p in enumerate(self.passes, start=1):
+            if self.progress:
+                self.progress(index, len(self.passes), p.name)
+            start = time.perf_counter()
+            try:
+                result = p.run(graph)
+            except MixprecError:
+                raise
+            except Exception as exc:
+                raise PassError(f"pass {p.name!r} failed: {type(exc).__name__}: {exc}") from exc
+            elapsed = time.perf_counter() - start
+            self.history.append(PassRecord(p.name, result.modified, elapsed))
+            logger.debug("pass %s: modified=%s in %.3fs", p.name, result.modified, elapsed)
+            graph = result.graph
+            if not result.modified:
+                continue
+            changed_any = True
+            if self.verify:
+                try:
+                    verify_ir(graph, mixed_ok)
+                except IRError as exc:
+                    raise PassError(f"pass {p.name!r} broke the IR: {exc}") from None
+            if self.dump_dir is not None:
+                _write(Path(self.dump_dir) / f"{index:02d}-{p.name}.ir", dump(graph))
+        return PassResult(graph, changed_any)
+
+    def __str__(self) -> str:
+        return ",".join(str(p) for p in self.passes)
+
+    @staticmethod
+    def _mixed_input_rule(graph: Graph) -> Callable[[Node, int], bool]:
+        from mixprec.passes.policies import load_policy
+        try:
+            policy = load_policy(graph.framework)
+        except PolicyError:
+            policy = None
+        already_mixed = {id(n) for n in graph.all_nodes() if _mixes_floats(n)}
+
+        def ok(node: Node, index: int) -> bool:
+            return id(node) in already_mixed or (policy is not None and policy.is_pinned(node.op, index))
+        return ok
+
+
+def _mixes_floats(node: Node) -> bool:
+    kinds = {v.dtype for v in node.inputs if v is not None and v.dtype.is_float}
+    return len(kinds) > 1
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

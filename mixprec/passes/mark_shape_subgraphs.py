@@ -1,0 +1,56 @@
+"""mark-shape-subgraphs: nodes that compute shapes, indices, axes, Resize scales or Range
+bounds keep their dtype.
+
+Walks backward from every shape input named by the policy through producers, marking
+them ``keep``/``shape``; the walk stops at shape sources (Shape, Size: their output does
+not depend on the input's values), at allow-list ops (real compute is never a shape
+computation), at graph inputs and constants. Marks from an earlier run are recomputed."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mixprec.ir.graph import Graph, Node, Value
+from mixprec.passes.base import Pass, PassResult
+from mixprec.passes.common import KEEP, decide, graph_policy
+from mixprec.passes.registry import register_pass
+
+logger = logging.getLogger(__name__)
+
+SHAPE = "shape"
+
+
+@register_pass
+@dataclass
+class MarkShapeSubgraphs(Pass):
+    name = "mark-shape-subgraphs"
+    description = "keep the subgraphs that feed shapes, indices, axes and scales in their dtype"
+    policy: str | None = None
+
+    def run(self, graph: Graph) -> PassResult:
+        policy = graph_policy(graph, self.policy)
+        before = {id(n) for n in graph.all_nodes() if n.meta.get("category") == SHAPE}
+        for node in graph.all_nodes():
+            if node.meta.get("category") == SHAPE:
+                node.meta.clear()
+        stack: list[tuple[Value, Node, int]] = []
+        for node in graph.all_nodes():
+            for index, value in enumerate(node.inputs):
+                if value is not None and policy.is_shape_input(node.op, index):
+                    stack.append((value, node, index))
+        marked: set[int] = set()
+        while stack:
+            value, reader, index = stack.pop()
+            prod = value.producer
+            if prod is None or id(prod) in marked:
+                continue
+            if policy.base_category(prod.qualified_op) == "allow":
+                continue
+            marked.add(id(prod))
+            decide(prod, KEEP, SHAPE, f"feeds shape input {index} of {reader.name!r}")
+            if policy.is_shape_source(prod.op):
+                continue
+            for j, inp in enumerate(prod.inputs):
+                if inp is not None:
+                    stack.append((inp, prod, j))
+        return PassResult(graph, marked != before)
