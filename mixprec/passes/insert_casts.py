@@ -2,7 +2,8 @@
 
 A node decided low precision reads its FP32 inputs (pins aside) through casts and its
 FP32 outputs become the target dtype; a node that is not, reads values this pass
-retyped through casts back to FP32; graph outputs (nested graphs' included) keep their
+retyped through casts back to FP32 (shape sources such as Shape read any dtype and get
+no cast); graph outputs (nested graphs' included) keep their
 name and dtype: the retyped producer output is renamed ``<name>.<dtype>`` and a cast
 back to FP32 takes the old name. Invariants: one cast per (value, target dtype), placed
 right after the value's producer (or at the head of the graph that owns it) and shared
@@ -62,6 +63,8 @@ class _CastInserter:
                 self.changed = True
             return
         lowered = is_lowered(node, target)
+        if self.policy.is_shape_source(node.op):
+            return  # reads only its input's shape: any dtype will do
         for index, value in enumerate(node.inputs):
             if value is None:
                 continue

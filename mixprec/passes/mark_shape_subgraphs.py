@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mixprec.ir.graph import Graph, Node, Value
+from mixprec.ir.graph import Graph, Value
 from mixprec.passes.base import Pass, PassResult
 from mixprec.passes.common import KEEP, decide, graph_policy
 from mixprec.passes.registry import register_pass
@@ -33,24 +33,24 @@ class MarkShapeSubgraphs(Pass):
         for node in graph.all_nodes():
             if node.meta.get("category") == SHAPE:
                 node.meta.clear()
-        stack: list[tuple[Value, Node, int]] = []
+        stack: list[tuple[Value, str]] = []
         for node in graph.all_nodes():
             for index, value in enumerate(node.inputs):
                 if value is not None and policy.is_shape_input(node.op, index):
-                    stack.append((value, node, index))
+                    stack.append((value, f"computes input {index} of {node.name!r} ({node.op})"))
         marked: set[int] = set()
         while stack:
-            value, reader, index = stack.pop()
+            value, reason = stack.pop()
             prod = value.producer
             if prod is None or id(prod) in marked:
                 continue
             if policy.base_category(prod.qualified_op) == "allow":
                 continue
             marked.add(id(prod))
-            decide(prod, KEEP, SHAPE, f"feeds shape input {index} of {reader.name!r}")
+            decide(prod, KEEP, SHAPE, reason)
             if policy.is_shape_source(prod.op):
                 continue
-            for j, inp in enumerate(prod.inputs):
+            for inp in prod.inputs:
                 if inp is not None:
-                    stack.append((inp, prod, j))
+                    stack.append((inp, reason))
         return PassResult(graph, marked != before)
