@@ -1,5 +1,10 @@
 """apply-overrides: the user's word beats the painting.
 
+It runs before assign-precision (unlike grappler's order) so that painting treats an
+FP32 override as a deny node and a low-precision one as an allow node, and the
+neighbours follow; the decision is recorded as ``user override: ...`` and sticks to the
+node in the IR (re-running the pipeline keeps it).
+
 Options name op types and nodes to force to FP32 or to the low-precision target. A node
 pattern matches a node's name, its module scope (``encoder.layer.3`` matches every node
 under that module) or a glob over either. Node-level overrides beat op-level ones, and
@@ -12,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from mixprec.errors import ConfigError
+from mixprec.ir.cast import is_cast
 from mixprec.ir.graph import Graph, Node
 from mixprec.passes.base import Pass, PassResult
 from mixprec.passes.common import FP32, decide, graph_policy, target_dtype, touches_fp32
@@ -60,14 +66,14 @@ class ApplyOverrides(Pass):
         modified = False
         for node in nodes:
             hit = decisions.get(id(node))
-            if hit is None or node.meta.get("category") in ("shape", "cast"):
+            if hit is None or node.meta.get("category") in ("shape", "cast") or is_cast(node):
                 continue
             precision, reason = hit
             if precision != FP32 and not touches_fp32(node, policy) and node.meta.get("precision") != precision:
                 logger.warning("override asks %s for %s but it has no float32 tensor; ignored", precision, node.name)
                 continue
             if (node.meta.get("precision"), node.meta.get("reason")) != (precision, reason):
-                decide(node, precision, node.meta.get("category"), reason)
+                decide(node, precision, policy.base_category(node.qualified_op), reason)
                 modified = True
         return PassResult(graph, modified)
 

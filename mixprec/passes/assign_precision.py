@@ -8,7 +8,8 @@ float values between candidates (a cast cuts an edge). Steps (design.md):
 that lie upstream of a deny or infer node; 3 infer/clear nodes both downstream and
 upstream of ALLOW become ALLOW; 4 an infer node with an ALLOW input and no DENY input
 becomes ALLOW (to a fixed point); 5 ALLOW spreads through connected clear nodes both ways;
-6 ops the target runtime cannot run in the target dtype, and nodes reading constants
+A node that apply-overrides pinned paints as allow (low precision) or deny (FP32), so
+its neighbours follow it. 6 ops the target runtime cannot run in the target dtype, and nodes reading constants
 outside its range, are taken back out; 7 an existing cast to FP32 whose readers are all
 ALLOW is retargeted. Every node gets meta precision/category/reason."""
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mixprec.passes.registry import register_pass
 logger = logging.getLogger(__name__)
 
 SHAPE = "shape"
+OVERRIDE_PREFIX = "user override"
 
 
 @register_pass
@@ -102,16 +104,22 @@ class _Painter:
         cat: list[str] = []
         why: list[str] = []
         out_of_range = self._out_of_range_constants()
+        listed: list[str] = []
         for node in cands:
             c, reason = self.policy.category(node.qualified_op, node.attrs)
+            listed.append(c)
+            override = _override(node)
             bad = next((v for v in node.inputs if v is not None and id(v) in out_of_range), None)
-            if bad is not None and c != "deny":
+            if override is not None:
+                c = "allow" if override == self.target.value else "deny"
+                reason = node.meta["reason"]
+            elif bad is not None and c != "deny":
                 c, reason = "deny", f"constant %{bad.name} holds values outside the {self.target.value} range"
             cat.append(c)
             why.append(reason)
 
         allow = {i for i in range(n) if cat[i] == "allow"}
-        reason = {i: "allow list" for i in allow}
+        reason = {i: why[i] for i in allow}
         # step 2: deny spreads forward through infer/clear nodes upstream of deny/infer nodes
         upstream = {i for i in range(n) if cat[i] in ("deny", "infer")}
         stack = list(upstream)
@@ -167,11 +175,11 @@ class _Painter:
                 deny_reason[i] = f"{self.runtime} has no {self.target.value} kernel for {op} (step 6)"
         for i, node in enumerate(cands):
             if i in allow:
-                decide(node, self.target.value, cat[i], reason[i])
+                decide(node, self.target.value, listed[i], reason[i])
             elif i in deny_reason:
-                decide(node, FP32, cat[i], deny_reason[i])
+                decide(node, FP32, listed[i], deny_reason[i])
             else:
-                decide(node, FP32, cat[i], _why_not(cat[i], why[i]))
+                decide(node, FP32, listed[i], _why_not(cat[i], why[i]))
         self._retarget_casts(allow, index)
 
     def _is_candidate(self, node: Node) -> bool:
@@ -221,6 +229,13 @@ class _Painter:
             if all(index.get(id(r)) in allow and not self.policy.is_pinned(r.op, j) for r, j in uses):
                 decide(node, self.target.value, "cast",
                        f"existing cast to f32 whose readers all run in {self.target.value} (step 7)")
+
+
+def _override(node: Node) -> str | None:
+    """The precision a user override (set by apply-overrides) pins this node to."""
+    if str(node.meta.get("reason", "")).startswith(OVERRIDE_PREFIX):
+        return node.meta.get("precision")
+    return None
 
 
 def _why_not(category: str, base: str) -> str:

@@ -1,0 +1,136 @@
+"""PassManager, registry, pipeline strings, plug-ins and apply-overrides."""
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from mixprec.errors import ConfigError, PassError, PipelineError
+from mixprec.ir import DType, dump, parse
+from mixprec.passes import (DEFAULT_PIPELINE, Pass, PassManager, PassResult, build_pipeline, function_pass,
+                            list_passes, parse_pipeline, registry)
+
+SRC = """graph main(%x: f32[2,2], %w: f32[2,2]) -> (%y: f32[2,2]) {
+  %m: f32[2,2] = MatMul(%x, %w)
+  %y: f32[2,2] = Relu(%m)
+  return %y
+}
+"""
+
+
+def test_every_builtin_pass_is_listed_with_a_description():
+    passes = list_passes()
+    for name in DEFAULT_PIPELINE.split(","):
+        assert passes[name], name
+    assert all(len(d.splitlines()) == 1 for d in passes.values())
+
+
+def test_parse_pipeline_options():
+    assert parse_pipeline("a,b{x=1,y=[P,Q],z=true,s=\"t\"}") == [
+        ("a", {}), ("b", {"x": 1, "y": ["P", "Q"], "z": True, "s": "t"})]
+    with pytest.raises(PipelineError, match="unbalanced"):
+        parse_pipeline("a{x=1")
+
+
+def test_unknown_pass_and_option_are_clear_errors():
+    with pytest.raises(PipelineError, match="unknown pass 'insert-cast'"):
+        build_pipeline("insert-cast")
+    with pytest.raises(PipelineError, match="has no option \\['precison'\\]"):
+        build_pipeline("assign-precision{precison=fp16}")
+
+
+def test_dump_dir_writes_ir_after_each_changing_pass(tmp_path):
+    g = parse(SRC)
+    build_pipeline(DEFAULT_PIPELINE, dump_dir=str(tmp_path)).run(g)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["00-input.ir", "04-assign-precision.ir", "05-insert-casts.ir"]
+    assert (tmp_path / "05-insert-casts.ir").read_text() == dump(g)
+
+
+def test_pass_that_breaks_the_ir_is_named():
+    @function_pass("test-breaker", register=False)
+    def breaker(graph):
+        """retype a MatMul output without casts"""
+        graph.nodes[0].inputs[0].dtype = DType.BFLOAT16
+        graph.nodes[0].set_input(0, graph.nodes[0].outputs[0])
+        return True
+
+    with pytest.raises(PassError, match="pass 'test-breaker' broke the IR"):
+        PassManager([breaker()]).run(parse(SRC))
+
+
+def test_pass_that_mixes_float_types_is_caught():
+    @function_pass("test-mixer", register=False)
+    def mixer(graph):
+        graph.inputs[0].dtype = DType.BFLOAT16
+        return True
+
+    with pytest.raises(PassError, match="mixes float input types"):
+        PassManager([mixer()]).run(parse(SRC))
+
+
+def test_registering_a_name_twice_is_an_error():
+    @dataclass
+    class Dup(Pass):
+        name = "insert-casts"
+
+        def run(self, graph):
+            return PassResult(graph, False)
+
+    with pytest.raises(PipelineError, match="registered twice"):
+        registry.register_pass(Dup)
+
+
+def test_third_party_pass_from_entry_point(monkeypatch):
+    @dataclass
+    class Plugin(Pass):
+        name = "plugin-fp32-relu"
+        description = "keep every Relu in FP32"
+
+        def run(self, graph):
+            for node in graph.nodes:
+                if node.op == "Relu":
+                    node.meta.update(precision="f32", category="clear", reason="plugin says so")
+            return PassResult(graph, True)
+
+    import sys
+    import types
+    mod = types.ModuleType("fake_mixprec_plugin")
+    mod.Plugin = Plugin
+    monkeypatch.setitem(sys.modules, "fake_mixprec_plugin", mod)
+    ep = EntryPoint("plugin-fp32-relu", "fake_mixprec_plugin:Plugin", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+    assert "plugin-fp32-relu" in list_passes()
+    spec = DEFAULT_PIPELINE.replace("assign-precision", "assign-precision,plugin-fp32-relu")
+    g = parse(SRC)
+    build_pipeline(spec).run(g)
+    assert "%y: f32[2,2] = Relu(%m.f32)  # f32 clear: plugin says so" in dump(g)
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"fp32_ops": ["MatMul"]}, {"m": "f32", "y": "f32"}),
+    ({"fp32_nodes": ["m"]}, {"m": "f32", "y": "f32"}),
+    ({"fp32_nodes": ["enc*"]}, {"m": "f32", "y": "f32"}),
+    ({"lp_nodes": ["y"], "fp32_nodes": ["m"]}, {"m": "f32", "y": "bf16"}),
+])
+def test_overrides_by_op_type_node_name_and_scope(options, expected):
+    g = parse(SRC)
+    g.nodes[0].meta["scope"] = "encoder.layer.3.attention"
+    build_pipeline("infer-dtypes,apply-overrides,assign-precision", **options).run(g)
+    assert {n.name: n.meta["precision"] for n in g.nodes} == expected
+    assert g.nodes[0].meta["reason"].startswith("user override")
+
+
+def test_override_by_module_path_prefix():
+    g = parse(SRC)
+    g.nodes[0].meta["scope"] = "encoder.layer.3.attention.self"
+    build_pipeline("infer-dtypes,apply-overrides,assign-precision", fp32_nodes=["encoder.layer.3"]).run(g)
+    assert g.nodes[0].meta["precision"] == "f32"
+
+
+def test_override_errors_name_the_typo():
+    with pytest.raises(ConfigError, match="unknown op type 'Matmul'"):
+        build_pipeline("apply-overrides,assign-precision", fp32_ops=["Matmul"]).run(parse(SRC))
+    with pytest.raises(ConfigError, match="no node or module matches 'nope'"):
+        build_pipeline("apply-overrides,assign-precision", fp32_nodes=["nope"]).run(parse(SRC))
