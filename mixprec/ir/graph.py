@@ -322,6 +322,23 @@ class Graph:
             value._kind = "free"
             value._producer = None
 
+    def reorder(self, order: Sequence[Node]) -> None:
+        """Relink this graph's nodes in ``order`` (a permutation of them); the caller
+        keeps it topological (verify checks)."""
+        if len(order) != self._count or any(n.graph is not self for n in order):
+            raise IRError("reorder needs a permutation of the graph's own nodes")
+        prev = None
+        for node in order:
+            node._prev = prev
+            if prev is None:
+                self._head = node
+            else:
+                prev._next = node
+            prev = node
+        if prev is not None:
+            prev._next = None
+        self._tail = prev
+
     def replace_output(self, old: Value, new: Value) -> None:
         self.outputs = [new if v is old else v for v in self.outputs]
 

@@ -11,7 +11,9 @@ becomes ALLOW (to a fixed point); 5 ALLOW spreads through connected clear nodes 
 A node that apply-overrides pinned paints as allow (low precision) or deny (FP32), so
 its neighbours follow it. 6 ops the target runtime cannot run in the target dtype, and nodes reading constants
 outside its range, are taken back out; 7 an existing cast to FP32 whose readers are all
-ALLOW is retargeted. Every node gets meta precision/category/reason."""
+ALLOW is retargeted. Every node gets meta precision/category/reason; a node that already
+carries a decision with the same precision keeps its reason (on a converted graph the
+casts cut edges, so the first run's explanation is the informative one)."""
 from __future__ import annotations
 
 import logging
@@ -175,11 +177,11 @@ class _Painter:
                 deny_reason[i] = f"{self.runtime} has no {self.target.value} kernel for {op} (step 6)"
         for i, node in enumerate(cands):
             if i in allow:
-                decide(node, self.target.value, listed[i], reason[i])
-            elif i in deny_reason:
-                decide(node, FP32, listed[i], deny_reason[i])
+                precision, text = self.target.value, reason[i]
             else:
-                decide(node, FP32, listed[i], _why_not(cat[i], why[i]))
+                precision, text = FP32, deny_reason.get(i) or _why_not(cat[i], why[i])
+            if node.meta.get("precision") != precision or not node.meta.get("reason"):
+                decide(node, precision, listed[i], text)
         self._retarget_casts(allow, index)
 
     def _is_candidate(self, node: Node) -> bool:

@@ -1,5 +1,6 @@
-"""convert-constants: store a float constant in the low-precision dtype when every reader
-is a cast to that dtype, instead of casting it on every run.
+"""convert-constants: store a float constant in the low-precision target dtype when every
+reader is a cast to that dtype, instead of casting it on every run (other casts of
+constants, widening ones included, are left alone).
 
 The constant keeps its name (parameters stay findable); its data is rounded to nearest
 even, the source type's extremes (±FLT_MAX mask sentinels) saturate to the target's
@@ -16,6 +17,7 @@ from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType, convert_array
 from mixprec.ir.graph import Graph
 from mixprec.passes.base import Pass, PassResult
+from mixprec.passes.common import target_dtype
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -26,8 +28,10 @@ logger = logging.getLogger(__name__)
 class ConvertConstants(Pass):
     name = "convert-constants"
     description = "store constants in bf16/fp16 when every reader casts them to it"
+    precision: str = "bf16"
 
     def run(self, graph: Graph) -> PassResult:
+        wanted = target_dtype(self.precision)
         modified = False
         protected = {id(v) for g in graph.all_graphs() for v in g.outputs}
         for g in graph.all_graphs():
@@ -41,7 +45,7 @@ class ConvertConstants(Pass):
                 if len(targets) != 1:
                     continue
                 target = targets.pop()
-                if not target.is_float or target == const.dtype:
+                if target != wanted or target == const.dtype:
                     continue
                 if any(id(r.outputs[0]) in protected for r in readers):
                     continue

@@ -1,0 +1,561 @@
+"""ONNX frontend: ``load(ModelProto | path) -> ir.Model``.
+
+Lowering rules (the ONNX backend, mixprec.backends.onnx, is the exact inverse):
+- one IR Graph per ONNX graph, ``framework="onnx"``; subgraphs (If/Loop/Scan bodies) are
+  Graph attributes of their node and read outer-scope values through the outer Value
+  objects, so use-lists span the whole graph tree;
+- initializers (and ``Constant`` nodes holding a ``value`` tensor) become graph constants
+  with numpy data (bf16/fp8/int4 through ml_dtypes); an initializer that is also a graph
+  input stays a constant and is re-declared as an input on emit;
+- node attributes become Python values (int, float, str, lists, np.ndarray, Graph); Cast's
+  ``to`` becomes a DType; anything else (sparse tensors, type protos, function attribute
+  references) is kept verbatim in a :class:`RawAttribute`;
+- value names are unique across the graph tree: a name that a subgraph re-defines, and
+  every omitted optional output (``""``), gets a fresh IR name; ``model.meta["onnx"]
+  ["renamed"]`` maps IR names back to ONNX names for the backend;
+- everything the backend needs to rebuild the ModelProto (opsets, producer, metadata,
+  functions, doc strings, value types the IR cannot express) lives in ``model.meta``.
+
+Model meta keys: ``ir_version``, ``opset_import`` ({domain: version}), ``producer_name``,
+``producer_version``, ``domain``, ``model_version``, ``doc_string``, ``metadata_props``
+({key: value}), ``functions`` (FunctionProtos), ``training_info`` (TrainingInfoProtos) and
+``onnx`` (a dict of private round-trip data, see :data:`ONNX_META`).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections import ChainMap
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from mixprec.errors import ModelLoadError
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Model, Node, Shape, Value
+
+logger = logging.getLogger(__name__)
+
+#: key of model.meta that holds the private round-trip data:
+#:   graphs:  {graph key: {"shell": GraphProto, "initializer_inputs": [(pos, ValueInfoProto)],
+#:             "constant_nodes": {ir name: NodeProto}, "sparse": {ir name: index rank},
+#:             "value_info": [ValueInfoProto]}}   (graph key: see :func:`graph_key`)
+#:   renamed: {ir value name: onnx value name}
+#:   types:   {ir value name: TypeProto} for types (dtype, shape) cannot express
+#:   model_shell: ModelProto holding the model fields without a meta key of their own
+ONNX_META = "onnx"
+#: key of node.meta that holds {"shell": NodeProto, "unnamed": bool, "attr_types": {...}}
+NODE_META = "onnx"
+
+#: protobuf cannot serialize a message of 2 GiB or more; above this size mixprec works
+#: with files (external data, path-based shape inference and checking).
+LARGE_MODEL_BYTES = 2**31 - 2**26
+
+_ELEM_TO_DTYPE: dict[int, DType] = {
+    onnx.TensorProto.FLOAT: DType.FLOAT32, onnx.TensorProto.BFLOAT16: DType.BFLOAT16,
+    onnx.TensorProto.FLOAT16: DType.FLOAT16, onnx.TensorProto.DOUBLE: DType.FLOAT64,
+    onnx.TensorProto.FLOAT8E4M3FN: DType.FLOAT8E4M3, onnx.TensorProto.FLOAT8E5M2: DType.FLOAT8E5M2,
+    onnx.TensorProto.INT4: DType.INT4, onnx.TensorProto.INT8: DType.INT8,
+    onnx.TensorProto.INT16: DType.INT16, onnx.TensorProto.INT32: DType.INT32,
+    onnx.TensorProto.INT64: DType.INT64, onnx.TensorProto.UINT4: DType.UINT4,
+    onnx.TensorProto.UINT8: DType.UINT8, onnx.TensorProto.UINT16: DType.UINT16,
+    onnx.TensorProto.UINT32: DType.UINT32, onnx.TensorProto.UINT64: DType.UINT64,
+    onnx.TensorProto.BOOL: DType.BOOL, onnx.TensorProto.STRING: DType.STRING,
+    onnx.TensorProto.COMPLEX64: DType.COMPLEX64, onnx.TensorProto.COMPLEX128: DType.COMPLEX128,
+}
+_DTYPE_TO_ELEM: dict[DType, int] = {v: k for k, v in _ELEM_TO_DTYPE.items()}
+
+
+def dtype_from_onnx(elem_type: int) -> DType:
+    """The IR dtype of an ONNX element type (UNKNOWN for types the IR does not model)."""
+    return _ELEM_TO_DTYPE.get(elem_type, DType.UNKNOWN)
+
+
+def dtype_to_onnx(dtype: DType) -> int:
+    """The ONNX element type of an IR dtype; raises ValueError for UNKNOWN."""
+    try:
+        return _DTYPE_TO_ELEM[dtype]
+    except KeyError:
+        raise ValueError(f"dtype {dtype.value} has no ONNX element type") from None
+
+
+class RawAttribute:
+    """An ONNX attribute the IR does not model (sparse tensor, type proto, a reference to
+    a function attribute, a tensor of an exotic element type), kept verbatim. Its repr is
+    deterministic so that the IR text dump stays stable."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: onnx.AttributeProto) -> None:
+        self.proto = onnx.AttributeProto()
+        self.proto.CopyFrom(proto)
+
+    def digest(self) -> str:
+        return hashlib.sha1(self.proto.SerializeToString(deterministic=True)).hexdigest()[:12]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawAttribute) and \
+            self.proto.SerializeToString(deterministic=True) == other.proto.SerializeToString(deterministic=True)
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
+
+    def __repr__(self) -> str:
+        kind = onnx.AttributeProto.AttributeType.Name(self.proto.type)
+        ref = f" ref={self.proto.ref_attr_name}" if self.proto.ref_attr_name else ""
+        return f"onnx.{kind}{ref} sha1:{self.digest()}"
+
+
+def graph_key(parent_key: str, node: Node, attr: str, index: int | None = None) -> str:
+    """The key of a subgraph in ``meta["onnx"]["graphs"]``: the parent graph's key, the
+    owning node (by its first output name, unique in the tree), the attribute name and,
+    for GRAPHS attributes, the position. The main graph's key is ``""``."""
+    owner = node.outputs[0].name if node.outputs else f"@{node.name}"
+    suffix = f"[{index}]" if index is not None else ""
+    return f"{parent_key}/{owner}:{attr}{suffix}"
+
+
+# ------------------------------------------------------------------------- reading ---
+def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = True) -> Model:
+    """Lower an ONNX model (a ModelProto or a path to a .onnx file) to an IR Model.
+
+    The input is never modified. Shape inference fills dtypes and shapes the model lacks
+    (a failure only logs a warning). Raises ModelLoadError for unreadable files and for
+    models that reference undefined values."""
+    if isinstance(model, onnx.ModelProto):
+        proto, base_dir, path = model, os.getcwd(), None
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        proto, base_dir = _read_file(path), str(path.resolve().parent)
+    else:
+        raise ModelLoadError(f"cannot load an ONNX model from {type(model).__name__}; "
+                             "pass an onnx.ModelProto or the path of a .onnx file")
+    if not proto.HasField("graph"):
+        where = str(path) if path is not None else "the ModelProto"
+        raise ModelLoadError(f"{where} is not an ONNX model (it has no graph); pass a .onnx model file")
+    _check_input(proto, path)
+    if infer_shapes:
+        proto = _infer_shapes(proto, path)
+    return _Lowerer(proto, base_dir).lower()
+
+
+def _read_file(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file; check the model path")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory; pass the .onnx file inside it")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({reason}); the file may be "
+                             "truncated or in another format: re-export or re-download it") from None
+
+
+def _is_large(proto: onnx.ModelProto) -> bool:
+    try:
+        return proto.ByteSize() >= LARGE_MODEL_BYTES
+    except Exception:  # pragma: no cover - protobuf refuses to size a >2 GiB message
+        return True
+
+
+def _check_input(proto: onnx.ModelProto, path: Path | None) -> None:
+    """Run onnx.checker (not full) and only warn: many real models have small flaws that
+    do not stop conversion. Uses the path for large models and external data."""
+    try:
+        if path is not None:
+            onnx.checker.check_model(str(path))
+        elif not _is_large(proto):
+            onnx.checker.check_model(proto)
+    except Exception as exc:
+        logger.warning("the input model does not pass onnx.checker (%s); converting anyway",
+                       " ".join(str(exc).split())[:300])
+
+
+def _infer_shapes(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
+    """Shape inference on a copy; the original proto is returned when inference fails.
+    External data is never loaded into the proto, so only a model file near 2 GiB (data
+    inside the file) needs the path-based variant."""
+    try:
+        if not _is_large(proto):
+            return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False)
+        if path is None:
+            logger.warning("skipping shape inference: the in-memory model is larger than 2 GiB")
+            return proto
+        with tempfile.TemporaryDirectory(prefix="mixprec-infer-") as tmp:
+            out = os.path.join(tmp, "inferred.onnx")
+            onnx.shape_inference.infer_shapes_path(str(path), out)
+            return onnx.load(out, load_external_data=False)
+    except Exception as exc:
+        logger.warning("ONNX shape inference failed (%s); using the types the model declares",
+                       " ".join(str(exc).split())[:300])
+        return proto
+
+
+# ---------------------------------------------------------------------- conversions ---
+def type_from_proto(tp: onnx.TypeProto) -> tuple[DType, Shape, bool]:
+    """(dtype, shape, lossy) of a TypeProto; ``lossy`` is True when (dtype, shape) cannot
+    express the type (sequence/optional/map/sparse types, element types the IR lacks,
+    denotations), so the backend must re-emit the original TypeProto."""
+    which = tp.WhichOneof("value")
+    if which is None:
+        return DType.UNKNOWN, None, bool(tp.denotation)
+    if which != "tensor_type":
+        return DType.UNKNOWN, None, True
+    tt = tp.tensor_type
+    dtype = dtype_from_onnx(tt.elem_type)
+    lossy = bool(tp.denotation) or (dtype == DType.UNKNOWN and tt.elem_type != 0) or \
+        (tt.elem_type == 0 and tt.HasField("shape"))
+    if not tt.HasField("shape"):
+        return dtype, None, lossy
+    dims: list[int | str | None] = []
+    for dim in tt.shape.dim:
+        lossy = lossy or bool(dim.denotation)
+        kind = dim.WhichOneof("value")
+        dims.append(dim.dim_value if kind == "dim_value" else dim.dim_param if kind == "dim_param" else None)
+    return dtype, tuple(dims), lossy
+
+
+def tensor_to_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
+    """A TensorProto's data as numpy (external data read relative to ``base_dir``)."""
+    try:
+        return numpy_helper.to_array(tensor, base_dir)
+    except (OSError, FileNotFoundError) as exc:
+        raise ModelLoadError(f"cannot read the external data of tensor {tensor.name!r} ({exc}); keep the "
+                             "data file next to the model, or load the model from its path") from None
+
+
+def _decode(data: bytes) -> str | bytes:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+def _copy_fields(src: Any, dst: Any, skip: Iterable[str]) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` except ``skip``."""
+    skip = set(skip)
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        target = getattr(dst, field.name)
+        if field.label == field.LABEL_REPEATED:
+            target.extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            target.CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _defined_names(gp: onnx.GraphProto) -> list[str]:
+    """Names a graph defines at its own level (inputs, initializers, node outputs)."""
+    names = [vi.name for vi in gp.input]
+    names += [t.name for t in gp.initializer]
+    names += [s.values.name for s in gp.sparse_initializer]
+    for node in gp.node:
+        names.extend(n for n in node.output if n)
+    return names
+
+
+def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
+    out.update(_defined_names(gp))
+    for node in gp.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _all_names(attr.g, out)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    _all_names(sub, out)
+    return out
+
+
+# ------------------------------------------------------------------------- lowering ---
+class _Lowerer:
+    """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
+
+    def __init__(self, proto: onnx.ModelProto, base_dir: str) -> None:
+        self.proto = proto
+        self.base_dir = base_dir
+        self.all_names = _all_names(proto.graph, set())
+        self.claimed: set[str] = set()
+        self.generated: set[str] = set()
+        self.renamed: dict[str, str] = {}
+        self.raw_types: dict[str, onnx.TypeProto] = {}
+        self.graph_meta: dict[str, dict[str, Any]] = {}
+
+    def lower(self) -> Model:
+        graph = self.lower_graph(self.proto.graph, None, {}, "")
+        return Model(graph, self._model_meta())
+
+    # ---- model meta ---------------------------------------------------------------------
+    def _model_meta(self) -> dict[str, Any]:
+        p = self.proto
+        opsets: dict[str, int] = {}
+        for entry in p.opset_import:
+            opsets[entry.domain] = entry.version
+        shell = onnx.ModelProto()
+        _copy_fields(p, shell, skip=("graph", "ir_version", "opset_import", "producer_name", "producer_version",
+                                     "domain", "model_version", "doc_string", "metadata_props",
+                                     "functions", "training_info"))
+        onnx_meta: dict[str, Any] = {"graphs": self.graph_meta, "renamed": self.renamed, "types": self.raw_types}
+        if shell.ByteSize():
+            onnx_meta["model_shell"] = shell
+        return {
+            "ir_version": p.ir_version,
+            "opset_import": opsets,
+            "producer_name": p.producer_name,
+            "producer_version": p.producer_version,
+            "domain": p.domain,
+            "model_version": p.model_version,
+            "doc_string": p.doc_string,
+            "metadata_props": {e.key: e.value for e in p.metadata_props},
+            "functions": [_copy(f, onnx.FunctionProto) for f in p.functions],
+            "training_info": [_copy(t, onnx.TrainingInfoProto) for t in p.training_info],
+            ONNX_META: onnx_meta,
+        }
+
+    # ---- naming -------------------------------------------------------------------------
+    def _fresh(self, base: str) -> str:
+        counter = 0
+        while True:
+            counter += 1
+            candidate = f"{base or 'unused'}.{counter}"
+            if candidate not in self.all_names and candidate not in self.generated:
+                self.generated.add(candidate)
+                return candidate
+
+    def _claim(self, gp: onnx.GraphProto) -> dict[str, str]:
+        """Claim the names ``gp`` defines; names claimed earlier (by an enclosing or an
+        earlier graph) get fresh IR names. Returns {onnx name: ir name} of the renames."""
+        rename: dict[str, str] = {}
+        seen: set[str] = set()
+        for name in _defined_names(gp):
+            if name in seen:
+                raise ModelLoadError(f"value {name!r} is defined twice in graph {gp.name!r}; the model is "
+                                     "not valid ONNX (not in SSA form): re-export it")
+            seen.add(name)
+            if name in self.claimed:
+                new = self._fresh(name)
+                rename[name] = new
+                self.renamed[new] = name
+                logger.debug("graph %r re-defines %r; named %r in the IR", gp.name, name, new)
+            else:
+                self.claimed.add(name)
+        return rename
+
+    # ---- graphs -------------------------------------------------------------------------
+    def lower_graph(self, gp: onnx.GraphProto, parent: Graph | None, outer: Mapping[str, Value],
+                    key: str) -> Graph:
+        graph = Graph(gp.name, "onnx", parent)
+        rename = self._claim(gp)
+        scope: ChainMap[str, Value] = ChainMap({}, outer)
+        types = {vi.name: vi.type for vi in list(gp.input) + list(gp.value_info) + list(gp.output)}
+        meta: dict[str, Any] = {}
+        init_names = {t.name for t in gp.initializer}
+        for tensor in gp.initializer:
+            value = self._constant(tensor.name, rename, tensor_to_array(tensor, self.base_dir))
+            scope[tensor.name] = graph.add_constant(value)
+        self._sparse_initializers(gp, graph, rename, scope, meta)
+        for pos, vi in enumerate(gp.input):
+            if vi.name in init_names:
+                meta.setdefault("initializer_inputs", []).append((pos, _copy(vi, onnx.ValueInfoProto)))
+                continue
+            scope[vi.name] = graph.add_input(self._value(vi.name, rename, types.get(vi.name)))
+        output_names = {vi.name for vi in gp.output}
+        for np_node in gp.node:
+            if self._lift_constant(np_node, graph, rename, scope, output_names, meta):
+                continue
+            self._node(np_node, graph, rename, scope, types, key)
+        for vi in gp.output:
+            graph.outputs.append(self._output(vi, gp, scope))
+        self._graph_extras(gp, scope.maps[0].keys(), meta)
+        if meta:
+            self.graph_meta[key] = meta
+        return graph
+
+    def _graph_extras(self, gp: onnx.GraphProto, local_names: Iterable[str], meta: dict[str, Any]) -> None:
+        """Graph fields without an IR counterpart (doc string, metadata, quantization
+        annotations) and value_info entries for values this graph does not define."""
+        shell = onnx.GraphProto()
+        _copy_fields(gp, shell, skip=("node", "name", "initializer", "sparse_initializer", "input",
+                                      "output", "value_info"))
+        if shell.ByteSize():
+            meta["shell"] = shell
+        extra = [_copy(vi, onnx.ValueInfoProto) for vi in gp.value_info if vi.name not in local_names]
+        if extra:
+            meta["value_info"] = extra
+
+    def _output(self, vi: onnx.ValueInfoProto, gp: onnx.GraphProto, scope: Mapping[str, Value]) -> Value:
+        value = scope.get(vi.name)
+        if value is None:
+            raise ModelLoadError(f"graph {gp.name!r} returns {vi.name!r}, which nothing defines; the model "
+                                 "is incomplete or corrupt: re-export it")
+        if vi.type.WhichOneof("value") is not None:
+            self._apply_type(value, vi.type)
+        return value
+
+    def _sparse_initializers(self, gp: onnx.GraphProto, graph: Graph, rename: dict[str, str],
+                             scope: dict, meta: dict[str, Any]) -> None:
+        for sparse in gp.sparse_initializer:
+            dense = _densify(sparse, self.base_dir)
+            value = self._constant(sparse.values.name, rename, dense)
+            scope[sparse.values.name] = graph.add_constant(value)
+            meta.setdefault("sparse", {})[value.name] = len(sparse.indices.dims)
+
+    def _lift_constant(self, node: onnx.NodeProto, graph: Graph, rename: dict[str, str], scope: dict,
+                       output_names: set[str], meta: dict[str, Any]) -> bool:
+        """A ``Constant`` node holding a ``value`` tensor becomes a graph constant (the
+        backend writes it back as a Constant node); graph outputs stay nodes."""
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            return False
+        if len(node.attribute) != 1 or node.attribute[0].name != "value" or node.attribute[0].ref_attr_name:
+            return False
+        if node.output[0] in output_names or not node.output[0]:
+            return False
+        data = tensor_to_array(node.attribute[0].t, self.base_dir)
+        try:
+            DType.from_numpy(data.dtype)
+        except ValueError:
+            return False
+        value = self._constant(node.output[0], rename, data)
+        scope[node.output[0]] = graph.add_constant(value)
+        shell = onnx.NodeProto()
+        _copy_fields(node, shell, skip=("input", "output", "attribute"))
+        meta.setdefault("constant_nodes", {})[value.name] = shell
+        return True
+
+    # ---- values -------------------------------------------------------------------------
+    def _value(self, name: str, rename: dict[str, str], tp: onnx.TypeProto | None) -> Value:
+        value = Value(rename.get(name, name))
+        if tp is not None:
+            self._apply_type(value, tp)
+        return value
+
+    def _apply_type(self, value: Value, tp: onnx.TypeProto) -> None:
+        dtype, shape, lossy = type_from_proto(tp)
+        value.dtype, value.shape = dtype, shape
+        if lossy:
+            self.raw_types[value.name] = _copy(tp, onnx.TypeProto)
+        else:
+            self.raw_types.pop(value.name, None)
+
+    def _constant(self, name: str, rename: dict[str, str], data: np.ndarray) -> Value:
+        try:
+            dtype = DType.from_numpy(data.dtype)
+        except ValueError:
+            dtype = DType.UNKNOWN
+        return Value(rename.get(name, name), dtype, data.shape, data)
+
+    def _lookup(self, scope: Mapping[str, Value], name: str, node: onnx.NodeProto) -> Value:
+        value = scope.get(name)
+        if value is None:
+            raise ModelLoadError(f"node {node.name or node.op_type!r} ({node.op_type}) reads {name!r}, which no "
+                                 "node, input or initializer defines before it; the model is incomplete, "
+                                 "corrupt or not topologically sorted: re-export it")
+        return value
+
+    # ---- nodes --------------------------------------------------------------------------
+    def _node(self, np_node: onnx.NodeProto, graph: Graph, rename: dict[str, str], scope: dict,
+              types: Mapping[str, onnx.TypeProto], key: str) -> None:
+        inputs = [None if name == "" else self._lookup(scope, name, np_node) for name in np_node.input]
+        outputs = []
+        for name in np_node.output:
+            if name == "":
+                placeholder = self._fresh(f"{np_node.name or np_node.op_type}.unused")
+                self.renamed[placeholder] = ""
+                outputs.append(Value(placeholder))
+            else:
+                outputs.append(self._value(name, rename, types.get(name)))
+        node = Node(np_node.op_type, inputs, outputs, {}, domain=np_node.domain, name=np_node.name or None)
+        node_meta: dict[str, Any] = {}
+        for attr in np_node.attribute:
+            node.attrs[attr.name] = self._attr(attr, np_node, node, graph, scope, key, node_meta)
+        shell = onnx.NodeProto()
+        _copy_fields(np_node, shell, skip=("input", "output", "name", "op_type", "domain", "attribute"))
+        if shell.ByteSize():
+            node_meta["shell"] = shell
+        if not np_node.name:
+            node_meta["unnamed"] = True
+        if node_meta:
+            node.meta[NODE_META] = node_meta
+        graph.append(node)
+        for name, value in zip(np_node.output, outputs):
+            if name:
+                scope[name] = value
+
+    def _attr(self, attr: onnx.AttributeProto, np_node: onnx.NodeProto, node: Node, graph: Graph,
+              scope: Mapping[str, Value], key: str, node_meta: dict[str, Any]) -> Any:
+        A = onnx.AttributeProto
+        if attr.ref_attr_name:
+            return RawAttribute(attr)
+        kind = attr.type
+        if kind == A.INT:
+            if attr.name == "to" and np_node.op_type == "Cast" and np_node.domain in ("", "ai.onnx"):
+                dtype = dtype_from_onnx(attr.i)
+                return dtype if dtype != DType.UNKNOWN else attr.i
+            return attr.i
+        if kind == A.FLOAT:
+            return attr.f
+        if kind == A.STRING:
+            return _decode(attr.s)
+        if kind == A.TENSOR:
+            return self._tensor_attr(attr, attr.t)
+        if kind == A.GRAPH:
+            return self.lower_graph(attr.g, graph, scope, graph_key(key, node, attr.name))
+        if kind in (A.INTS, A.FLOATS, A.STRINGS, A.TENSORS, A.GRAPHS):
+            try:
+                items = self._list_attr(attr, graph, node, scope, key)
+            except ValueError:  # a tensor of an element type the IR does not model
+                return RawAttribute(attr)
+            if not items:
+                node_meta.setdefault("attr_types", {})[attr.name] = kind
+            return items
+        return RawAttribute(attr)
+
+    def _list_attr(self, attr: onnx.AttributeProto, graph: Graph, node: Node, scope: Mapping[str, Value],
+                   key: str) -> list[Any]:
+        A = onnx.AttributeProto
+        if attr.type == A.INTS:
+            return list(attr.ints)
+        if attr.type == A.FLOATS:
+            return list(attr.floats)
+        if attr.type == A.STRINGS:
+            return [_decode(s) for s in attr.strings]
+        if attr.type == A.TENSORS:
+            arrays = [tensor_to_array(t, self.base_dir) for t in attr.tensors]
+            for array in arrays:
+                DType.from_numpy(array.dtype)  # raises for exotic dtypes; caller keeps it raw
+            return arrays
+        return [self.lower_graph(g, graph, scope, graph_key(key, node, attr.name, i))
+                for i, g in enumerate(attr.graphs)]
+
+    def _tensor_attr(self, attr: onnx.AttributeProto, tensor: onnx.TensorProto) -> Any:
+        data = tensor_to_array(tensor, self.base_dir)
+        try:
+            DType.from_numpy(data.dtype)
+        except ValueError:
+            return RawAttribute(attr)
+        return data
+
+
+def _densify(sparse: onnx.SparseTensorProto, base_dir: str) -> np.ndarray:
+    values = tensor_to_array(sparse.values, base_dir)
+    indices = tensor_to_array(sparse.indices, base_dir).astype(np.int64)
+    dims = tuple(sparse.dims)
+    dense = np.zeros(dims, dtype=values.dtype)
+    if indices.ndim == 2:
+        dense[tuple(indices.T)] = values
+    else:
+        dense.reshape(-1)[indices] = values
+    return dense
+
+
+def _copy(message: Any, cls: type) -> Any:
+    out = cls()
+    out.CopyFrom(message)
+    return out
