@@ -42,11 +42,14 @@ from mixprec.ir.graph import Graph, Model, Node, Shape, Value
 logger = logging.getLogger(__name__)
 
 #: key of model.meta that holds the private round-trip data:
-#:   graphs:  {graph key: {"shell": GraphProto, "initializer_inputs": [(pos, ValueInfoProto)],
+#:   graphs:  {graph key: {"shell": GraphProto, "initializer_inputs": [(pos, ir name, ValueInfoProto)],
 #:             "constant_nodes": {ir name: NodeProto}, "sparse": {ir name: index rank},
 #:             "value_info": [ValueInfoProto]}}   (graph key: see :func:`graph_key`)
 #:   renamed: {ir value name: onnx value name}
 #:   types:   {ir value name: TypeProto} for types (dtype, shape) cannot express
+#:   inferred: {ir value name} of node outputs typed by shape inference, not by the model;
+#:            the backend declares only their dtype (inferred shapes in value_info switch
+#:            on onnxruntime fusions that change results in the last bit)
 #:   model_shell: ModelProto holding the model fields without a meta key of their own
 ONNX_META = "onnx"
 #: key of node.meta that holds {"shell": NodeProto, "unnamed": bool, "attr_types": {...}}
@@ -82,6 +85,16 @@ def dtype_to_onnx(dtype: DType) -> int:
         return _DTYPE_TO_ELEM[dtype]
     except KeyError:
         raise ValueError(f"dtype {dtype.value} has no ONNX element type") from None
+
+
+def onnx_type_string(dtype: DType) -> str:
+    """The schema type string of a tensor of ``dtype``, e.g. ``tensor(bfloat16)``."""
+    return f"tensor({onnx.TensorProto.DataType.Name(dtype_to_onnx(dtype)).lower()})"
+
+
+def onnx_name(model: Model, value: Value) -> str:
+    """The ONNX name the backend gives ``value`` (IR names differ for renamed values)."""
+    return model.meta.get(ONNX_META, {}).get("renamed", {}).get(value.name, value.name)
 
 
 class RawAttribute:
@@ -139,9 +152,11 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
         where = str(path) if path is not None else "the ModelProto"
         raise ModelLoadError(f"{where} is not an ONNX model (it has no graph); pass a .onnx model file")
     _check_input(proto, path)
+    declared = None
     if infer_shapes:
+        declared = _declared_names(proto.graph, set())
         proto = _infer_shapes(proto, path)
-    return _Lowerer(proto, base_dir).lower()
+    return _Lowerer(proto, base_dir, declared).lower()
 
 
 def _read_file(path: Path) -> onnx.ModelProto:
@@ -244,7 +259,8 @@ def _copy_fields(src: Any, dst: Any, skip: Iterable[str]) -> None:
         if field.name in skip:
             continue
         target = getattr(dst, field.name)
-        if field.label == field.LABEL_REPEATED:
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
             target.extend(value)
         elif field.type == field.TYPE_MESSAGE:
             target.CopyFrom(value)
@@ -255,22 +271,36 @@ def _copy_fields(src: Any, dst: Any, skip: Iterable[str]) -> None:
 def _defined_names(gp: onnx.GraphProto) -> list[str]:
     """Names a graph defines at its own level (inputs, initializers, node outputs)."""
     names = [vi.name for vi in gp.input]
-    names += [t.name for t in gp.initializer]
+    declared = set(names)
+    names += [t.name for t in gp.initializer if t.name not in declared]
     names += [s.values.name for s in gp.sparse_initializer]
     for node in gp.node:
         names.extend(n for n in node.output if n)
     return names
 
 
-def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
-    out.update(_defined_names(gp))
+def _subgraphs(gp: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
     for node in gp.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                _all_names(attr.g, out)
+                yield attr.g
             elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    _all_names(sub, out)
+                yield from attr.graphs
+
+
+def _declared_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
+    """Names whose type the model itself declares (value_info, inputs, outputs)."""
+    out.update(vi.name for vi in gp.value_info)
+    out.update(vi.name for vi in gp.output)
+    for sub in _subgraphs(gp):
+        _declared_names(sub, out)
+    return out
+
+
+def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
+    out.update(_defined_names(gp))
+    for sub in _subgraphs(gp):
+        _all_names(sub, out)
     return out
 
 
@@ -278,9 +308,11 @@ def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
 class _Lowerer:
     """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
 
-    def __init__(self, proto: onnx.ModelProto, base_dir: str) -> None:
+    def __init__(self, proto: onnx.ModelProto, base_dir: str, declared: set[str] | None) -> None:
         self.proto = proto
         self.base_dir = base_dir
+        self.declared = declared
+        self.inferred: set[str] = set()
         self.all_names = _all_names(proto.graph, set())
         self.claimed: set[str] = set()
         self.generated: set[str] = set()
@@ -302,7 +334,8 @@ class _Lowerer:
         _copy_fields(p, shell, skip=("graph", "ir_version", "opset_import", "producer_name", "producer_version",
                                      "domain", "model_version", "doc_string", "metadata_props",
                                      "functions", "training_info"))
-        onnx_meta: dict[str, Any] = {"graphs": self.graph_meta, "renamed": self.renamed, "types": self.raw_types}
+        onnx_meta: dict[str, Any] = {"graphs": self.graph_meta, "renamed": self.renamed, "types": self.raw_types,
+                                     "inferred": self.inferred}
         if shell.ByteSize():
             onnx_meta["model_shell"] = shell
         return {
@@ -363,7 +396,8 @@ class _Lowerer:
         self._sparse_initializers(gp, graph, rename, scope, meta)
         for pos, vi in enumerate(gp.input):
             if vi.name in init_names:
-                meta.setdefault("initializer_inputs", []).append((pos, _copy(vi, onnx.ValueInfoProto)))
+                meta.setdefault("initializer_inputs", []).append(
+                    (pos, rename.get(vi.name, vi.name), _copy(vi, onnx.ValueInfoProto)))
                 continue
             scope[vi.name] = graph.add_input(self._value(vi.name, rename, types.get(vi.name)))
         output_names = {vi.name for vi in gp.output}
@@ -402,7 +436,7 @@ class _Lowerer:
     def _sparse_initializers(self, gp: onnx.GraphProto, graph: Graph, rename: dict[str, str],
                              scope: dict, meta: dict[str, Any]) -> None:
         for sparse in gp.sparse_initializer:
-            dense = _densify(sparse, self.base_dir)
+            dense = sparse_to_dense(sparse, self.base_dir)
             value = self._constant(sparse.values.name, rename, dense)
             scope[sparse.values.name] = graph.add_constant(value)
             meta.setdefault("sparse", {})[value.name] = len(sparse.indices.dims)
@@ -470,7 +504,10 @@ class _Lowerer:
                 self.renamed[placeholder] = ""
                 outputs.append(Value(placeholder))
             else:
-                outputs.append(self._value(name, rename, types.get(name)))
+                value = self._value(name, rename, types.get(name))
+                if self.declared is not None and name not in self.declared:
+                    self.inferred.add(value.name)
+                outputs.append(value)
         node = Node(np_node.op_type, inputs, outputs, {}, domain=np_node.domain, name=np_node.name or None)
         node_meta: dict[str, Any] = {}
         for attr in np_node.attribute:
@@ -543,7 +580,8 @@ class _Lowerer:
         return data
 
 
-def _densify(sparse: onnx.SparseTensorProto, base_dir: str) -> np.ndarray:
+def sparse_to_dense(sparse: onnx.SparseTensorProto, base_dir: str = "") -> np.ndarray:
+    """The dense numpy array of a SparseTensorProto (linear or coordinate indices)."""
     values = tensor_to_array(sparse.values, base_dir)
     indices = tensor_to_array(sparse.indices, base_dir).astype(np.int64)
     dims = tuple(sparse.dims)

@@ -1,0 +1,519 @@
+"""ONNX backend: ``emit(ir.Model) -> onnx.ModelProto``, ``validate``, ``save``.
+
+``emit`` is the inverse of mixprec.frontends.onnx.load: with no passes in between, the
+emitted model has the same graph structure, names, attributes, opsets and metadata as the
+input (Constant nodes come first in their graph), so onnxruntime gives bit-identical
+outputs. Every intermediate value with a known dtype gets a value_info entry and graph
+outputs are typed, so the checker sees types.
+
+Opsets: an op whose schema at the model's opset does not accept a tensor type the graph
+now gives it (bf16 Conv/MaxPool/AveragePool need opset >= 22) raises the default-domain
+opset to the lowest one that accepts every such type; the rest of the model is brought
+to that opset by ``onnx.version_converter``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from mixprec.errors import ConfigError, ConversionError
+from mixprec.frontends.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx,
+                                    graph_key, onnx_type_string, sparse_to_dense, type_from_proto)
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Model, Node, Value
+
+logger = logging.getLogger(__name__)
+
+#: default-domain opset for models that carry no opset (hand-built or parsed IR)
+DEFAULT_OPSET = 22
+#: models at least this large are saved with their tensors in an external data file
+EXTERNAL_DATA_THRESHOLD = LARGE_MODEL_BYTES
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+# --------------------------------------------------------------------------- emit ---
+def emit(model: Model, opset: int | None = None) -> onnx.ModelProto:
+    """Write ``model`` back as an ONNX ModelProto.
+
+    ``opset`` forces the default-domain opset (the model is converted to it); without it
+    the model keeps its opset unless an op needs a newer one for the tensor types it now
+    reads (then the lowest opset that accepts them). Raises ConversionError when the
+    model cannot be expressed (constant without data, failed opset conversion, a forced
+    opset below what the types need) and ConfigError for a non-ONNX model."""
+    if model.framework not in ("onnx", "generic"):
+        raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
+                          f"{model.framework} backend")
+    proto = onnx.ModelProto()
+    _Emitter(model).fill_graph(proto.graph, model.graph, "")
+    _fill_model_fields(proto, model.meta)
+    current = _default_opset(proto)
+    needed, reason = required_opset(model.graph, current)
+    target = needed if opset is None else opset
+    if opset is not None and opset < needed:
+        raise ConversionError(f"opset {opset} is too old for this model: {reason}; use opset >= {needed}")
+    if target != current:
+        logger.info("converting the model from opset %d to %d (%s)", current, target, reason or "requested")
+        proto = _convert_opset(proto, current, target, reason or "requested")
+    return proto
+
+
+def _fill_model_fields(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    shell = meta.get(ONNX_META, {}).get("model_shell")
+    if shell is not None:
+        proto.MergeFrom(shell)
+    opsets = dict(meta.get("opset_import") or {"": DEFAULT_OPSET})
+    proto.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    for field in ("producer_name", "producer_version", "domain", "doc_string"):
+        if meta.get(field):
+            setattr(proto, field, meta[field])
+    if meta.get("model_version"):
+        proto.model_version = meta["model_version"]
+    if meta.get("metadata_props"):
+        helper.set_model_props(proto, {str(k): str(v) for k, v in meta["metadata_props"].items()})
+    proto.functions.extend(meta.get("functions") or [])
+    proto.training_info.extend(meta.get("training_info") or [])
+    proto.ir_version = max(int(meta.get("ir_version") or 0), _min_ir_version(proto))
+
+
+def _min_ir_version(proto: onnx.ModelProto) -> int:
+    try:
+        return helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    except Exception:  # pragma: no cover - an opset newer than this onnx knows
+        return onnx.IR_VERSION
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in _DEFAULT_DOMAINS:
+            return entry.version
+    return DEFAULT_OPSET
+
+
+class _Emitter:
+    """Builds GraphProtos from IR graphs, restoring ONNX names from the model meta."""
+
+    def __init__(self, model: Model) -> None:
+        onnx_meta = model.meta.get(ONNX_META, {})
+        self.renamed: dict[str, str] = onnx_meta.get("renamed", {})
+        self.raw_types: dict[str, onnx.TypeProto] = onnx_meta.get("types", {})
+        self.graph_meta: dict[str, dict[str, Any]] = onnx_meta.get("graphs", {})
+        self.inferred: set[str] = onnx_meta.get("inferred", set())
+
+    def name(self, value: Value) -> str:
+        return self.renamed.get(value.name, value.name)
+
+    # ---- graphs -------------------------------------------------------------------------
+    def fill_graph(self, gp: onnx.GraphProto, graph: Graph, key: str) -> None:
+        meta = self.graph_meta.get(key, {})
+        if "shell" in meta:
+            gp.MergeFrom(meta["shell"])
+        gp.name = graph.name
+        self._constants(gp, graph, meta)
+        gp.input.extend(self._inputs(graph, meta))
+        gp.node.extend(self.node(node, key) for node in graph.iter_nodes())
+        gp.output.extend(self.value_info(v, required=True) for v in graph.outputs)
+        emitted = {vi.name for vi in gp.input} | {vi.name for vi in gp.output}
+        for node in graph.iter_nodes():
+            for value in node.outputs:
+                name = self.name(value)
+                if name and name not in emitted:
+                    vi = self.value_info(value, required=False, with_shape=value.name not in self.inferred)
+                    if vi is not None:
+                        gp.value_info.append(vi)
+                        emitted.add(name)
+        gp.value_info.extend(vi for vi in meta.get("value_info", []) if vi.name not in emitted)
+
+    def _constants(self, gp: onnx.GraphProto, graph: Graph, meta: dict[str, Any]) -> None:
+        constant_nodes = meta.get("constant_nodes", {})
+        sparse = meta.get("sparse", {})
+        for value in graph.constants.values():
+            if value.name in constant_nodes:
+                node = onnx.NodeProto()
+                node.CopyFrom(constant_nodes[value.name])
+                node.output.append(self.name(value))
+                node.attribute.append(helper.make_attribute("value", self.tensor(value, "")))
+                gp.node.append(node)
+            elif value.name in sparse:
+                gp.sparse_initializer.append(self._sparse(value, sparse[value.name]))
+            else:
+                gp.initializer.append(self.tensor(value, self.name(value)))
+
+    def _inputs(self, graph: Graph, meta: dict[str, Any]) -> list[onnx.ValueInfoProto]:
+        inputs = [self.value_info(v, required=True) for v in graph.inputs]
+        for pos, ir_name, vi in meta.get("initializer_inputs", []):
+            const = graph.constants.get(ir_name)
+            if const is None:
+                continue  # a pass removed the constant
+            declared = type_from_proto(vi.type)[:2]
+            if declared[0] == const.dtype and (declared[1] is None or len(declared[1]) == len(const.shape or ())):
+                entry = onnx.ValueInfoProto()
+                entry.CopyFrom(vi)
+            else:  # a pass retyped the constant: declare its new type
+                entry = self.value_info(const, required=True)
+            inputs.insert(min(pos, len(inputs)), entry)
+        return inputs
+
+    def value_info(self, value: Value, required: bool, with_shape: bool = True) -> onnx.ValueInfoProto | None:
+        """The ValueInfoProto of ``value``; None when its type is unknown and not required."""
+        name = self.name(value)
+        raw = self.raw_types.get(value.name)
+        if raw is not None and type_from_proto(raw)[:2] == (value.dtype, value.shape):
+            vi = onnx.ValueInfoProto(name=name)
+            vi.type.CopyFrom(raw)
+            return vi
+        if value.dtype == DType.UNKNOWN:
+            return onnx.ValueInfoProto(name=name) if required else None
+        shape = None if value.shape is None or not with_shape else list(value.shape)
+        return helper.make_tensor_value_info(name, dtype_to_onnx(value.dtype), shape)
+
+    # ---- tensors ------------------------------------------------------------------------
+    def tensor(self, value: Value, name: str) -> onnx.TensorProto:
+        data = _constant_data(value)
+        return numpy_helper.from_array(data, name)
+
+    def _sparse(self, value: Value, index_rank: int) -> onnx.SparseTensorProto:
+        data = _constant_data(value)
+        flat = data.reshape(-1)
+        positions = np.flatnonzero(flat != np.zeros((), dtype=flat.dtype))
+        indices = np.stack(np.unravel_index(positions, data.shape), axis=1) if index_rank == 2 else positions
+        sparse = onnx.SparseTensorProto()
+        sparse.values.CopyFrom(numpy_helper.from_array(flat[positions], self.name(value)))
+        sparse.indices.CopyFrom(numpy_helper.from_array(indices.astype(np.int64)))
+        sparse.dims.extend(data.shape)
+        return sparse
+
+    # ---- nodes --------------------------------------------------------------------------
+    def node(self, node: Node, key: str) -> onnx.NodeProto:
+        meta = node.meta.get(NODE_META, {})
+        proto = onnx.NodeProto()
+        if "shell" in meta:
+            proto.CopyFrom(meta["shell"])
+        proto.op_type = node.op
+        proto.domain = node.domain
+        default_name = node.outputs[0].name if node.outputs else node.op
+        proto.name = "" if meta.get("unnamed") and node.name == default_name else node.name
+        proto.input.extend("" if v is None else self.name(v) for v in node.inputs)
+        proto.output.extend(self.name(v) for v in node.outputs)
+        attr_types = meta.get("attr_types", {})
+        for attr_name, value in node.attrs.items():
+            proto.attribute.append(self.attribute(attr_name, value, node, key, attr_types.get(attr_name)))
+        return proto
+
+    def attribute(self, name: str, value: Any, node: Node, key: str, attr_type: int | None) -> onnx.AttributeProto:
+        A = onnx.AttributeProto
+        if isinstance(value, RawAttribute):
+            attr = onnx.AttributeProto()
+            attr.CopyFrom(value.proto)
+            attr.name = name
+            return attr
+        if isinstance(value, Graph):
+            attr = onnx.AttributeProto(name=name, type=A.GRAPH)
+            self.fill_graph(attr.g, value, graph_key(key, node, name))
+            return attr
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Graph) for v in value):
+            attr = onnx.AttributeProto(name=name, type=A.GRAPHS)
+            for index, sub in enumerate(value):
+                self.fill_graph(attr.graphs.add(), sub, graph_key(key, node, name, index))
+            return attr
+        try:
+            if isinstance(value, (list, tuple)) and not value:
+                return helper.make_attribute(name, [], attr_type=attr_type or A.INTS)
+            return helper.make_attribute(name, _attr_value(value))
+        except (TypeError, ValueError) as exc:
+            raise ConversionError(f"node {node.name!r} ({node.op}): attribute {name}={value!r} cannot be "
+                                  f"written to ONNX ({exc})") from None
+
+
+def _attr_value(value: Any) -> Any:
+    """An IR attribute value as something onnx.helper.make_attribute accepts."""
+    if isinstance(value, DType):
+        return dtype_to_onnx(value)
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_attr_value(v) for v in value]
+    if isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    raise TypeError(f"unsupported attribute value type {type(value).__name__}")
+
+
+def _constant_data(value: Value) -> np.ndarray:
+    if value.data is None:
+        raise ConversionError(f"constant %{value.name} has no data (an IR parsed from an elided text dump "
+                              "cannot be emitted); convert the model from its original file")
+    data = np.asarray(value.data)
+    if value.dtype not in (DType.UNKNOWN, DType.STRING) and data.dtype != value.dtype.to_numpy():
+        raise ConversionError(f"constant %{value.name} is typed {value.dtype.value} but holds {data.dtype} "
+                              "data; the pass that retyped it must convert its data too")
+    return data
+
+
+# ------------------------------------------------------------------------- opsets ---
+@functools.lru_cache(maxsize=1)
+def _schema_table() -> dict[tuple[str, str], list[Any]]:
+    table: dict[tuple[str, str], list[Any]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        table.setdefault((schema.domain, schema.name), []).append(schema)
+    for versions in table.values():
+        versions.sort(key=lambda s: s.since_version)
+    return table
+
+
+def _accepts(schema: Any, formals: list[Any], values: tuple[Value | None, ...]) -> bool:
+    """True when every typed value is allowed by its formal parameter of ``schema``."""
+    constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for index, value in enumerate(values):
+        if value is None or value.dtype == DType.UNKNOWN:
+            continue
+        if index < len(formals):
+            formal = formals[index]
+        elif formals and formals[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+            formal = formals[-1]
+        else:
+            continue  # arity problems are the checker's to report
+        allowed = constraints.get(formal.type_str, {formal.type_str})
+        if onnx_type_string(value.dtype) not in allowed:
+            return False
+    return True
+
+
+def _node_accepted_by(schema: Any, node: Node) -> bool:
+    return _accepts(schema, list(schema.inputs), node.inputs) and _accepts(schema, list(schema.outputs), node.outputs)
+
+
+def _lowest_opset_for(node: Node, current: int) -> int | None:
+    """The lowest default-domain opset >= ``current`` whose schema of ``node.op`` accepts
+    the node's tensor types; None when no opset does (or the op is unknown)."""
+    versions = _schema_table().get(("", node.op))
+    if not versions:
+        return None
+    active = [s for s in versions if s.since_version <= current]
+    if active and _node_accepted_by(active[-1], node):
+        return current
+    for schema in versions:
+        if schema.since_version > current and _node_accepted_by(schema, node):
+            return schema.since_version
+    return None
+
+
+def required_opset(graph: Graph, current: int) -> tuple[int, str]:
+    """(opset, reason): the lowest default-domain opset >= ``current`` at which every
+    standard op in the graph tree accepts the tensor types it reads and writes, and a
+    sentence naming the op that needs it (empty when ``current`` is enough)."""
+    needed, reason = current, ""
+    for node in graph.all_nodes():
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        lowest = _lowest_opset_for(node, current)
+        if lowest is not None and lowest > needed:
+            types = ", ".join(sorted({v.dtype.value for v in node.inputs if v is not None}))
+            needed, reason = lowest, f"{node.op} {node.name!r} on {types} needs opset {lowest}"
+    return needed, reason
+
+
+def _convert_opset(proto: onnx.ModelProto, current: int, target: int, reason: str) -> onnx.ModelProto:
+    """Convert with onnx.version_converter; fields the converter drops are restored.
+    Large models are converted without their tensor data, which is put back after."""
+    from onnx import version_converter
+
+    stash = _stash_data(proto) if _is_large(proto) else {}
+    sparse = _densify_sparse(proto)  # the converter rejects sparse tensors
+    try:
+        converted = version_converter.convert_version(proto, target)
+    except Exception as exc:
+        raise ConversionError(f"cannot convert the model from opset {current} to {target} ({reason}): "
+                              f"{' '.join(str(exc).split())[:400]}") from None
+    finally:
+        _unstash_data(proto, stash)
+        _restore_sparse(proto, sparse)
+    _unstash_data(converted, stash)
+    _restore_sparse(converted, sparse)
+    for field in ("functions", "training_info", "metadata_props"):
+        if len(getattr(proto, field)) and not len(getattr(converted, field)):
+            getattr(converted, field).extend(getattr(proto, field))
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        if getattr(proto, field) and not getattr(converted, field):
+            setattr(converted, field, getattr(proto, field))
+    converted.ir_version = max(converted.ir_version, proto.ir_version, _min_ir_version(converted))
+    return converted
+
+
+def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_graphs(sub)
+
+
+_SparseStash = dict[str, Any]
+
+
+def _densify_sparse(proto: onnx.ModelProto) -> _SparseStash:
+    """Replace sparse initializers and sparse Constant values by dense ones, in place;
+    returns what :func:`_restore_sparse` needs to undo it (keyed by value name)."""
+    stash: _SparseStash = {}
+    for graph in _all_graphs(proto.graph):
+        for sparse in graph.sparse_initializer:
+            stash[sparse.values.name] = _copy_proto(sparse)
+            graph.initializer.append(numpy_helper.from_array(sparse_to_dense(sparse), sparse.values.name))
+        graph.ClearField("sparse_initializer")
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "sparse_value":
+                stash[node.output[0]] = _copy_proto(node.attribute[0])
+                dense = helper.make_attribute("value", numpy_helper.from_array(sparse_to_dense(node.attribute[0].sparse_tensor)))
+                node.attribute[0].CopyFrom(dense)
+    return stash
+
+
+def _restore_sparse(proto: onnx.ModelProto, stash: _SparseStash) -> None:
+    if not stash:
+        return
+    for graph in _all_graphs(proto.graph):
+        kept = [t for t in graph.initializer if t.name not in stash]
+        restored = [stash[t.name] for t in graph.initializer if t.name in stash]
+        if restored:
+            graph.ClearField("initializer")
+            graph.initializer.extend(kept)
+            graph.sparse_initializer.extend(restored)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output and node.output[0] in stash and node.attribute \
+                    and node.attribute[0].name == "value":
+                node.attribute[0].CopyFrom(stash[node.output[0]])
+
+
+def _copy_proto(message: Any) -> Any:
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for sub in _all_graphs(graph):
+        yield from sub.initializer
+
+
+def _stash_data(proto: onnx.ModelProto, min_bytes: int = 1024) -> dict[str, bytes]:
+    stash: dict[str, bytes] = {}
+    for tensor in _all_tensors(proto.graph):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes and tensor.name not in stash:
+            stash[tensor.name] = tensor.raw_data
+            tensor.ClearField("raw_data")
+    return stash
+
+
+def _unstash_data(proto: onnx.ModelProto, stash: dict[str, bytes]) -> None:
+    if not stash:
+        return
+    for tensor in _all_tensors(proto.graph):
+        if tensor.name in stash and not tensor.HasField("raw_data"):
+            tensor.raw_data = stash[tensor.name]
+
+
+def _is_large(proto: onnx.ModelProto) -> bool:
+    try:
+        return proto.ByteSize() >= LARGE_MODEL_BYTES
+    except Exception:  # pragma: no cover - protobuf refuses to size a >2 GiB message
+        return True
+
+
+# ------------------------------------------------------------------ validate, save ---
+def validate(proto: onnx.ModelProto) -> None:
+    """onnx.checker.check_model(full_check=True); raises ConversionError with the
+    checker's message. Large models are checked from a temporary file."""
+    try:
+        if _is_large(proto):
+            with tempfile.TemporaryDirectory(prefix="mixprec-check-") as tmp:
+                path = save(proto, Path(tmp) / "model.onnx", external_data=True)
+                onnx.checker.check_model(str(path), full_check=True)
+        else:
+            onnx.checker.check_model(proto, full_check=True)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        raise ConversionError(f"the ONNX model fails onnx.checker: {message[:1000]}") from None
+
+
+def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None,
+         external_data: bool | None = None) -> Path:
+    """Write ``proto`` to ``path`` atomically (a temporary file in the same directory,
+    then os.replace) and return the path. Tensors go to ``<name>.data`` next to it when
+    ``external_data`` is True, or when None and the model is near 2 GiB; ``proto`` is
+    left as it was. Refuses (ConfigError) to overwrite ``input_path``."""
+    path = Path(path)
+    if input_path is not None and _same_file(path, Path(input_path)):
+        raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the output .onnx file name")
+    directory = path.resolve().parent
+    directory.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = _is_large(proto) or proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
+    if external_data:
+        _save_with_external_data(proto, path, directory)
+    else:
+        _save_single_file(proto, path, directory)
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _save_single_file(proto: onnx.ModelProto, path: Path, directory: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path) -> None:
+    from onnx import external_data_helper
+
+    data_name = f"{path.name}.data"
+    tmp_dir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        tmp_model = os.path.join(tmp_dir, path.name)
+        onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        # save_model moved the tensors out of ``proto``; read them back so it is unchanged
+        external_data_helper.load_external_data_for_model(proto, tmp_dir)
+        tmp_data = os.path.join(tmp_dir, data_name)
+        if os.path.exists(tmp_data):
+            os.replace(tmp_data, directory / data_name)
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

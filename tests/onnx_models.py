@@ -1,0 +1,301 @@
+"""Small ONNX test models, built on the fly (no downloads).
+
+Every builder returns a fresh ``onnx.ModelProto`` (callers may mutate it) plus, through
+``feeds(name)``, deterministic inputs for it. Exported models are built once per process
+(cached serialized) so that a test session stays fast. Builders that need torch or
+tf2onnx raise ``pytest.skip`` when the package is missing.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the ONNX tests need the onnx package")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+SEED = 0
+BATCH = 2
+
+
+def _cached(builder: Callable[[], bytes]) -> Callable[[], "onnx.ModelProto"]:
+    """Build once, hand out a fresh copy each call."""
+    once = functools.lru_cache(maxsize=1)(builder)
+
+    @functools.wraps(builder)
+    def fresh() -> "onnx.ModelProto":
+        return onnx.load_from_string(once())
+    return fresh
+
+
+def _torch_export(module, args, input_names, output_names, dynamic_axes, opset: int = 17) -> bytes:
+    torch = pytest.importorskip("torch", reason="the exported test models need torch")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # no torch.no_grad(): it switches on fused fast paths
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, buffer, dynamo=False, opset_version=opset,
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                          do_constant_folding=False)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- torch ---
+@_cached
+def torch_cnn() -> bytes:
+    """Conv/BatchNormalization/Relu/MaxPool, a residual Add, GlobalAveragePool, Gemm;
+    opset 17, dynamic batch. Input ``image`` [batch,3,16,16], output ``logits``."""
+    torch = pytest.importorskip("torch", reason="the exported test models need torch")
+    nn = torch.nn
+    torch.manual_seed(SEED)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+            self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.stem(x)
+            y = y + self.block(y)
+            return self.fc(torch.flatten(self.pool(y), 1))
+
+    net = Net()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics, so BN matters
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return _torch_export(net, (torch.randn(1, 3, 16, 16),), ["image"], ["logits"],
+                         {"image": {0: "batch"}, "logits": {0: "batch"}})
+
+
+@_cached
+def torch_transformer() -> bytes:
+    """nn.TransformerEncoderLayer with a causal -inf mask constant and a key padding mask
+    input; inputs ``x`` [batch,6,16] float and ``pad`` [batch,6] bool."""
+    torch = pytest.importorskip("torch", reason="the exported test models need torch")
+    torch.manual_seed(SEED)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            self.register_buffer("causal", torch.triu(torch.full((6, 6), float("-inf")), 1))
+
+        def forward(self, x, pad):
+            return self.layer(x, src_mask=self.causal, src_key_padding_mask=pad)
+
+    pad = torch.zeros(1, 6, dtype=torch.bool)
+    return _torch_export(Encoder(), (torch.randn(1, 6, 16), pad), ["x", "pad"], ["y"],
+                         {"x": {0: "batch"}, "pad": {0: "batch"}, "y": {0: "batch"}})
+
+
+@_cached
+def torch_shape_resize() -> bytes:
+    """Resize (nearest, scale 2) then a Shape->Gather->Unsqueeze->Concat->Reshape chain
+    (``view(batch, -1)``) and a Linear; input ``x`` [batch,4,4,4]."""
+    torch = pytest.importorskip("torch", reason="the exported test models need torch")
+    torch.manual_seed(SEED)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            y = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+            return self.fc(y.reshape(y.shape[0], -1))
+
+    return _torch_export(Net(), (torch.randn(1, 4, 4, 4),), ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}})
+
+
+# ------------------------------------------------------------------------ tf2onnx ---
+@_cached
+def tf_cnn() -> bytes:
+    """A Keras CNN (Conv2D/BatchNormalization/ReLU/MaxPooling2D/GlobalAveragePooling2D/
+    Dense+softmax) converted by tf2onnx at opset 17; input ``image`` [batch,8,8,3]."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow", reason="the tf2onnx test model needs tensorflow")
+    tf2onnx = pytest.importorskip("tf2onnx", reason="the tf2onnx test model needs tf2onnx")
+    keras = pytest.importorskip("keras", reason="the tf2onnx test model needs keras")
+    keras.utils.set_random_seed(SEED)
+    inp = keras.Input((8, 8, 3), name="image")
+    y = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.ReLU()(y)
+    y = keras.layers.MaxPooling2D(2)(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    y = keras.layers.Dense(5, activation="softmax")(y)
+    model = keras.Model(inp, y)
+    spec = [tf.TensorSpec([None, 8, 8, 3], tf.float32, name="image")]
+    fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=17)
+    return proto.SerializeToString()
+
+
+# -------------------------------------------------------------------------- by hand ---
+def _f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@_cached
+def control_flow() -> bytes:
+    """Opset 17, built with onnx.helper. Exercises:
+    - ``If`` whose branches read the outer ``x`` and ``bias`` (then) or a subgraph
+      initializer (else), the then branch holding a Constant node;
+    - ``Loop`` whose body reads the outer ``bias`` and has a scan output;
+    - ``bias``: an initializer that is also a graph input (position 1);
+    - a model-local function ``local.fn::Double`` called by a node;
+    - ``LSTM`` whose first (optional) output is omitted (``""``);
+    - attributes of every kind: INT, INTS, FLOAT, STRING, TENSOR (ConstantOfShape),
+      GRAPH, and a SPARSE_TENSOR Constant;
+    - Cast to FLOAT16 and back, a node without a name, doc strings, metadata.
+    """
+    rng = np.random.default_rng(SEED)
+    f32 = TensorProto.FLOAT
+    then_graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["then_k"], value=numpy_helper.from_array(np.float32(2.0))),
+         helper.make_node("Add", ["x", "bias"], ["then_sum"], name="then_add"),
+         helper.make_node("Mul", ["then_sum", "then_k"], ["then_out"], name="then_mul")],
+        "then_branch", [], [helper.make_tensor_value_info("then_out", f32, [2, 3])])
+    else_graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "else_scale"], ["else_out"], name="else_mul")],
+        "else_branch", [], [helper.make_tensor_value_info("else_out", f32, [2, 3])],
+        initializer=[numpy_helper.from_array(np.full(3, -1.5, np.float32), "else_scale")])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
+         helper.make_node("Add", ["acc", "bias"], ["acc_out"], name="body_add"),
+         helper.make_node("Identity", ["acc_out"], ["scan_out"], name="body_scan")],
+        "loop_body",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", f32, [2, 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", f32, [2, 3]),
+         helper.make_tensor_value_info("scan_out", f32, [2, 3])])
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([5.0, 7.0], np.float32), "sp_values"),
+                                       numpy_helper.from_array(np.array([1, 4], np.int64), "sp_indices"), [2, 3])
+    nodes = [
+        helper.make_node("If", ["cond"], ["if_out"], name="branch", then_branch=then_graph, else_branch=else_graph),
+        helper.make_node("Loop", ["trip", "", "x"], ["loop_acc", "loop_scan"], name="loop", body=body),
+        helper.make_node("Double", ["x"], ["doubled"], name="call_double", domain="local.fn"),
+        helper.make_node("LSTM", ["seq", "lstm_w", "lstm_r"], ["", "lstm_h"], name="lstm", hidden_size=2,
+                         direction="forward", activations=["Sigmoid", "Tanh", "Tanh"]),
+        helper.make_node("Transpose", ["x"], ["xt"], name="transpose", perm=[1, 0]),
+        helper.make_node("Gemm", ["x", "xt"], ["gram"], name="gemm", alpha=0.5, beta=1.0),
+        helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),
+        helper.make_node("ConstantOfShape", ["x_shape"], ["filled"], name="fill",
+                         value=numpy_helper.from_array(np.array([0.25], np.float32))),
+        helper.make_node("Constant", [], ["sparse_c"], name="sparse_const", sparse_value=sparse),
+        helper.make_node("Add", ["filled", "sparse_c"], ["filled_sp"], name="add_sparse"),
+        helper.make_node("Cast", ["filled_sp"], ["half"], to=TensorProto.FLOAT16),  # unnamed node
+        helper.make_node("Cast", ["half"], ["back"], name="cast_back", to=TensorProto.FLOAT,
+                         doc_string="cast back to float"),
+    ]
+    graph = helper.make_graph(
+        nodes, "control_flow",
+        [helper.make_tensor_value_info("x", f32, [2, 3]),
+         helper.make_tensor_value_info("bias", f32, [3]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("trip", TensorProto.INT64, []),
+         helper.make_tensor_value_info("seq", f32, [2, 1, 3])],
+        [helper.make_tensor_value_info(n, f32, shape) for n, shape in
+         (("if_out", [2, 3]), ("loop_acc", [2, 3]), ("loop_scan", ["trip_count", 2, 3]), ("doubled", [2, 3]),
+          ("lstm_h", [1, 1, 2]), ("gram", [2, 2]), ("back", [2, 3]))],
+        initializer=[numpy_helper.from_array(np.array([0.5, -1.0, 2.0], np.float32), "bias"),
+                     numpy_helper.from_array(_f32(rng, 1, 8, 3), "lstm_w"),
+                     numpy_helper.from_array(_f32(rng, 1, 8, 2), "lstm_r")],
+        doc_string="graph with control flow")
+    double = helper.make_function(
+        "local.fn", "Double", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+        [helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local.fn", 1)],
+                              functions=[double], producer_name="mixprec-tests", producer_version="1.0",
+                              doc_string="hand-built control flow model", domain="org.mixprec.tests",
+                              model_version=7)
+    model.ir_version = 8
+    helper.set_model_props(model, {"author": "mixprec", "purpose": "round trip"})
+    return model.SerializeToString()
+
+
+@_cached
+def shadowing() -> bytes:
+    """An If whose then branch re-defines ``t``, a name the main graph also defines
+    (after the If): the IR must rename one of them and the backend restore it."""
+    f32 = TensorProto.FLOAT
+    then_graph = helper.make_graph([helper.make_node("Relu", ["x"], ["t"], name="then_relu")], "then_branch", [],
+                                   [helper.make_tensor_value_info("t", f32, [2])])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"], name="else_neg")], "else_branch", [],
+                                   [helper.make_tensor_value_info("e", f32, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["r"], name="if", then_branch=then_graph, else_branch=else_graph),
+         helper.make_node("Abs", ["r"], ["t"], name="abs")],
+        "shadowing", [helper.make_tensor_value_info("x", f32, [2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("t", f32, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def matmul_model(rows: int = 16, cols: int = 8) -> "onnx.ModelProto":
+    """``y = x @ w + b`` (MatMul, Add), opset 17, input ``x`` [batch,rows]."""
+    rng = np.random.default_rng(SEED)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"], name="matmul"),
+         helper.make_node("Add", ["xw", "b"], ["y"], name="add")],
+        "matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", cols])],
+        initializer=[numpy_helper.from_array(_f32(rng, rows, cols), "w"),
+                     numpy_helper.from_array(_f32(rng, cols), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def external_data_model(directory: Path) -> Path:
+    """``matmul_model`` saved at ``directory/external.onnx`` with every tensor in
+    ``external.onnx.data``; returns the model path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "external.onnx"
+    onnx.save_model(matmul_model(64, 32), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="external.onnx.data", size_threshold=0)
+    return path
+
+
+#: name -> builder of every round-trip model (names are test ids)
+MODELS: dict[str, Callable[[], "onnx.ModelProto"]] = {
+    "torch_cnn": torch_cnn,
+    "torch_transformer": torch_transformer,
+    "torch_shape_resize": torch_shape_resize,
+    "tf_cnn": tf_cnn,
+    "control_flow": control_flow,
+    "shadowing": shadowing,
+    "matmul": matmul_model,
+}
+
+
+def feeds(name: str, proto: "onnx.ModelProto") -> dict[str, np.ndarray]:
+    """Deterministic inputs for model ``name`` (batch 2 where the batch is dynamic)."""
+    rng = np.random.default_rng(SEED)
+    if name == "control_flow":
+        return {"x": _f32(rng, 2, 3), "cond": np.array(True), "trip": np.array(3, np.int64),
+                "seq": _f32(rng, 2, 1, 3)}
+    if name == "shadowing":
+        return {"x": np.array([-1.0, 2.0], np.float32), "c": np.array(True)}
+    if name == "torch_transformer":
+        pad = np.zeros((BATCH, 6), dtype=bool)
+        pad[1, 4:] = True
+        return {"x": _f32(rng, BATCH, 6, 16), "pad": pad}
+    from mixprec.backends.onnx_runtime import make_sample_inputs
+    return make_sample_inputs(proto, seed=SEED, batch=BATCH)
