@@ -88,6 +88,9 @@ def calibrate_batchnorm(module: nn.Module, make_batch: Callable[[], torch.Tensor
     with torch.no_grad():
         for _ in range(steps):
             module(make_batch())
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1
     module.eval()
 
 
@@ -169,13 +172,13 @@ class TwoHeads(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.meta = nn.Linear(6, 8)
+        self.side = nn.Linear(6, 8)  # not "meta": GraphModule.meta would shadow it
         self.classifier = nn.Linear(16, 5)
         self.scorer = nn.Linear(16, 1)
         self.norm = nn.LayerNorm(16)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = torch.cat([self.backbone(batch["image"]), torch.tanh(self.meta(batch["meta"]))], dim=1)
+        feats = torch.cat([self.backbone(batch["image"]), torch.tanh(self.side(batch["meta"]))], dim=1)
         feats = self.norm(feats)
         return torch.softmax(self.classifier(feats), dim=-1), torch.sigmoid(self.scorer(feats)).squeeze(-1)
 
@@ -226,3 +229,49 @@ def flat_tensors(outputs: Any) -> list[torch.Tensor]:
     """The tensors of a (nested) output structure, in pytree order."""
     from torch.utils import _pytree
     return [t for t in _pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor)]
+
+
+# --------------------------------------------------------------- hand-made conversion ---
+LOW_PRECISION_OPS = ("aten.linear.default", "aten.conv2d.default")
+
+
+def convert_to_bf16(model, ops: tuple[str, ...] = LOW_PRECISION_OPS, limit: int | None = None) -> list:
+    """A hand-made BF16 conversion of an IR torch model (what the pass pipeline will do):
+    for the first ``limit`` nodes whose op is in ``ops``, f32 constants read only by such
+    nodes are stored as bf16 (mixprec.ir.dtypes.convert_array), other f32 inputs get a cast
+    to bf16, and the outputs get a cast back to f32 that all former readers now read.
+    Returns the converted nodes."""
+    from mixprec.ir import DType
+    from mixprec.ir.cast import make_cast
+    from mixprec.ir.dtypes import convert_array
+
+    graph = model.graph
+    converted = []
+    for node in graph.nodes:
+        if node.op not in ops or (limit is not None and len(converted) >= limit):
+            continue
+        for index, value in enumerate(node.inputs):
+            if value is None or value.dtype != DType.FLOAT32:
+                continue
+            if value.is_constant and all(user.op in ops for user, _ in value.uses()):
+                value.data = convert_array(value.data, DType.BFLOAT16)
+                value.dtype = DType.BFLOAT16
+            else:
+                cast = graph.insert_before(node, make_cast(graph, value, DType.BFLOAT16))
+                node.set_input(index, cast.outputs[0])
+        for out in node.outputs:
+            readers = out.uses()
+            out.dtype = DType.BFLOAT16
+            back = graph.insert_after(node, make_cast(graph, out, DType.FLOAT32))
+            for reader, index in readers:
+                reader.set_input(index, back.outputs[0])
+            graph.replace_output(out, back.outputs[0])
+        converted.append(node)
+    return converted
+
+
+def cosine(a: Any, b: Any) -> float:
+    """Cosine similarity of two output structures, flattened and concatenated (float64)."""
+    x = torch.cat([t.detach().double().flatten() for t in flat_tensors(a)])
+    y = torch.cat([t.detach().double().flatten() for t in flat_tensors(b)])
+    return float(torch.nn.functional.cosine_similarity(x, y, dim=0))
