@@ -34,12 +34,17 @@ CAST_SPECS: dict[str, CastSpec] = {
 }
 
 
+_CAST_OPS = frozenset(spec.op for spec in CAST_SPECS.values())
+
+
 def cast_spec(framework: str) -> CastSpec:
     return CAST_SPECS.get(framework, CAST_SPECS["generic"])
 
 
 def is_cast(node: Node, framework: str | None = None) -> bool:
     """True for a plain cast: one input, one output, a DType target and nothing else."""
+    if node.op not in _CAST_OPS:
+        return False
     spec = cast_spec(framework or (node.graph.root.framework if node.graph else "generic"))
     if node.op != spec.op or node.domain != spec.domain or len(node.outputs) != 1:
         return False

@@ -42,7 +42,7 @@ class DType(enum.Enum):
 
     @property
     def is_float(self) -> bool:
-        return self in _FLOATS
+        return self._value_ in _FLOAT_NAMES
 
     @property
     def is_low_precision(self) -> bool:
@@ -89,6 +89,8 @@ class DType(enum.Enum):
 
 _FLOATS = frozenset({DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16, DType.FLOAT64,
                      DType.FLOAT8E4M3, DType.FLOAT8E5M2})
+
+_FLOAT_NAMES = frozenset(d.value for d in _FLOATS)
 
 _NUMPY = {
     DType.FLOAT32: np.float32, DType.FLOAT16: np.float16, DType.FLOAT64: np.float64,

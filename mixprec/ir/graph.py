@@ -149,6 +149,8 @@ class Node:
 
     def subgraphs(self) -> Iterator["Graph"]:
         """Graphs nested in this node's attributes (If/Loop/Scan bodies, functions)."""
+        if not self.attrs:
+            return
         for attr in self.attrs.values():
             if isinstance(attr, Graph):
                 yield attr
@@ -354,8 +356,9 @@ class Graph:
         """This graph and every graph nested in it, depth first."""
         yield self
         for node in self.iter_nodes():
-            for sub in node.subgraphs():
-                yield from sub.all_graphs()
+            if node.attrs:
+                for sub in node.subgraphs():
+                    yield from sub.all_graphs()
 
     def all_nodes(self) -> Iterator[Node]:
         for graph in self.all_graphs():

@@ -28,6 +28,7 @@ import numpy as np
 
 from mixprec.errors import ParseError
 from mixprec.ir.dtypes import DType
+from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph, Node, Value
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,8 @@ def _dump_graph(graph: Graph, indent: str, nested: bool) -> str:
 
 def dump(graph: Graph) -> str:
     """The graph as deterministic text (a trailing newline included)."""
-    return _dump_graph(graph, "", nested=False) + "\n"
+    with paused_gc():
+        return _dump_graph(graph, "", nested=False) + "\n"
 
 
 # ------------------------------------------------------------------------------ parse ---
@@ -474,8 +476,9 @@ def _apply_comment(node: Node, comment: str) -> None:
 
 def parse(text: str) -> Graph:
     """Parse IR text (as written by :func:`dump`) into a Graph; raises ParseError."""
-    parser = _Parser(text)
-    graph = parser.graph(None, None)
+    with paused_gc():
+        parser = _Parser(text)
+        graph = parser.graph(None, None)
     if parser.t.peek()[0] != "eof":
         parser.t.fail_here("text after the end of the graph")
     return graph

@@ -12,7 +12,7 @@ import logging
 from typing import Callable
 
 from mixprec.errors import IRError
-from mixprec.ir.cast import cast_target, is_cast
+from mixprec.ir.cast import cast_spec, cast_target, is_cast
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node, Value
 
@@ -36,6 +36,8 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
         names.add(value.name)
         defined.add(id(value))
 
+    cast_op = cast_spec(graph.root.framework).op
+
     for value in graph.inputs:
         if value.kind != "input":
             raise IRError(f"graph {graph.name!r}: input %{value.name} is not marked as an input")
@@ -51,7 +53,7 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
         if node.graph is not graph or node._prev is not prev:
             raise IRError(f"node {node.name!r}: broken node list in graph {graph.name!r}")
         prev = node
-        for index, value in enumerate(node.inputs):
+        for index, value in enumerate(node._inputs):
             if value is None:
                 continue
             if id(value) not in defined:
@@ -59,24 +61,38 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
                 raise IRError(f"node {node.name!r} ({node.op}) reads %{value.name} defined {where}")
             if value._uses.get((id(node), index)) != (node, index):
                 raise IRError(f"use-list of %{value.name} misses ({node.name!r}, input {index})")
-        for sub in node.subgraphs():
-            _verify(sub, defined, names, mixed_input_ok)
-        for index, value in enumerate(node.outputs):
-            if value.producer is not node or value.producer_index != index or value.kind != "node":
+        if node.attrs:
+            for sub in node.subgraphs():
+                _verify(sub, defined, names, mixed_input_ok)
+        for index, value in enumerate(node._outputs):
+            if value._producer is not node or value._index != index or value._kind != "node":
                 raise IRError(f"output %{value.name} of {node.name!r} has a wrong producer link")
-            define(value, f"output of {node.name!r}")
-        _check_types(node, mixed_input_ok)
+            if value.name in names:
+                raise IRError(f"graph {graph.name!r}: value name %{value.name} is not unique "
+                              f"(output of {node.name!r})")
+            names.add(value.name)
+            defined.add(id(value))
+            _check_uses(value)
+        if node.op == cast_op or mixed_input_ok is not None:
+            _check_types(node, mixed_input_ok)
     if count != len(graph):
         raise IRError(f"graph {graph.name!r}: node count {len(graph)} disagrees with the node list ({count})")
-    for value in list(graph.inputs) + list(graph.constants.values()) + [o for n in graph.iter_nodes() for o in n.outputs]:
-        for (node_id, index), (node, idx) in value._uses.items():
-            if node_id != id(node) or idx != index or index >= len(node.inputs) or node.inputs[index] is not value:
-                raise IRError(f"use-list of %{value.name} names ({node.name!r}, input {index}) which reads something else")
-            if node.graph is None:
-                raise IRError(f"use-list of %{value.name} names removed node {node.name!r}")
+    for value in graph.inputs:
+        _check_uses(value)
+    for value in graph.constants.values():
+        _check_uses(value)
     for value in graph.outputs:
         if id(value) not in defined:
             raise IRError(f"graph {graph.name!r}: output %{value.name} is not defined")
+
+
+def _check_uses(value: Value) -> None:
+    """Every entry of the use-list points at a live node that reads ``value`` there."""
+    for (node_id, index), (node, idx) in value._uses.items():
+        if node_id != id(node) or idx != index or index >= len(node._inputs) or node._inputs[index] is not value:
+            raise IRError(f"use-list of %{value.name} names ({node.name!r}, input {index}) which reads something else")
+        if node.graph is None:
+            raise IRError(f"use-list of %{value.name} names removed node {node.name!r}")
 
 
 def _check_types(node: Node, mixed_input_ok: MixedInputOk | None) -> None:
@@ -88,8 +104,11 @@ def _check_types(node: Node, mixed_input_ok: MixedInputOk | None) -> None:
         return
     if mixed_input_ok is None:
         return
+    kinds = {v.dtype for v in node._inputs if v is not None and v.dtype.is_float}
+    if len(kinds) < 2:
+        return
     seen: DType | None = None
-    for index, value in enumerate(node.inputs):
+    for index, value in enumerate(node._inputs):
         if value is None or not value.dtype.is_float or mixed_input_ok(node, index):
             continue
         if seen is None:

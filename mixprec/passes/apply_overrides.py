@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 class ApplyOverrides(Pass):
     name = "apply-overrides"
     description = "force op types or named nodes/modules to FP32 or low precision, as the user asked"
+    changes_structure = False
     precision: str = "bf16"
     policy: str | None = None
     fp32_ops: list[str] = field(default_factory=list)

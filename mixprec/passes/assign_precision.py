@@ -45,6 +45,7 @@ class AssignPrecision(Pass):
 
     name = "assign-precision"
     description = "paint nodes low precision or FP32 with grappler's allow/infer/clear/deny algorithm, recording why"
+    changes_structure = False
     precision: str = "bf16"
     policy: str | None = None
     runtime_fp32_ops: list[str] = field(default_factory=list)
@@ -95,7 +96,7 @@ class _Painter:
         fanout: list[list[int]] = [[] for _ in range(n)]
         for i, node in enumerate(cands):
             for j, value in enumerate(node.inputs):
-                if value is None or value.dtype not in self.floats or self.policy.is_pinned(node.op, j):
+                if value is None or value.dtype not in self.floats or self.policy.is_pinned(node.qualified_op, j):
                     continue
                 prod = value.producer
                 if prod is not None:
@@ -187,7 +188,7 @@ class _Painter:
     def _is_candidate(self, node: Node) -> bool:
         if any(v.dtype in self.floats for v in node.outputs):
             return True
-        return any(v is not None and v.dtype in self.floats and not self.policy.is_pinned(node.op, j)
+        return any(v is not None and v.dtype in self.floats and not self.policy.is_pinned(node.qualified_op, j)
                    for j, v in enumerate(node.inputs))
 
     @staticmethod
@@ -228,7 +229,7 @@ class _Painter:
             uses = out.uses()
             if not uses or id(out) in outputs:
                 continue
-            if all(index.get(id(r)) in allow and not self.policy.is_pinned(r.op, j) for r, j in uses):
+            if all(index.get(id(r)) in allow and not self.policy.is_pinned(r.qualified_op, j) for r, j in uses):
                 decide(node, self.target.value, "cast",
                        f"existing cast to f32 whose readers all run in {self.target.value} (step 7)")
 

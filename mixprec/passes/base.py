@@ -27,6 +27,9 @@ class Pass:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: False for passes that only record decisions in ``node.meta``; the PassManager
+    #: does not re-verify the IR after them (there is nothing structural to break).
+    changes_structure: ClassVar[bool] = True
 
     def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError(f"pass {type(self).__name__} does not implement run()")

@@ -45,7 +45,7 @@ def decide(node: Node, precision: str, category: str | None, reason: str) -> Non
 def float_inputs(node: Node, policy: Policy) -> list[tuple[int, Value]]:
     """(index, value) of the FP32 inputs that may change dtype (pinned inputs excluded)."""
     return [(i, v) for i, v in enumerate(node.inputs)
-            if v is not None and v.dtype == DType.FLOAT32 and not policy.is_pinned(node.op, i)]
+            if v is not None and v.dtype == DType.FLOAT32 and not policy.is_pinned(node.qualified_op, i)]
 
 
 def touches_fp32(node: Node, policy: Policy) -> bool:

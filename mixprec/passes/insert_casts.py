@@ -63,12 +63,12 @@ class _CastInserter:
                 self.changed = True
             return
         lowered = is_lowered(node, target)
-        if self.policy.is_shape_source(node.op):
+        if self.policy.is_shape_source(node.qualified_op):
             return  # reads only its input's shape: any dtype will do
         for index, value in enumerate(node.inputs):
             if value is None:
                 continue
-            pinned = self.policy.is_pinned(node.op, index)
+            pinned = self.policy.is_pinned(node.qualified_op, index)
             if lowered and not pinned and value.dtype == DType.FLOAT32:
                 node.set_input(index, self._cast(value, target, node))
             elif value.dtype == target and id(value) in self.retyped and (pinned or not lowered):

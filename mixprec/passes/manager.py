@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mixprec.errors import IRError, MixprecError, PassError, PolicyError
+from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph, Node
 from mixprec.ir.text import dump
 from mixprec.ir.verify import verify as verify_ir
@@ -27,8 +28,8 @@ class PassRecord:
 
 @dataclass
 class PassManager:
-    """Runs ``passes`` on a graph. Invariant: after every pass that reports a change the
-    IR verifies, and no node mixes float input types unless the policy pins that input or
+    """Runs ``passes`` on a graph. Invariant: after every pass that reports a structural
+    change the IR verifies, and no node mixes float input types unless the policy pins that input or
     the node already did so before the first pass; otherwise PassError names the pass."""
 
     passes: Sequence[Pass]
@@ -38,6 +39,10 @@ class PassManager:
     history: list[PassRecord] = field(default_factory=list)
 
     def run(self, graph: Graph) -> PassResult:
+        with paused_gc():
+            return self._run(graph)
+
+    def _run(self, graph: Graph) -> PassResult:
         self.history = []
         mixed_ok = self._mixed_input_rule(graph) if self.verify else None
         if self.verify:
@@ -66,7 +71,7 @@ class PassManager:
             if not result.modified:
                 continue
             changed_any = True
-            if self.verify:
+            if self.verify and p.changes_structure:
                 try:
                     verify_ir(graph, mixed_ok)
                 except IRError as exc:
@@ -88,7 +93,7 @@ class PassManager:
         already_mixed = {id(n) for n in graph.all_nodes() if _mixes_floats(n)}
 
         def ok(node: Node, index: int) -> bool:
-            return id(node) in already_mixed or (policy is not None and policy.is_pinned(node.op, index))
+            return id(node) in already_mixed or (policy is not None and policy.is_pinned(node.qualified_op, index))
         return ok
 
 

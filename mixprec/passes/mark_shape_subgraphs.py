@@ -25,6 +25,7 @@ SHAPE = "shape"
 class MarkShapeSubgraphs(Pass):
     name = "mark-shape-subgraphs"
     description = "keep the subgraphs that feed shapes, indices, axes and scales in their dtype"
+    changes_structure = False
     policy: str | None = None
 
     def run(self, graph: Graph) -> PassResult:
@@ -36,7 +37,7 @@ class MarkShapeSubgraphs(Pass):
         stack: list[tuple[Value, str]] = []
         for node in graph.all_nodes():
             for index, value in enumerate(node.inputs):
-                if value is not None and policy.is_shape_input(node.op, index):
+                if value is not None and policy.is_shape_input(node.qualified_op, index):
                     stack.append((value, f"computes input {index} of {node.name!r} ({node.op})"))
         marked: set[int] = set()
         while stack:
@@ -48,7 +49,7 @@ class MarkShapeSubgraphs(Pass):
                 continue
             marked.add(id(prod))
             decide(prod, KEEP, SHAPE, reason)
-            if policy.is_shape_source(prod.op):
+            if policy.is_shape_source(prod.qualified_op):
                 continue
             for inp in prod.inputs:
                 if inp is not None:

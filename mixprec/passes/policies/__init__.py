@@ -54,6 +54,8 @@ class Policy:
     _rules: dict[str, list[ConditionalRule]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        """Index the lists; an op named twice is a PolicyError. Lookups by op name fall
+        back from dotted overload names to their prefix, for lists, pins and rules alike."""
         for name in LISTS:
             for op in self.lists.get(name, ()):
                 if op in self._category:
@@ -78,7 +80,7 @@ class Policy:
 
     def category(self, op: str, attrs: dict[str, Any] | None = None) -> tuple[str, str]:
         """(list, why) for an op with these attributes, conditional rules applied."""
-        for rule in self._rules.get(op, ()):
+        for rule in _lookup(self._rules, op) or ():
             value = (attrs or {}).get(rule.attr)
             if _matches(value, rule.values):
                 return rule.list, f"{rule.list} list because {rule.attr}={value!r}"
