@@ -27,7 +27,8 @@ from onnx import helper, numpy_helper
 
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.frontends.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx,
-                                    graph_key, onnx_type_string, sparse_to_dense, type_from_proto)
+                                    _oneline, graph_key, onnx_type_string, sparse_to_dense,
+                                    type_from_proto)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
 
@@ -121,7 +122,7 @@ class _Emitter:
         gp.input.extend(self._inputs(graph, meta))
         gp.node.extend(self.node(node, key) for node in graph.iter_nodes())
         gp.output.extend(self.value_info(v, required=True) for v in graph.outputs)
-        emitted = {vi.name for vi in gp.input} | {vi.name for vi in gp.output}
+        emitted = {vi.name for vi in gp.input} | {vi.name for vi in gp.output} | {vi.name for vi in gp.value_info}
         for node in graph.iter_nodes():
             for value in node.outputs:
                 name = self.name(value)
@@ -142,6 +143,8 @@ class _Emitter:
                 node.output.append(self.name(value))
                 node.attribute.append(helper.make_attribute("value", self.tensor(value, "")))
                 gp.node.append(node)
+                if value.dtype not in (DType.UNKNOWN, DType.STRING):
+                    gp.value_info.append(self.value_info(value, required=True))
             elif value.name in sparse:
                 gp.sparse_initializer.append(self._sparse(value, sparse[value.name]))
             else:
@@ -335,7 +338,7 @@ def _convert_opset(proto: onnx.ModelProto, current: int, target: int, reason: st
         converted = version_converter.convert_version(proto, target)
     except Exception as exc:
         raise ConversionError(f"cannot convert the model from opset {current} to {target} ({reason}): "
-                              f"{' '.join(str(exc).split())[:400]}") from None
+                              f"{_oneline(exc, 400)}") from None
     finally:
         _unstash_data(proto, stash)
         _restore_sparse(proto, sparse)
@@ -447,8 +450,7 @@ def validate(proto: onnx.ModelProto) -> None:
     except ConversionError:
         raise
     except Exception as exc:
-        message = " ".join(str(exc).split())
-        raise ConversionError(f"the ONNX model fails onnx.checker: {message[:1000]}") from None
+        raise ConversionError(f"the ONNX model fails onnx.checker: {_oneline(exc, 1000)}") from None
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None,
@@ -504,6 +506,9 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path
                         location=data_name, size_threshold=1024)
         # save_model moved the tensors out of ``proto``; read them back so it is unchanged
         external_data_helper.load_external_data_for_model(proto, tmp_dir)
+        for tensor in _all_tensors(proto.graph):
+            if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.DEFAULT:
+                tensor.ClearField("data_location")
         tmp_data = os.path.join(tmp_dir, data_name)
         if os.path.exists(tmp_data):
             os.replace(tmp_data, directory / data_name)

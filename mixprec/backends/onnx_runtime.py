@@ -22,7 +22,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mixprec.errors import ConfigError, ConversionError
-from mixprec.frontends.onnx import LARGE_MODEL_BYTES, dtype_to_onnx, onnx_name, onnx_type_string, type_from_proto
+from mixprec.frontends.onnx import (LARGE_MODEL_BYTES, _oneline, dtype_to_onnx, onnx_name, onnx_type_string,
+                                    type_from_proto)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model
 
@@ -145,7 +146,7 @@ def _probe(domain: str, op: str, attrs: dict[str, Any], dtype: DType, provider: 
     except Exception as exc:
         if "NOT_IMPLEMENTED" not in str(exc):
             logger.debug("probe of %s::%s in %s failed (%s); reporting it missing", domain, op, dtype.value,
-                         " ".join(str(exc).split())[:200])
+                         _oneline(exc, 200))
         return True
 
 
@@ -313,7 +314,7 @@ def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
                 return list(session.run(None, dict(feeds)))
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=[provider])
     except Exception as exc:
-        raise ConversionError(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:500]}") from None
+        raise ConversionError(f"onnxruntime cannot load the model: {_oneline(exc, 500)}") from None
     return list(session.run(None, dict(feeds)))
 
 

@@ -167,7 +167,7 @@ def _read_file(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError, OSError, ...
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = _oneline(exc, 200)
         raise ModelLoadError(f"{path} is not a readable ONNX model ({reason}); the file may be "
                              "truncated or in another format: re-export or re-download it") from None
 
@@ -189,7 +189,7 @@ def _check_input(proto: onnx.ModelProto, path: Path | None) -> None:
             onnx.checker.check_model(proto)
     except Exception as exc:
         logger.warning("the input model does not pass onnx.checker (%s); converting anyway",
-                       " ".join(str(exc).split())[:300])
+                       _oneline(exc))
 
 
 def _infer_shapes(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
@@ -208,7 +208,7 @@ def _infer_shapes(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
             return onnx.load(out, load_external_data=False)
     except Exception as exc:
         logger.warning("ONNX shape inference failed (%s); using the types the model declares",
-                       " ".join(str(exc).split())[:300])
+                       _oneline(exc))
         return proto
 
 
@@ -240,8 +240,8 @@ def tensor_to_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
     """A TensorProto's data as numpy (external data read relative to ``base_dir``)."""
     try:
         return numpy_helper.to_array(tensor, base_dir)
-    except (OSError, FileNotFoundError) as exc:
-        raise ModelLoadError(f"cannot read the external data of tensor {tensor.name!r} ({exc}); keep the "
+    except (OSError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(f"cannot read the external data of tensor {tensor.name!r} ({_oneline(exc)}); keep the "
                              "data file next to the model, or load the model from its path") from None
 
 
@@ -597,3 +597,8 @@ def _copy(message: Any, cls: type) -> Any:
     out = cls()
     out.CopyFrom(message)
     return out
+
+
+def _oneline(exc: BaseException, limit: int = 300) -> str:
+    """An exception message on one line, shortened."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__

@@ -1,0 +1,321 @@
+"""ONNX frontend: lowering, IR invariants, text round trip, metadata, bad inputs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the ONNX frontend needs the onnx package")
+from onnx import numpy_helper  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import onnx_models  # noqa: E402
+
+from mixprec.errors import ModelLoadError  # noqa: E402
+from mixprec.frontends.onnx import ONNX_META, RawAttribute, load  # noqa: E402
+from mixprec.ir import DType, Graph, dump, parse, verify  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=sorted(onnx_models.MODELS))
+def loaded(request):
+    proto = onnx_models.MODELS[request.param]()
+    return request.param, proto, load(proto)
+
+
+@pytest.fixture(scope="module")
+def control_flow():
+    return load(onnx_models.control_flow())
+
+
+def _node(graph: Graph, name: str):
+    matches = [n for n in graph.all_nodes() if n.name == name]
+    assert len(matches) == 1, f"{name}: {matches}"
+    return matches[0]
+
+
+# ---------------------------------------------------------------- every model ---
+def test_loaded_model_verifies(loaded):
+    _, proto, model = loaded
+    verify(model.graph)
+    assert model.framework == "onnx"
+    assert all(g.framework == "onnx" for g in model.graph.all_graphs())
+    assert model.meta["opset_import"][""] == 17
+    assert model.meta["ir_version"] == proto.ir_version
+
+
+def test_text_round_trip(loaded):
+    _, _, model = loaded
+    text = dump(model.graph)
+    assert dump(parse(text)) == text
+
+
+def test_node_count_and_ops_match(loaded):
+    _, proto, model = loaded
+    onnx_ops = sorted(n.op_type for n in proto.graph.node if n.op_type != "Constant")
+    ir_ops = sorted(n.op for n in model.graph.iter_nodes() if n.op != "Constant")
+    assert ir_ops == onnx_ops
+
+
+def test_initializers_become_constants_with_exact_data(loaded):
+    _, proto, model = loaded
+    for tensor in proto.graph.initializer:
+        const = model.graph.constants[tensor.name]
+        expected = numpy_helper.to_array(tensor)
+        assert const.dtype == DType.from_numpy(expected.dtype)
+        assert const.shape == tuple(tensor.dims)
+        np.testing.assert_array_equal(const.data, expected)
+
+
+def test_every_value_is_typed(loaded):
+    """Shape inference (or the model) types every node output except omitted ones."""
+    _, _, model = loaded
+    renamed = model.meta[ONNX_META]["renamed"]
+    for graph in model.graph.all_graphs():
+        for node in graph.iter_nodes():
+            for value in node.outputs:
+                if renamed.get(value.name) == "":
+                    continue
+                assert value.dtype != DType.UNKNOWN, (node, value)
+
+
+def test_input_proto_is_not_modified():
+    proto = onnx_models.torch_cnn()
+    before = proto.SerializeToString()
+    load(proto)
+    assert proto.SerializeToString() == before
+
+
+# ----------------------------------------------------------------- torch models ---
+def test_cnn_values():
+    model = load(onnx_models.torch_cnn())
+    (image,) = model.graph.inputs
+    assert (image.name, image.dtype, image.shape) == ("image", DType.FLOAT32, ("batch", 3, 16, 16))
+    (logits,) = model.graph.outputs
+    assert logits.dtype == DType.FLOAT32 and logits.shape == ("batch", 10)
+    ops = [n.op for n in model.graph.iter_nodes()]
+    for op in ("Conv", "BatchNormalization", "Relu", "MaxPool", "Add", "GlobalAveragePool", "Gemm"):
+        assert op in ops
+    conv = next(n for n in model.graph.iter_nodes() if n.op == "Conv")
+    assert conv.attrs["kernel_shape"] == [3, 3] and conv.attrs["pads"] == [1, 1, 1, 1]
+    assert conv.inputs[1].is_constant and conv.inputs[1].shape == (8, 3, 3, 3)
+    bn = next(n for n in model.graph.iter_nodes() if n.op == "BatchNormalization")
+    assert isinstance(bn.attrs["epsilon"], float) and abs(bn.attrs["epsilon"] - 1e-5) < 1e-9
+
+
+def test_transformer_constants_lifted_and_mask_kept():
+    proto = onnx_models.torch_transformer()
+    model = load(proto)
+    assert not any(n.op == "Constant" for n in model.graph.iter_nodes())
+    lifted = model.meta[ONNX_META]["graphs"][""]["constant_nodes"]
+    n_constant_nodes = sum(n.op_type == "Constant" for n in proto.graph.node)
+    assert len(lifted) == n_constant_nodes
+    masks = [c.data for c in model.graph.constants.values()
+             if c.data is not None and c.dtype == DType.FLOAT32 and np.isinf(c.data).any()]
+    assert masks, "the causal -inf mask must survive as a constant"
+    assert np.isneginf(masks[0]).sum() == 15
+    pad = model.graph.inputs[1]
+    assert pad.dtype == DType.BOOL and pad.shape == ("batch", 6)
+
+
+def test_shape_chain_is_typed_int64():
+    model = load(onnx_models.torch_shape_resize())
+    ops = [n.op for n in model.graph.iter_nodes()]
+    for op in ("Resize", "Shape", "Gather", "Concat", "Reshape"):
+        assert op in ops
+    shape = next(n for n in model.graph.iter_nodes() if n.op == "Shape")
+    assert shape.outputs[0].dtype == DType.INT64
+    resize = next(n for n in model.graph.iter_nodes() if n.op == "Resize")
+    assert resize.attrs["mode"] == "nearest"
+
+
+def test_tf2onnx_model():
+    model = load(onnx_models.tf_cnn())
+    assert model.meta["producer_name"] == "tf2onnx"
+    assert model.meta["opset_import"].get("ai.onnx.ml") == 2
+    assert [v.name for v in model.graph.inputs] == ["image"]
+    assert model.graph.inputs[0].shape[1:] == (8, 8, 3)
+    assert "Conv" in [n.op for n in model.graph.iter_nodes()]
+
+
+# ---------------------------------------------------------------- control flow ---
+def test_model_meta(control_flow):
+    meta = control_flow.meta
+    assert meta["opset_import"] == {"": 17, "local.fn": 1}
+    assert meta["ir_version"] == 8
+    assert (meta["producer_name"], meta["producer_version"]) == ("mixprec-tests", "1.0")
+    assert meta["domain"] == "org.mixprec.tests" and meta["model_version"] == 7
+    assert meta["doc_string"] == "hand-built control flow model"
+    assert meta["metadata_props"] == {"author": "mixprec", "purpose": "round trip"}
+    assert [f.name for f in meta["functions"]] == ["Double"]
+    assert meta[ONNX_META]["graphs"][""]["shell"].doc_string == "graph with control flow"
+
+
+def test_initializer_that_is_an_input(control_flow):
+    graph = control_flow.graph
+    assert "bias" in graph.constants
+    assert "bias" not in [v.name for v in graph.inputs]
+    (entry,) = control_flow.meta[ONNX_META]["graphs"][""]["initializer_inputs"]
+    assert entry[0] == 1 and entry[1] == "bias" and entry[2].name == "bias"
+
+
+def test_subgraphs_read_outer_values(control_flow):
+    graph = control_flow.graph
+    branch = _node(graph, "branch")
+    then_g, else_g = branch.attrs["then_branch"], branch.attrs["else_branch"]
+    assert isinstance(then_g, Graph) and isinstance(else_g, Graph)
+    assert then_g.parent is graph and then_g.name == "then_branch"
+    x, bias = graph.inputs[0], graph.constants["bias"]
+    then_add, body_add = _node(graph, "then_add"), _node(graph, "body_add")
+    assert then_add.inputs == (x, bias)
+    assert body_add.inputs[1] is bias
+    readers = {(n.name, i) for n, i in bias.uses()}
+    assert {("then_add", 1), ("body_add", 1)} <= readers
+    assert "else_scale" in else_g.constants and "then_k" in then_g.constants
+    assert then_g.constants["then_k"].data == np.float32(2.0)
+
+
+def test_loop_body(control_flow):
+    loop = _node(control_flow.graph, "loop")
+    assert loop.inputs[1] is None
+    body = loop.attrs["body"]
+    assert [v.name for v in body.inputs] == ["iter", "cond_in", "acc"]
+    assert [v.dtype for v in body.inputs] == [DType.INT64, DType.BOOL, DType.FLOAT32]
+    assert [v.name for v in body.outputs] == ["cond_out", "acc_out", "scan_out"]
+    assert loop.outputs[1].shape == ("trip_count", 2, 3)
+
+
+def test_attribute_kinds(control_flow):
+    graph = control_flow.graph
+    assert _node(graph, "transpose").attrs["perm"] == [1, 0]
+    gemm = _node(graph, "gemm").attrs
+    assert gemm["alpha"] == 0.5 and isinstance(gemm["alpha"], float)
+    lstm = _node(graph, "lstm").attrs
+    assert lstm["hidden_size"] == 2 and lstm["direction"] == "forward"
+    assert lstm["activations"] == ["Sigmoid", "Tanh", "Tanh"]
+    fill = _node(graph, "fill").attrs["value"]
+    assert isinstance(fill, np.ndarray) and fill.dtype == np.float32 and fill.tolist() == [0.25]
+    sparse = _node(graph, "sparse_const").attrs["sparse_value"]
+    assert isinstance(sparse, RawAttribute)
+    assert sparse.proto.type == onnx.AttributeProto.SPARSE_TENSOR
+    assert "SPARSE_TENSOR" in repr(sparse)
+
+
+def test_cast_targets_are_dtypes(control_flow):
+    casts = [n for n in control_flow.graph.iter_nodes() if n.op == "Cast"]
+    assert [c.attrs["to"] for c in casts] == [DType.FLOAT16, DType.FLOAT32]
+    assert casts[0].outputs[0].dtype == DType.FLOAT16
+    # the first cast has no name in the file: it gets the IR default and remembers it
+    assert casts[0].name == "half" and casts[0].meta["onnx"]["unnamed"]
+    assert casts[1].meta["onnx"]["shell"].doc_string == "cast back to float"
+
+
+def test_omitted_output_gets_a_placeholder(control_flow):
+    lstm = _node(control_flow.graph, "lstm")
+    placeholder = lstm.outputs[0]
+    assert placeholder.name != "" and placeholder.num_uses == 0
+    assert control_flow.meta[ONNX_META]["renamed"][placeholder.name] == ""
+    assert lstm.outputs[1].name == "lstm_h"
+
+
+def test_function_call_node(control_flow):
+    call = _node(control_flow.graph, "call_double")
+    assert (call.domain, call.op, call.qualified_op) == ("local.fn", "Double", "local.fn::Double")
+
+
+def test_shadowed_name_is_renamed():
+    model = load(onnx_models.shadowing())
+    verify(model.graph)
+    then_g = _node(model.graph, "if").attrs["then_branch"]
+    inner = then_g.outputs[0]
+    assert inner.name != "t"
+    assert model.graph.outputs[0].name == "t"
+    assert model.meta[ONNX_META]["renamed"] == {inner.name: "t"}
+
+
+# ------------------------------------------------------------------ files ---
+def test_load_from_path_with_external_data(tmp_path):
+    path = onnx_models.external_data_model(tmp_path)
+    model = load(path)
+    verify(model.graph)
+    reference = onnx.load(str(path))  # loads the external data
+    for tensor in reference.graph.initializer:
+        np.testing.assert_array_equal(model.graph.constants[tensor.name].data, numpy_helper.to_array(tensor))
+    assert model.graph.constants["w"].shape == (64, 32)
+
+
+def test_load_large_model_path(tmp_path, monkeypatch):
+    """Past LARGE_MODEL_BYTES the frontend neither serializes the proto nor checks it in
+    memory: path-based shape inference and checking."""
+    import mixprec.frontends.onnx as frontend
+
+    path = tmp_path / "m.onnx"
+    onnx.save_model(onnx_models.torch_cnn(), str(path))
+    monkeypatch.setattr(frontend, "LARGE_MODEL_BYTES", 1)
+    calls = []
+    real = onnx.shape_inference.infer_shapes_path
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: pytest.fail("serialized in memory"))
+    model = load(path)
+    verify(model.graph)
+    assert calls
+    relu = next(n for n in model.graph.iter_nodes() if n.op == "Relu")
+    assert relu.outputs[0].dtype == DType.FLOAT32
+
+
+def test_external_data_missing_gives_load_error(tmp_path):
+    path = onnx_models.external_data_model(tmp_path)
+    (tmp_path / "external.onnx.data").unlink()
+    with pytest.raises(ModelLoadError, match="external data"):
+        load(path)
+
+
+@pytest.mark.parametrize("make", ["missing", "directory", "text", "truncated", "empty"])
+def test_bad_files(tmp_path, make):
+    if make == "missing":
+        path = tmp_path / "nope.onnx"
+    elif make == "directory":
+        path = tmp_path
+    elif make == "text":
+        path = tmp_path / "readme.onnx"
+        path.write_text("this is not a model, just some text\n" * 20)
+    else:
+        path = tmp_path / "cut.onnx"
+        data = onnx_models.torch_cnn().SerializeToString()
+        path.write_bytes(data[: len(data) // 2] if make == "truncated" else b"")
+    with pytest.raises(ModelLoadError) as info:
+        load(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path.name) in message
+    error = info.value  # no chained protobuf traceback
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+def test_truncated_graph_reference_gives_load_error():
+    proto = onnx_models.torch_cnn()
+    del proto.graph.node[0]  # what a file cut at a node boundary looks like
+    with pytest.raises(ModelLoadError, match="defines"):
+        load(proto)
+
+
+def test_wrong_argument_type():
+    with pytest.raises(ModelLoadError, match="ModelProto"):
+        load(42)
+
+
+def test_shape_inference_failure_only_warns(caplog, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("inference exploded")
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+    model = load(onnx_models.matmul_model())
+    verify(model.graph)
+    assert "inference exploded" in caplog.text
+
+
+def test_import_mixprec_does_not_import_onnx():
+    code = "import sys, mixprec, mixprec.ir; print('onnx' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.strip() == "False"
