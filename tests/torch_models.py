@@ -94,11 +94,11 @@ def calibrate_batchnorm(module: nn.Module, make_batch: Callable[[], torch.Tensor
     module.eval()
 
 
-def resnet(batch: int = 2, size: int = 16, seed: int = 0) -> Built:
+def resnet(batch: int = 2, size: int = 16, seed: int = 0, width: int = 16) -> Built:
     """TinyResNet with calibrated BatchNorm; input ``(batch, 3, size, size)``."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = TinyResNet()
+    model = TinyResNet(width=width)
     _scaled_init(model, gen)
     calibrate_batchnorm(model, lambda: torch.randn(8, 3, size, size, generator=gen))
     return model, (torch.randn(batch, 3, size, size, generator=gen),)
@@ -235,25 +235,24 @@ def flat_tensors(outputs: Any) -> list[torch.Tensor]:
 LOW_PRECISION_OPS = ("aten.linear.default", "aten.conv2d.default")
 
 
-def convert_to_bf16(model, ops: tuple[str, ...] = LOW_PRECISION_OPS, limit: int | None = None) -> list:
+def convert_to_bf16(model, ops: tuple[str, ...] = LOW_PRECISION_OPS, select: Callable[[Any], bool] | None = None) -> list:
     """A hand-made BF16 conversion of an IR torch model (what the pass pipeline will do):
-    for the first ``limit`` nodes whose op is in ``ops``, f32 constants read only by such
-    nodes are stored as bf16 (mixprec.ir.dtypes.convert_array), other f32 inputs get a cast
-    to bf16, and the outputs get a cast back to f32 that all former readers now read.
-    Returns the converted nodes."""
+    for every node whose op is in ``ops`` (and that ``select`` accepts), f32 constants read
+    only by converted nodes are stored as bf16 (mixprec.ir.dtypes.convert_array), other f32
+    inputs get a cast to bf16, and the outputs get a cast back to f32 that all former
+    readers now read. Returns the converted nodes."""
     from mixprec.ir import DType
     from mixprec.ir.cast import make_cast
     from mixprec.ir.dtypes import convert_array
 
     graph = model.graph
-    converted = []
-    for node in graph.nodes:
-        if node.op not in ops or (limit is not None and len(converted) >= limit):
-            continue
+    chosen = [n for n in graph.nodes if n.op in ops and (select is None or select(n))]
+    chosen_ids = {id(n) for n in chosen}
+    for node in chosen:
         for index, value in enumerate(node.inputs):
             if value is None or value.dtype != DType.FLOAT32:
                 continue
-            if value.is_constant and all(user.op in ops for user, _ in value.uses()):
+            if value.is_constant and all(id(user) in chosen_ids for user, _ in value.uses()):
                 value.data = convert_array(value.data, DType.BFLOAT16)
                 value.dtype = DType.BFLOAT16
             else:
@@ -266,8 +265,7 @@ def convert_to_bf16(model, ops: tuple[str, ...] = LOW_PRECISION_OPS, limit: int 
             for reader, index in readers:
                 reader.set_input(index, back.outputs[0])
             graph.replace_output(out, back.outputs[0])
-        converted.append(node)
-    return converted
+    return chosen
 
 
 def cosine(a: Any, b: Any) -> float:

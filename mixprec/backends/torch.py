@@ -8,6 +8,7 @@ what ``m(x)`` computes (same kernels, same arguments), so outputs are bit-identi
 """
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import keyword
@@ -25,8 +26,8 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from mixprec.errors import ConversionError, UnsupportedModelError
-from mixprec.frontends.torch import (FRAMEWORK, INPUT_REF, TENSOR_LISTS_ATTR, _dynamic_shapes, _split_inputs,
-                                     load_spec, tensor_kind, torch_dtype)
+from mixprec.frontends.torch import (COMPLEX_TAG, FRAMEWORK, INPUT_REF, TENSOR_LISTS_ATTR, dynamic_batch_shapes,
+                                     load_spec, split_inputs, tensor_kind, torch_dtype)
 from mixprec.ir.dtypes import DType, convert_array
 from mixprec.ir.graph import Graph, Model, Node, Value
 
@@ -195,12 +196,18 @@ def save(model_or_module: Model | torch.nn.Module, path: str | os.PathLike, exam
     temporary name in the same directory and moved into place, so ``path`` is either the
     old file or the complete new one. ``dynamic_batch`` defaults to what the model was
     loaded with."""
-    module = emit(model_or_module) if isinstance(model_or_module, Model) else model_or_module
+    if isinstance(model_or_module, Model):
+        module = emit(model_or_module)
+    elif isinstance(model_or_module, EmittedModule):
+        module = model_or_module
+    else:  # export may assign attributes on the module it traces (nn.LSTM does): never on the user's
+        module = copy.deepcopy(model_or_module)
+    _warn_unloadable_names(module)
     if dynamic_batch is None:
         dynamic_batch = bool(isinstance(model_or_module, Model)
                              and model_or_module.meta.get(FRAMEWORK, {}).get("dynamic_batch"))
-    args, kwargs = _split_inputs(example_inputs)
-    dynamic_shapes = _dynamic_shapes(args, kwargs) if dynamic_batch else None
+    args, kwargs = split_inputs(example_inputs)
+    dynamic_shapes = dynamic_batch_shapes(args, kwargs) if dynamic_batch else None
     try:
         program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
@@ -217,6 +224,19 @@ def save(model_or_module: Model | torch.nn.Module, path: str | os.PathLike, exam
         raise
     logger.info("saved torch.export program to %s (%d bytes)", target, target.stat().st_size)
     return target
+
+
+def _warn_unloadable_names(module: torch.nn.Module) -> None:
+    """torch 2.13's ``ExportedProgram.module()`` rebuilds state on an fx.GraphModule, so a
+    top-level submodule or tensor named like a GraphModule attribute (``meta``, ``graph``,
+    ``code``) makes ``torch.export.load(path).module()`` fail; say so before writing."""
+    names = {name.split(".")[0] for name, _ in module.named_parameters()}
+    names |= {name.split(".")[0] for name, _ in module.named_buffers()}
+    clashes = sorted(n for n in names if hasattr(fx.GraphModule, n) or n in ("meta", "graph", "code"))
+    if clashes:
+        logger.warning("top-level module/tensor names %s shadow torch.fx.GraphModule attributes: torch.export can "
+                       "save this program but torch.export.load(...).module() will fail to rebuild it; rename them",
+                       clashes)
 
 
 # ------------------------------------------------------------------------- constants ---
@@ -371,6 +391,8 @@ def _attr_value(value: Any, node: Node, env: dict[int, fx.Node], schema_type: An
     back to devices / layouts / memory formats as the schema type says)."""
     if isinstance(value, dict) and set(value) == {INPUT_REF}:
         return _fx_input(node, value[INPUT_REF], env)
+    if isinstance(value, dict) and set(value) == {COMPLEX_TAG}:
+        return complex(*value[COMPLEX_TAG])
     if isinstance(value, DType):
         return torch_dtype(value)
     if isinstance(value, list):

@@ -23,7 +23,8 @@ IR conventions for torch graphs (``mixprec.backends.torch`` reads exactly these)
   ``mixprec.ir.DType``; ``torch.device`` -> ``"cpu"``; layouts and memory formats -> their
   short names (``"strided"``, ``"contiguous_format"``). A symbolic scalar computed in the
   graph (a SymInt from ``aten.sym_size.int``) inside such an argument becomes an extra
-  input slot, referenced from the attribute as ``{"$input": slot}``. Ops without a schema
+  input slot, referenced from the attribute as ``{"$input": slot}``; a complex number is
+  ``{"$complex": [real, imag]}``. Ops without a schema
   (python callables) name their positional arguments ``arg0``, ``arg1``, ... the same way.
 - A multi-output op (tuple or list result) has one IR output per element; the fx
   ``operator.getitem`` nodes are folded away and give the outputs their names.
@@ -71,6 +72,7 @@ FRAMEWORK = "torch"
 CAST_OP = "aten._to_copy.default"
 TENSOR_LISTS_ATTR = "_tensor_lists"
 INPUT_REF = "$input"
+COMPLEX_TAG = "$complex"
 BATCH_DIM = "batch"
 
 _TORCH_TO_DTYPE: dict[torch.dtype, DType] = {
@@ -103,7 +105,7 @@ def load(module: torch.nn.Module, example_inputs: tuple | dict | torch.Tensor, d
     are rewritten to their functional forms where that is provably safe.
 
     The user's module is not mutated (its copy is put in eval mode)."""
-    args, kwargs = _split_inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     work = _private_copy(module)
     arg_names = _positional_names(work, len(args))
     forward_params = _forward_params(work)
@@ -135,6 +137,7 @@ def load_program(path: str | os.PathLike) -> Model:
 def from_exported_program(program: "torch.export.ExportedProgram") -> Model:
     """Lower an ``ExportedProgram`` (training or inference IR) to the IR."""
     capture = _capture_from_program(program, source="export")
+    capture.dynamic_batch = bool(capture.batch_symbols)
     signature = program.module_call_graph[0].signature if program.module_call_graph else None
     in_spec = capture.in_spec
     n_args = in_spec.child(0).num_children if _is_args_kwargs_spec(in_spec) else 0
@@ -191,7 +194,8 @@ class _Capture:
     batch_symbols: set = field(default_factory=set)
 
 
-def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` from example inputs: a tuple/list is positional, a dict keywords."""
     if isinstance(example_inputs, dict):
         return (), dict(example_inputs)
     if isinstance(example_inputs, torch.Tensor):
@@ -233,7 +237,8 @@ def _forward_params(module: torch.nn.Module) -> list[str]:
     return [p.name for p in _signature_params(module) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def _dynamic_shapes(args: tuple, kwargs: dict) -> tuple | dict:
+def dynamic_batch_shapes(args: tuple, kwargs: dict) -> tuple | dict:
+    """torch.export ``dynamic_shapes`` making dim 0 of every tensor one shared ``batch`` Dim."""
     batch = torch.export.Dim(BATCH_DIM, min=1)
 
     def spec(x: Any) -> Any:
@@ -244,7 +249,7 @@ def _dynamic_shapes(args: tuple, kwargs: dict) -> tuple | dict:
 
 
 def _capture_export(module: torch.nn.Module, args: tuple, kwargs: dict, dynamic_batch: bool) -> _Capture:
-    dynamic_shapes = _dynamic_shapes(args, kwargs) if dynamic_batch else None
+    dynamic_shapes = dynamic_batch_shapes(args, kwargs) if dynamic_batch else None
     try:
         program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
@@ -662,6 +667,8 @@ class _Lowering:
             return [self.attr(v, inputs) for v in value]
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
+        if isinstance(value, complex):
+            return {COMPLEX_TAG: [value.real, value.imag]}
         if isinstance(value, torch.dtype):
             return ir_dtype(value)
         if isinstance(value, torch.device):
@@ -704,9 +711,6 @@ def tensor_kind(schema_type: Any) -> str:
         if isinstance(elem, torch.TensorType):
             return "list"
     return "other"
-
-
-_MISSING = object()
 
 
 def _argument(node: fx.Node, index: int, arg: Any) -> tuple[bool, Any]:
