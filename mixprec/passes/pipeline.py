@@ -51,6 +51,11 @@ def _value(text: str) -> Any:
     return text
 
 
+def split_items(spec: str) -> list[str]:
+    """``"a,b{x=1,y=2}"`` -> ``["a", "b{x=1,y=2}"]``."""
+    return _split_top(spec, ",")
+
+
 def parse_pipeline(spec: str) -> list[tuple[str, dict[str, Any]]]:
     """``"a,b{x=1}"`` -> ``[("a", {}), ("b", {"x": 1})]``."""
     out = []

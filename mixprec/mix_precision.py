@@ -1,0 +1,132 @@
+"""``fit``: the Intel Neural Compressor-style entry point.
+
+    from mixprec import mix_precision
+    from mixprec.config import MixedPrecisionConfig
+    converted = mix_precision.fit("model.onnx", config=MixedPrecisionConfig())
+    converted.save("model_bf16.onnx")
+
+Invariants: the user's model is never modified; the returned model passed its framework's
+validation and, unless ``check_outputs=False``, its outputs were compared with the FP32
+model's on sample inputs (the report has the numbers); ``fit`` never returns None and
+never exits the process: every failure is a MixprecError saying what to do."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from typing import Any, Callable
+
+from mixprec.adapters import Adapter, adapter_for
+from mixprec.config import MixedPrecisionConfig
+from mixprec.errors import ConfigError, ConversionError, UnsupportedModelError
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Model
+from mixprec.numerics import compare_outputs
+from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
+from mixprec.passes.pipeline import split_items as parse_spec_items
+from mixprec.report import Report
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+class ConvertedModel:
+    """What ``fit`` returns: ``.model`` (native converted model), ``.ir`` (the converted
+    ir.Model), ``.report`` (decisions, statistics, output checks) and ``.save(path)``."""
+
+    def __init__(self, model: Any, ir: Model, report: Report, adapter: Adapter, config: MixedPrecisionConfig,
+                 input_path: str | None) -> None:
+        self.model = model
+        self.ir = ir
+        self.report = report
+        self._adapter = adapter
+        self._config = config
+        self._input_path = input_path
+
+    @property
+    def framework(self) -> str:
+        return self._adapter.name
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the converted model (atomically; never over the input model)."""
+        path = os.fspath(path)
+        self._adapter.save(self.model, path, self.ir, self._config, self._input_path)
+        logger.info("saved the converted model to %s", path)
+        return path
+
+    def __repr__(self) -> str:
+        return f"ConvertedModel({self.framework}, {self.report.precision}, {len(self.report.nodes)} nodes)"
+
+
+def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Callable | None = None,
+        eval_dataloader: Any = None, eval_metric: Any = None, progress: Progress | None = None) -> ConvertedModel:
+    """Convert ``model`` (onnx.ModelProto, torch.nn.Module, or a .onnx/.pt2 path) to mixed
+    precision as ``config`` says; see the module docstring."""
+    if eval_func is not None or eval_dataloader is not None or eval_metric is not None:
+        raise ConfigError("accuracy-driven tuning (eval_func/eval_dataloader/eval_metric) is not available yet; "
+                          "call fit without them and check converted.report, or keep ops in FP32 with "
+                          "op_type_dict/op_name_dict")
+    config = config if config is not None else MixedPrecisionConfig()
+    if not isinstance(config, MixedPrecisionConfig):
+        raise ConfigError(f"config must be a MixedPrecisionConfig, not {type(config).__name__}")
+    adapter = adapter_for(model)
+    ir_model = adapter.load(model, config)
+    report = run_pipeline(adapter, ir_model, config, progress=progress)
+    converted = adapter.emit(ir_model, config)
+    if config.check_outputs:
+        _check_outputs(adapter, model, converted, ir_model, config, report)
+    input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    return ConvertedModel(converted, ir_model, report, adapter, config, input_path)
+
+
+def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, stop_after: str | None = None,
+                 progress: Progress | None = None) -> Report:
+    """Run the configured pipeline (up to and including pass ``stop_after``) on
+    ``ir_model`` in place and return the report of its decisions."""
+    _refuse_converted(ir_model.graph, config.precision)
+    runtime_ops, runtime_name = adapter.runtime_fp32_ops(ir_model, config)
+    spec = config.pipeline or DEFAULT_PIPELINE
+    if stop_after is not None:
+        names = [item.split("{")[0].strip() for item in parse_spec_items(spec)]
+        if stop_after not in names:
+            raise ConfigError(f"--after {stop_after!r}: the pipeline has no such pass; its passes: {', '.join(names)}")
+        spec = ",".join(parse_spec_items(spec)[: names.index(stop_after) + 1])
+    manager = build_pipeline(spec, dump_dir=config.dump_dir, precision=config.precision, policy=config.policy,
+                             keep=config.keep_io_types, runtime_fp32_ops=runtime_ops, runtime=runtime_name,
+                             **config.overrides())
+    manager.progress = progress
+    manager.run(ir_model.graph)
+    report = Report.from_graph(ir_model.graph, config.precision, config.target)
+    report.passes = [asdict(record) for record in manager.history]
+    if runtime_ops:
+        report.notes.append(f"{runtime_name} lacks {config.precision} kernels for: {', '.join(runtime_ops)}")
+    return report
+
+
+def _refuse_converted(graph: Graph, precision: str) -> None:
+    """A model with no FP32 tensor left has nothing to convert: say so instead of
+    returning it unchanged."""
+    dtypes = {v.dtype for g in graph.all_graphs() for v in g.values()}
+    low = {DType.BFLOAT16, DType.FLOAT16} & dtypes
+    if low and DType.FLOAT32 not in dtypes:
+        names = ", ".join(sorted(d.value for d in low))
+        raise UnsupportedModelError(f"the model is already in {names} (it has no float32 tensor); "
+                                    f"convert the FP32 model instead")
+
+
+def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Model,
+                   config: MixedPrecisionConfig, report: Report) -> None:
+    inputs = adapter.sample_inputs(original, ir_model, config)
+    reference = adapter.run_original(original, inputs)
+    outputs = adapter.run_converted(converted, inputs, config)
+    report.checks = compare_outputs(adapter.output_names(ir_model), reference, outputs)
+    for check in report.checks:
+        if check.cosine != check.cosine or (check.cosine == 0.0 and check.max_abs_error == float("inf")):
+            raise ConversionError(f"output {check.output} of the converted model is not finite or has the wrong "
+                                  "shape; keep the ops that overflow in FP32 (op_type_dict) and report this model")
+        if check.cosine < config.min_cosine:
+            msg = (f"output {check.output}: cosine {check.cosine:.4f} to the FP32 output is below "
+                   f"{config.min_cosine}; consider keeping sensitive ops in FP32")
+            logger.warning(msg)
+            report.notes.append(msg)

@@ -1,0 +1,124 @@
+"""The conversion report: every node's precision and the reason for it, the per-op-type
+statistics table INC users know, pass timings and the FP32-vs-converted output checks;
+as text and as JSON. Built from the IR alone (node.meta), so ``mixprec report`` can
+rebuild it from a dumped or converted graph."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixprec.ir.graph import Graph
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeDecision:
+    name: str
+    op: str
+    precision: str
+    category: str
+    reason: str
+    graph: str
+
+
+@dataclass
+class OutputCheck:
+    """One output of the converted model against the FP32 model on the same inputs."""
+    output: str
+    max_abs_error: float
+    max_rel_error: float
+    cosine: float
+    argmax_agreement: float | None = None
+
+
+@dataclass
+class Report:
+    framework: str
+    precision: str
+    target: str = "spec"
+    nodes: list[NodeDecision] = field(default_factory=list)
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[OutputCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_graph(cls, graph: Graph, precision: str, target: str = "spec") -> "Report":
+        nodes = []
+        for g in graph.all_graphs():
+            for node in g.iter_nodes():
+                nodes.append(NodeDecision(node.name, node.qualified_op, node.meta.get("precision", "keep"),
+                                          node.meta.get("category", "-"),
+                                          node.meta.get("reason", "no pass recorded a decision"), g.name))
+        return cls(graph.framework, precision, target, nodes)
+
+    # ---- summaries ----------------------------------------------------------------------
+    @property
+    def casts_inserted(self) -> int:
+        return sum(1 for n in self.nodes if n.category == "cast" and n.reason.startswith("inserted"))
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """Per op type: total, low-precision, FP32 and kept (no float tensor) counts.
+        Casts come last as one row per op."""
+        rows: dict[str, Counter] = {}
+        for node in self.nodes:
+            bucket = "lp" if node.precision == self.precision else ("keep" if node.precision == "keep" else "fp32")
+            rows.setdefault(node.op, Counter())[bucket] += 1
+        casts = {n.op for n in self.nodes if n.category == "cast"}
+        order = sorted(rows, key=lambda op: (op in casts, op))
+        return [{"op": op, "total": sum(rows[op].values()), self.precision: rows[op]["lp"],
+                 "fp32": rows[op]["fp32"], "keep": rows[op]["keep"]} for op in order]
+
+    def decision(self, name: str) -> NodeDecision:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    # ---- output -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["statistics"] = self.statistics()
+        data["casts_inserted"] = self.casts_inserted
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+
+    def summary_table(self) -> str:
+        lp = self.precision.upper()
+        lines = [f"Mixed precision statistics ({self.framework}, {self.precision}, target {self.target})",
+                 f"| {'Op Type':<28} | {'Total':>5} | {lp:>5} | {'FP32':>5} | {'Kept':>5} |",
+                 f"|{'-' * 30}|{'-' * 7}|{'-' * 7}|{'-' * 7}|{'-' * 7}|"]
+        for row in self.statistics():
+            lines.append(f"| {row['op'][:28]:<28} | {row['total']:>5} | {row[self.precision]:>5} | "
+                         f"{row['fp32']:>5} | {row['keep']:>5} |")
+        lines.append(f"casts inserted: {self.casts_inserted}")
+        for check in self.checks:
+            agree = "" if check.argmax_agreement is None else f", argmax agreement {check.argmax_agreement:.3f}"
+            lines.append(f"output {check.output}: cosine {check.cosine:.5f}, max abs error "
+                         f"{check.max_abs_error:.3g}, max rel error {check.max_rel_error:.3g}{agree}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def to_text(self) -> str:
+        """The summary table, then one line per node: name, op, precision, category, why."""
+        width = max((len(n.name) for n in self.nodes), default=4)
+        lines = [self.summary_table(), "", "Decisions:"]
+        for n in self.nodes:
+            where = "" if n.graph == "main" else f" [{n.graph}]"
+            lines.append(f"  {n.name:<{width}}  {n.op:<20} {n.precision:<5} {n.category:<8} {n.reason}{where}")
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON (``.json``) or text (anything else) atomically."""
+        path = Path(path)
+        text = self.to_json() if path.suffix == ".json" else self.to_text()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
