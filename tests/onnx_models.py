@@ -241,10 +241,48 @@ def shadowing() -> bytes:
     graph = helper.make_graph(
         [helper.make_node("If", ["c"], ["r"], name="if", then_branch=then_graph, else_branch=else_graph),
          helper.make_node("Abs", ["r"], ["t"], name="abs")],
-        "shadowing", [helper.make_tensor_value_info("x", f32, [2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        "shadowing",
+        [helper.make_tensor_value_info("x", f32, [2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("t", f32, [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    return model.SerializeToString()
+
+
+@_cached
+def exotic_types() -> bytes:
+    """Opset 21: sequence and optional values, a TYPE_PROTO attribute, a string Constant,
+    initializers of types the IR lacks (float8e4m3fnuz) or holds through ml_dtypes
+    (int4, bfloat16)."""
+    import ml_dtypes
+
+    f32 = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("SequenceConstruct", ["x", "x"], ["seq"], name="make_seq"),
+        helper.make_node("SequenceAt", ["seq", "one"], ["picked"], name="seq_at"),
+        helper.make_node("Optional", ["x"], ["opt"], name="wrap"),
+        helper.make_node("OptionalGetElement", ["opt"], ["got"], name="unwrap"),
+        helper.make_node("Optional", [], ["nothing"], name="empty", type=helper.make_tensor_type_proto(f32, [2])),
+        helper.make_node("OptionalHasElement", ["nothing"], ["has"], name="has"),
+        helper.make_node("DequantizeLinear", ["q8", "scale"], ["deq8"], name="deq8"),
+        helper.make_node("DequantizeLinear", ["q4", "scale"], ["deq4"], name="deq4"),
+        helper.make_node("Cast", ["half"], ["half32"], name="widen", to=f32),
+        helper.make_node("Constant", [], ["words"], name="words",
+                         value=numpy_helper.from_array(np.array(["a", "b\u00e9"], dtype=object))),
+        helper.make_node("Identity", ["words"], ["words_out"], name="words_id"),
+    ]
+    outputs = [("picked", f32, [2]), ("got", f32, [2]), ("has", TensorProto.BOOL, []), ("deq8", f32, [3]),
+               ("deq4", f32, [3]), ("half32", f32, [2]), ("words_out", TensorProto.STRING, [2])]
+    graph = helper.make_graph(
+        nodes, "exotic", [helper.make_tensor_value_info("x", f32, [2])],
+        [helper.make_tensor_value_info(*out) for out in outputs],
+        initializer=[numpy_helper.from_array(np.array(1, np.int64), "one"),
+                     numpy_helper.from_array(np.array([1, 2, -3], dtype=ml_dtypes.float8_e4m3fnuz), "q8"),
+                     numpy_helper.from_array(np.array([1, 2, -3], dtype=ml_dtypes.int4), "q4"),
+                     numpy_helper.from_array(np.float32(0.5), "scale"),
+                     numpy_helper.from_array(np.array([1.5, -2.25], dtype=ml_dtypes.bfloat16), "half")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
     return model.SerializeToString()
 
 
@@ -281,6 +319,7 @@ MODELS: dict[str, Callable[[], "onnx.ModelProto"]] = {
     "tf_cnn": tf_cnn,
     "control_flow": control_flow,
     "shadowing": shadowing,
+    "exotic_types": exotic_types,
     "matmul": matmul_model,
 }
 

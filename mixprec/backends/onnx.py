@@ -143,8 +143,9 @@ class _Emitter:
                 node.output.append(self.name(value))
                 node.attribute.append(helper.make_attribute("value", self.tensor(value, "")))
                 gp.node.append(node)
-                if value.dtype not in (DType.UNKNOWN, DType.STRING):
-                    gp.value_info.append(self.value_info(value, required=True))
+                info = self.value_info(value, required=False)
+                if info is not None:
+                    gp.value_info.append(info)
             elif value.name in sparse:
                 gp.sparse_initializer.append(self._sparse(value, sparse[value.name]))
             else:
@@ -380,8 +381,8 @@ def _densify_sparse(proto: onnx.ModelProto) -> _SparseStash:
         for node in graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "sparse_value":
                 stash[node.output[0]] = _copy_proto(node.attribute[0])
-                dense = helper.make_attribute("value", numpy_helper.from_array(sparse_to_dense(node.attribute[0].sparse_tensor)))
-                node.attribute[0].CopyFrom(dense)
+                dense = numpy_helper.from_array(sparse_to_dense(node.attribute[0].sparse_tensor))
+                node.attribute[0].CopyFrom(helper.make_attribute("value", dense))
     return stash
 
 

@@ -182,7 +182,8 @@ def build_probe_model(domain: str, op: str, attrs: Mapping[str, Any], dtype: DTy
         if formal.option == Option.Optional and index not in wanted_optional:
             names.append("")
             continue
-        type_str = target if formal.type_str == main else _side_type(constraints.get(formal.type_str, [formal.type_str]))
+        allowed = constraints.get(formal.type_str, [formal.type_str])
+        type_str = target if formal.type_str == main else _side_type(allowed)
         if type_str is None:
             return None
         names.append(f"in{index}")

@@ -64,6 +64,8 @@ class DType(enum.Enum):
         """The numpy dtype that holds this type's data (bf16/fp8 through ml_dtypes)."""
         if self in _NUMPY:
             return np.dtype(_NUMPY[self])
+        if self == DType.STRING:
+            return np.dtype(object)
         ml = _ml_dtypes()
         name = {DType.BFLOAT16: "bfloat16", DType.FLOAT8E4M3: "float8_e4m3fn",
                 DType.FLOAT8E5M2: "float8_e5m2", DType.INT4: "int4", DType.UINT4: "uint4"}.get(self)

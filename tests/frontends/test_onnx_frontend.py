@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnx_models  # noqa: E402
 
 from mixprec.errors import ModelLoadError  # noqa: E402
-from mixprec.frontends.onnx import ONNX_META, RawAttribute, load  # noqa: E402
+from mixprec.frontends.onnx import ONNX_META, RawAttribute, dtype_from_onnx, load  # noqa: E402
 from mixprec.ir import DType, Graph, dump, parse, verify  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def test_loaded_model_verifies(loaded):
     verify(model.graph)
     assert model.framework == "onnx"
     assert all(g.framework == "onnx" for g in model.graph.all_graphs())
-    assert model.meta["opset_import"][""] == 17
+    assert model.meta["opset_import"][""] == proto.opset_import[0].version
     assert model.meta["ir_version"] == proto.ir_version
 
 
@@ -64,7 +64,7 @@ def test_initializers_become_constants_with_exact_data(loaded):
     for tensor in proto.graph.initializer:
         const = model.graph.constants[tensor.name]
         expected = numpy_helper.to_array(tensor)
-        assert const.dtype == DType.from_numpy(expected.dtype)
+        assert const.dtype == dtype_from_onnx(tensor.data_type)
         assert const.shape == tuple(tensor.dims)
         np.testing.assert_array_equal(const.data, expected)
 
@@ -72,13 +72,13 @@ def test_initializers_become_constants_with_exact_data(loaded):
 def test_every_value_is_typed(loaded):
     """Shape inference (or the model) types every node output except omitted ones."""
     _, _, model = loaded
-    renamed = model.meta[ONNX_META]["renamed"]
+    renamed, raw_types = model.meta[ONNX_META]["renamed"], model.meta[ONNX_META]["types"]
     for graph in model.graph.all_graphs():
         for node in graph.iter_nodes():
             for value in node.outputs:
                 if renamed.get(value.name) == "":
                     continue
-                assert value.dtype != DType.UNKNOWN, (node, value)
+                assert value.dtype != DType.UNKNOWN or value.name in raw_types, (node, value)
 
 
 def test_input_proto_is_not_modified():
@@ -233,6 +233,24 @@ def test_shadowed_name_is_renamed():
     assert inner.name != "t"
     assert model.graph.outputs[0].name == "t"
     assert model.meta[ONNX_META]["renamed"] == {inner.name: "t"}
+
+
+def test_exotic_types():
+    import ml_dtypes
+
+    model = load(onnx_models.exotic_types())
+    graph, raw_types = model.graph, model.meta[ONNX_META]["types"]
+    seq = _node(graph, "make_seq").outputs[0]
+    assert seq.dtype == DType.UNKNOWN and raw_types[seq.name].WhichOneof("value") == "sequence_type"
+    assert raw_types[_node(graph, "wrap").outputs[0].name].WhichOneof("value") == "optional_type"
+    empty = _node(graph, "empty").attrs["type"]
+    assert isinstance(empty, RawAttribute) and empty.proto.type == onnx.AttributeProto.TYPE_PROTO
+    q8 = graph.constants["q8"]
+    assert q8.dtype == DType.UNKNOWN and q8.data.dtype == ml_dtypes.float8_e4m3fnuz
+    assert graph.constants["q4"].dtype == DType.INT4 and graph.constants["q4"].data.tolist() == [1, 2, -3]
+    assert graph.constants["half"].dtype == DType.BFLOAT16
+    words = graph.constants["words"]
+    assert words.dtype == DType.STRING and words.data.tolist() == ["a", "b\u00e9"]
 
 
 # ------------------------------------------------------------------ files ---
