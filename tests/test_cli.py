@@ -1,0 +1,139 @@
+"""The mixprec command line on the bundled example model and on bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnx", reason="the CLI tests convert ONNX models and need onnx")
+pytest.importorskip("onnxruntime", reason="the CLI tests need onnxruntime")
+
+from mixprec.cli import main  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "tiny_cnn.onnx"
+    shutil.copy(EXAMPLE, path)
+    return path
+
+
+def test_convert_writes_model_and_report_and_prints_the_table(model, tmp_path, capsys):
+    import onnx
+    out = tmp_path / "out" / "bf16.onnx"
+    before = model.read_bytes()
+    assert main(["convert", str(model), "-o", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| Conv                         |     2 |     2 |     0 |     0 |" in printed
+    assert "output logits: cosine" in printed
+    converted = onnx.load(str(out))
+    onnx.checker.check_model(converted, full_check=True)
+    assert max(o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")) >= 22
+    report = json.loads((tmp_path / "r.json").read_text())
+    conv = next(n for n in report["nodes"] if n["name"] == "conv1")
+    assert conv["precision"] == "bf16" and conv["reason"] == "allow list"
+    soft = next(n for n in report["nodes"] if n["name"] == "softmax")
+    assert soft["precision"] == "f32" and soft["category"] == "deny"
+    assert model.read_bytes() == before
+    assert not list(out.parent.glob("*.tmp*"))
+
+
+def test_fp16_conversion_runs_in_onnxruntime(model, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    out = tmp_path / "fp16.onnx"
+    assert main(["convert", str(model), "-o", str(out), "--precision", "fp16"]) == 0
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (logits, probs) = sess.run(None, {"image": np.ones((2, 3, 32, 32), np.float32)})
+    assert logits.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_fp32_op_type_override_and_dump_after(model, tmp_path, capsys):
+    assert main(["dump", str(model), "--after", "assign-precision", "--fp32-op-type", "Conv"]) == 0
+    text = capsys.readouterr().out
+    assert "Conv(%image, %conv1.w, %conv1.b) {pads=[1, 1, 1, 1]} @conv1  # f32 allow: user override: op type Conv -> f32" in text
+    assert "Cast" not in text  # stopped before insert-casts
+    assert main(["dump", str(model), "--format", "dot"]) == 0
+    assert capsys.readouterr().out.startswith('digraph "tiny_cnn" {')
+
+
+def test_report_and_passes(model, capsys):
+    assert main(["passes"]) == 0
+    assert "insert-casts" in capsys.readouterr().out
+    assert main(["report", str(model)]) == 0
+    text = capsys.readouterr().out
+    assert "Decisions:" in text and "relu1" in text
+
+
+@pytest.mark.parametrize("make_input, extra, message", [
+    (lambda d: d / "missing.onnx", [], "no such file"),
+    (lambda d: _write(d / "notes.onnx", b"hello, not a model"), [], "not a readable ONNX model"),
+    (lambda d: _write(d / "trunc.onnx", EXAMPLE.read_bytes()[:500]), [], "not a readable ONNX model"),
+    (lambda d: _write(d / "model.txt", b"x"), [], "unknown model format"),
+    (lambda d: _copy(d), ["--fp32-op-type", "Convv"], "unknown op type 'Convv'"),
+    (lambda d: _copy(d), ["--fp32-node", "nope"], "no node or module matches 'nope'"),
+    (lambda d: _copy(d), ["--pipeline", "infer-dtypes,bogus"], "unknown pass 'bogus'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make_input, extra, message):
+    path = make_input(tmp_path)
+    before = path.read_bytes() if path.exists() else None
+    code = main(["convert", str(path), "-o", str(tmp_path / "o.onnx"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    if before is not None:
+        assert path.read_bytes() == before
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_output_equal_to_input_is_refused(model, capsys):
+    before = model.read_bytes()
+    assert main(["convert", str(model), "-o", str(model)]) == 2
+    assert "is the input model" in capsys.readouterr().err
+    assert model.read_bytes() == before
+
+
+def test_already_bf16_model_is_refused(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2, 2])])
+    path = tmp_path / "bf16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]), str(path))
+    assert main(["convert", str(path), "-o", str(tmp_path / "again.onnx")]) == 2
+    assert "already in bf16" in capsys.readouterr().err
+
+
+def test_converting_the_converted_model_changes_nothing(model, tmp_path):
+    import onnx
+    once, twice = tmp_path / "once.onnx", tmp_path / "twice.onnx"
+    assert main(["convert", str(model), "-o", str(once), "--no-check"]) == 0
+    assert main(["convert", str(once), "-o", str(twice), "--no-check"]) == 0
+    a, b = onnx.load(str(once)), onnx.load(str(twice))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in a.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in b.graph.node]
+    assert sorted(t.name for t in a.graph.initializer) == sorted(t.name for t in b.graph.initializer)
+
+
+def test_console_script_runs_in_a_subprocess(model, tmp_path):
+    exe = Path(sys.executable).with_name("mixprec")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mixprec.cli"]
+    result = subprocess.run(cmd + ["convert", str(model), "-o", str(tmp_path / "x.onnx")],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    assert "casts inserted:" in result.stdout
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _copy(d):
+    return Path(shutil.copy(EXAMPLE, d / "m.onnx"))
