@@ -31,12 +31,17 @@ logger = logging.getLogger(__name__)
 
 CACHE_FILE = "ort_kernels.json"
 
-#: values for required attributes that a probe cannot leave out
+#: attribute values a probe cannot leave out (required by the schema or by the kernel)
 _PROBE_ATTRS: dict[str, dict[str, Any]] = {
     "AveragePool": {"kernel_shape": [1, 1]},
     "MaxPool": {"kernel_shape": [1, 1]},
     "LpPool": {"kernel_shape": [1, 1]},
     "MaxRoiPool": {"pooled_shape": [1, 1]},
+    "MaxUnpool": {"kernel_shape": [1, 1]},
+    "GroupNormalization": {"num_groups": 1},
+    "LSTM": {"hidden_size": 1},
+    "GRU": {"hidden_size": 1},
+    "RNN": {"hidden_size": 1},
     "Concat": {"axis": 0},
     "Cast": {"to": onnx.TensorProto.FLOAT},
     "LRN": {"size": 1},
@@ -51,7 +56,8 @@ _SIDE_TYPES = ("tensor(int64)", "tensor(float)", "tensor(int32)", "tensor(bool)"
 
 
 # ------------------------------------------------------------------ kernel probes ---
-OpSpec = tuple  # (domain, op_type) or (domain, op_type, attrs)
+#: an op to probe: (domain, op_type) or (domain, op_type, attrs); domain "" is ONNX's
+OpSpec = tuple[str, str] | tuple[str, str, Mapping[str, Any]]
 
 
 def missing_kernels(ops: Iterable[OpSpec], dtype: DType, provider: str = "CPUExecutionProvider",
@@ -68,14 +74,16 @@ def missing_kernels(ops: Iterable[OpSpec], dtype: DType, provider: str = "CPUExe
     opset = opset or probe_opset()
     bucket = f"{ort.__version__}|{provider}|{dtype.value}|opset{opset}"
     cache = _read_cache()
-    answers: dict[str, bool] = cache.setdefault(bucket, {})
+    answers = cache.get(bucket)
+    if not isinstance(answers, dict):
+        answers = cache[bucket] = {}
     missing: set[str] = set()
     changed = False
     for spec in ops:
         domain, op, attrs = _split_spec(spec)
         label = f"{domain}::{op}" if domain else op
-        key = label if not attrs else f"{label} {json.dumps(_jsonable(attrs), sort_keys=True)}"
-        if key not in answers:
+        key = label if not attrs else f"{label} {json.dumps(_jsonable(attrs), sort_keys=True, default=repr)}"
+        if not isinstance(answers.get(key), bool):
             answers[key] = _probe(domain, op, attrs, dtype, provider, opset)
             changed = True
         if answers[key]:
@@ -85,8 +93,8 @@ def missing_kernels(ops: Iterable[OpSpec], dtype: DType, provider: str = "CPUExe
     return missing
 
 
-def _split_spec(spec: OpSpec) -> tuple[str, str, dict[str, Any]]:
-    if isinstance(spec, str):
+def _split_spec(spec: OpSpec | str) -> tuple[str, str, dict[str, Any]]:
+    if isinstance(spec, str):  # a bare op name: the default domain
         return "", spec, {}
     if len(spec) == 2:
         return spec[0] or "", spec[1], {}
@@ -161,23 +169,41 @@ def build_probe_model(domain: str, op: str, attrs: Mapping[str, Any], dtype: DTy
         schema = onnx.defs.get_schema(op, opset, domain)
     except Exception:
         return None
-    target = onnx_type_string(dtype)
     special = _SPECIAL_PROBES.get((domain, op))
     if special is not None:
-        node, inputs = special(_elem(target), dtype)
+        node, inputs = special(_elem(onnx_type_string(dtype)), dtype)
         if node is None:
             return None
         return _probe_model(node, inputs, list(node.output), domain, schema, opset)
     node_attrs = {**_PROBE_ATTRS.get(op, {}), **{k: _attr(v) for k, v in attrs.items()}}
     if any(attr.required and name not in node_attrs for name, attr in schema.attributes.items()):
         return None
+    probe_inputs = _probe_inputs(schema, op, onnx_type_string(dtype))
+    if probe_inputs is None:
+        return None
+    names, inputs = probe_inputs
+    Option = onnx.defs.OpSchema.FormalParameterOption
+    outputs = [f"out{i}" for i, f in enumerate(schema.outputs) if f.option != Option.Optional or i == 0]
+    try:
+        node = helper.make_node(op, names, outputs, domain=domain, **node_attrs)
+    except (TypeError, ValueError):  # an attribute value onnx.helper cannot write
+        return None
+    return _probe_model(node, inputs, outputs, domain, schema, opset)
+
+
+def _probe_inputs(schema: Any, op: str, target: str) -> tuple[list[str], list[onnx.ValueInfoProto]] | None:
+    """(node input names, graph inputs) for a probe: the main type parameter (that of the
+    first input allowing ``target``) gets ``target``, other parameters int64/float/...;
+    optional inputs are left out unless the kernel needs them. None when no input takes
+    ``target``."""
     constraints = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}
     main = next((f.type_str for f in schema.inputs if target in constraints.get(f.type_str, ())), None)
     if main is None:
         return None
     Option = onnx.defs.OpSchema.FormalParameterOption
     wanted_optional = _PROBE_OPTIONAL_INPUTS.get(op, ())
-    inputs, names = [], []
+    names: list[str] = []
+    inputs: list[onnx.ValueInfoProto] = []
     for index, formal in enumerate(schema.inputs):
         if formal.option == Option.Optional and index not in wanted_optional:
             names.append("")
@@ -190,9 +216,7 @@ def build_probe_model(domain: str, op: str, attrs: Mapping[str, Any], dtype: DTy
         inputs.append(helper.make_tensor_value_info(f"in{index}", _elem(type_str), None))
     while names and names[-1] == "":
         names.pop()
-    outputs = [f"out{i}" for i, f in enumerate(schema.outputs) if f.option != Option.Optional or i == 0]
-    node = helper.make_node(op, names, outputs, domain=domain, **node_attrs)
-    return _probe_model(node, inputs, outputs, domain, schema, opset)
+    return names, inputs
 
 
 def _probe_model(node: onnx.NodeProto, inputs: list[onnx.ValueInfoProto], outputs: list[str], domain: str,
@@ -249,6 +273,8 @@ _SPECIAL_PROBES = {("", "If"): _probe_if, ("", "Loop"): _probe_loop, ("", "Scan"
 def _attr(value: Any) -> Any:
     if isinstance(value, DType):
         return dtype_to_onnx(value)
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
     return value
 
 
@@ -301,7 +327,9 @@ def _write_cache(data: dict[str, dict[str, bool]]) -> None:
 # ----------------------------------------------------------------------- running ---
 def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
                     provider: str = "CPUExecutionProvider") -> list[np.ndarray]:
-    """Run ``proto`` in onnxruntime and return every graph output."""
+    """Run ``proto`` in onnxruntime and return every graph output. Raises
+    ConversionError when onnxruntime cannot load the model (a missing kernel is
+    NOT_IMPLEMENTED) or fails running it. Large models are run from a temporary file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -312,11 +340,20 @@ def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
             with tempfile.TemporaryDirectory(prefix="mixprec-ort-") as tmp:
                 path = save(proto, Path(tmp) / "model.onnx", external_data=True)
                 session = ort.InferenceSession(str(path), options, providers=[provider])
-                return list(session.run(None, dict(feeds)))
+                return _run_session(session, feeds)
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=[provider])
+    except ConversionError:
+        raise
     except Exception as exc:
         raise ConversionError(f"onnxruntime cannot load the model: {_oneline(exc, 500)}") from None
-    return list(session.run(None, dict(feeds)))
+    return _run_session(session, feeds)
+
+
+def _run_session(session: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return list(session.run(None, dict(feeds)))
+    except Exception as exc:
+        raise ConversionError(f"onnxruntime failed running the model: {_oneline(exc, 500)}") from None
 
 
 def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

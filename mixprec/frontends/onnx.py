@@ -289,7 +289,7 @@ def _subgraphs(gp: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
 
 
 def _declared_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
-    """Names whose type the model itself declares (value_info, inputs, outputs)."""
+    """Names of values whose type the model itself declares (value_info, outputs)."""
     out.update(vi.name for vi in gp.value_info)
     out.update(vi.name for vi in gp.output)
     for sub in _subgraphs(gp):
@@ -429,7 +429,8 @@ class _Lowerer:
         if value is None:
             raise ModelLoadError(f"graph {gp.name!r} returns {vi.name!r}, which nothing defines; the model "
                                  "is incomplete or corrupt: re-export it")
-        if vi.type.WhichOneof("value") is not None:
+        untyped = value.dtype == DType.UNKNOWN and value.name not in self.raw_types
+        if untyped and vi.type.WhichOneof("value") is not None:  # an input or outer value returned as is
             self._apply_type(value, vi.type)
         return value
 

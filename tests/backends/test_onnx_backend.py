@@ -406,3 +406,11 @@ def test_make_sample_inputs():
     b = GraphBuilder("g", framework="onnx")
     b.input("h", DType.BFLOAT16, ("n", 2))
     assert make_sample_inputs(Model(b.graph), batch=5)["h"].dtype == ml_dtypes.bfloat16
+
+
+def test_run_onnxruntime_errors_are_conversion_errors(bf16_cnn):
+    proto, model = bf16_cnn
+    with pytest.raises(ConversionError, match="NOT_IMPLEMENTED"):  # no bf16 Conv kernel on CPU
+        run_onnxruntime(emit(model), onnx_models.feeds("torch_cnn", proto))
+    with pytest.raises(ConversionError, match="failed running"):
+        run_onnxruntime(proto, {"image": np.zeros((1, 2), np.float32)})
