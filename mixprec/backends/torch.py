@@ -17,6 +17,7 @@ import operator
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +39,40 @@ _PYTHON_OP_MODULES = {"_operator", "operator", "math", "builtins", "torch"}
 
 
 # ---------------------------------------------------------------------- public API ---
+@dataclass
+class CallConvention:
+    """How the original module was called and what it returned.
+
+    ``in_spec`` / ``out_spec`` are the pytree specs of ``(args, kwargs)`` and of the output;
+    ``arg_names`` name the positional arguments of the capture, ``kwarg_names`` its keyword
+    arguments and ``forward_params`` every positional parameter of the original forward.
+    ``specialized_inputs`` maps flat input positions that held python scalars at capture
+    time to those values (the graph is specialized to them); ``constant_outputs`` maps flat
+    output positions to the python constants the module returned there."""
+    in_spec: pytree.TreeSpec
+    out_spec: pytree.TreeSpec
+    arg_names: list[str]
+    kwarg_names: list[str]
+    forward_params: list[str]
+    specialized_inputs: dict[int, Any] = field(default_factory=dict)
+    constant_outputs: dict[int, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: Model) -> "CallConvention":
+        meta = model.meta.get(FRAMEWORK, {})
+        graph = model.graph
+        arg_names = list(meta.get("arg_names", [f"arg{i}" for i in range(len(graph.inputs))]))
+        kwarg_names = list(meta.get("kwarg_names", []))
+        if "in_spec" in meta and "out_spec" in meta:
+            in_spec, out_spec = load_spec(meta["in_spec"]), load_spec(meta["out_spec"])
+        else:  # a hand-built graph: positional tensors in, a tuple out
+            in_spec = pytree.tree_flatten((tuple(range(len(graph.inputs))), {}))[1]
+            out_spec = pytree.tree_flatten(tuple(range(len(graph.outputs))))[1]
+        return cls(in_spec, out_spec, arg_names, kwarg_names,
+                   list(meta.get("forward_params") or arg_names + kwarg_names),
+                   dict(meta.get("specialized_inputs", {})), dict(meta.get("constant_outputs", {})))
+
+
 class EmittedModule(torch.nn.Module):
     """Runs an IR graph eagerly.
 
@@ -54,17 +89,11 @@ class EmittedModule(torch.nn.Module):
 
     _mixprec_signature: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
-    def __init__(self, graph_module: fx.GraphModule, constant_paths: list[str], in_spec: pytree.TreeSpec,
-                 out_spec: pytree.TreeSpec, arg_names: list[str], kwarg_names: list[str],
-                 forward_params: list[str]) -> None:
+    def __init__(self, graph_module: fx.GraphModule, call: CallConvention) -> None:
         super().__init__()
         self.__dict__["_mixprec_graph_module"] = graph_module
-        self._mixprec_constant_paths = list(constant_paths)
-        self._mixprec_in_spec = in_spec
-        self._mixprec_out_spec = out_spec
-        self._mixprec_arg_names = list(arg_names)
-        self._mixprec_kwarg_names = list(kwarg_names)
-        self._mixprec_forward_params = list(forward_params)
+        self._mixprec_call = call
+        self._mixprec_constant_paths: list[str] = []
 
     @property
     def graph_module(self) -> fx.GraphModule:
@@ -75,10 +104,17 @@ class EmittedModule(torch.nn.Module):
         return self._mixprec_run(*self._bind(args, kwargs))
 
     def _mixprec_run(self, call_args: tuple, call_kwargs: dict) -> Any:
+        call = self._mixprec_call
         flat = self._flatten((call_args, call_kwargs))
+        for index, expected in call.specialized_inputs.items():
+            if flat[index] != expected:
+                raise ValueError(f"input leaf {index} was {expected!r} when the model was captured and the graph "
+                                 f"is specialized to it; got {flat[index]!r}")
         constants = [self._constant(path) for path in self._mixprec_constant_paths]
-        flat_out = self.graph_module(*constants, *flat)
-        return pytree.tree_unflatten(list(flat_out), self._mixprec_out_spec)
+        computed = iter(self.graph_module(*constants, *flat))
+        flat_out = [call.constant_outputs[i] if i in call.constant_outputs else next(computed)
+                    for i in range(call.out_spec.num_leaves)]
+        return pytree.tree_unflatten(flat_out, call.out_spec)
 
     def __reduce__(self) -> tuple:
         return _restore_emitted, (type(self)._mixprec_signature, self.__getstate__())
@@ -87,7 +123,8 @@ class EmittedModule(torch.nn.Module):
         return functools.reduce(getattr, path.split("."), self)
 
     def _bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        params = self._mixprec_forward_params
+        call = self._mixprec_call
+        params = call.forward_params
         if len(args) > len(params):
             raise TypeError(f"forward() takes {len(params)} positional arguments ({', '.join(params)}) "
                             f"but {len(args)} were given")
@@ -96,25 +133,25 @@ class EmittedModule(torch.nn.Module):
             if key in values:
                 raise TypeError(f"forward() got multiple values for argument {key!r}")
             values[key] = value
-        expected = self._mixprec_arg_names + self._mixprec_kwarg_names
+        expected = call.arg_names + call.kwarg_names
         missing = [n for n in expected if n not in values]
         extra = [n for n in values if n not in expected]
         if missing or extra:
             raise TypeError(f"forward() expects arguments {expected}; missing {missing}, unexpected {extra}")
-        return (tuple(values[n] for n in self._mixprec_arg_names),
-                {k: values[k] for k in self._mixprec_kwarg_names})
+        return _split_named(self, values)
 
     def _flatten(self, tree: Any) -> list[Any]:
+        in_spec = self._mixprec_call.in_spec
         flat, spec = pytree.tree_flatten(tree)
-        if spec == self._mixprec_in_spec:
+        if spec == in_spec:
             return flat
         from torch.fx._pytree import tree_flatten_spec
         try:
-            flat = tree_flatten_spec(tree, self._mixprec_in_spec)
+            flat = tree_flatten_spec(tree, in_spec)
         except Exception as exc:
-            raise TypeError(f"inputs do not match the captured structure {self._mixprec_in_spec}: {exc}") from exc
-        if len(flat) != self._mixprec_in_spec.num_leaves:
-            raise TypeError(f"inputs do not match the captured structure {self._mixprec_in_spec}")
+            raise TypeError(f"inputs do not match the captured structure {in_spec}: {exc}") from exc
+        if len(flat) != in_spec.num_leaves:
+            raise TypeError(f"inputs do not match the captured structure {in_spec}")
         return flat
 
 
@@ -135,8 +172,9 @@ def _signature_class(positional: tuple[str, ...], keyword_only: tuple[str, ...])
 
 
 def _split_named(self: EmittedModule, values: dict[str, Any]) -> tuple[tuple, dict]:
-    return (tuple(values[n] for n in self._mixprec_arg_names),
-            {k: values[k] for k in self._mixprec_kwarg_names})
+    """Named argument values -> the captured ``(args, kwargs)``."""
+    call = self._mixprec_call
+    return tuple(values[n] for n in call.arg_names), {k: values[k] for k in call.kwarg_names}
 
 
 def _restore_emitted(signature: tuple[tuple[str, ...], tuple[str, ...]], state: dict) -> EmittedModule:
@@ -168,22 +206,12 @@ def emit(model: Model) -> torch.nn.Module:
     if graph.framework != FRAMEWORK:
         raise ConversionError(f"the torch backend emits torch graphs, not {graph.framework!r} ones")
     meta = model.meta.get(FRAMEWORK, {})
-    holder = torch.nn.Module()
-    paths = [_register_constant(holder, value, meta.get("constant_kinds", {}).get(name))
-             for name, value in graph.constants.items()]
-    graph_module = _build_graph_module(graph)
-    in_spec, out_spec = _specs(model)
-    arg_names = list(meta.get("arg_names", [f"arg{i}" for i in range(len(graph.inputs))]))
-    kwarg_names = list(meta.get("kwarg_names", []))
-    forward_params = list(meta.get("forward_params") or arg_names + kwarg_names)
-    cls = _signature_class(*_forward_signature(arg_names, kwarg_names, forward_params))
-    module = cls(graph_module, paths, in_spec, out_spec, arg_names, kwarg_names, forward_params)
-    for name, child in holder.named_children():
-        module.add_module(name, child)
-    for name, param in holder.named_parameters(recurse=False):
-        module.register_parameter(name, param)
-    for name, buf in holder.named_buffers(recurse=False):
-        module.register_buffer(name, buf, persistent=name not in holder._non_persistent_buffers_set)
+    call = CallConvention.from_model(model)
+    cls = _signature_class(*_forward_signature(call.arg_names, call.kwarg_names, call.forward_params))
+    module = cls(_build_graph_module(graph), call)
+    kinds = meta.get("constant_kinds", {})
+    paths = [_register_constant(module, value, kinds.get(name)) for name, value in graph.constants.items()]
+    module._mixprec_constant_paths = paths
     logger.info("emitted torch module: %d nodes, %d constants", len(graph), len(paths))
     return module.eval()
 
@@ -259,42 +287,43 @@ def _register_constant(root: torch.nn.Module, value: Value, kind: str | None) ->
     if value.data is None:
         raise ConversionError(f"constant %{value.name} has no data (was the IR parsed from elided text?)")
     tensor = numpy_to_tensor(value.data, value.dtype)
-    owner, leaf = _owner_for(root, value.name)
-    if owner is None:
-        owner, leaf = root, _fallback_name(root, value.name)
+    found = _owner_for(root, value.name)
+    owner, prefix, leaf = found if found is not None else (root, "", _fallback_name(root, value.name))
     if kind == "parameter":
         owner.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point()))
     else:
         owner.register_buffer(leaf, tensor, persistent=kind not in ("buffer_nonpersistent", "constant"))
-    prefix = [name for name, mod in root.named_modules() if mod is owner][0]
     return f"{prefix}.{leaf}" if prefix else leaf
 
 
 def _free(module: torch.nn.Module, name: str) -> bool:
-    return bool(name) and "." not in name and not hasattr(module, name) and not name.startswith("_mixprec")
+    """``name`` can be registered on ``module`` without shadowing anything."""
+    return bool(name) and "." not in name and not name.startswith("_mixprec") and not hasattr(module, name)
 
 
-def _owner_for(root: torch.nn.Module, fqn: str) -> tuple[torch.nn.Module | None, str]:
+def _owner_for(root: torch.nn.Module, fqn: str) -> tuple[torch.nn.Module, str, str] | None:
+    """(owner, owner path, leaf name) to register ``fqn`` under, creating plain container
+    modules on the way; None when a part of the path is taken by something else."""
     *parts, leaf = fqn.split(".")
     owner = root
     for part in parts:
         child = owner._modules.get(part)
         if child is None:
-            if not _free(owner, part) or part.startswith("_mixprec"):
-                return None, leaf
+            if not _free(owner, part):
+                return None
             child = torch.nn.Module()
             owner.add_module(part, child)
         elif type(child) is not torch.nn.Module:
-            return None, leaf
+            return None
         owner = child
-    return (owner, leaf) if _free(owner, leaf) else (None, leaf)
+    return (owner, ".".join(parts), leaf) if _free(owner, leaf) else None
 
 
 def _fallback_name(root: torch.nn.Module, fqn: str) -> str:
     base = re.sub(r"\W", "_", fqn)
     base = base if base and not base[0].isdigit() else f"c_{base}"
     name, counter = base, 0
-    while not _free(root, name) or name in EmittedModule.__dict__:
+    while not _free(root, name):
         counter += 1
         name = f"{base}_{counter}"
     logger.debug("constant %s registered as %s (its FQN clashes with another attribute)", fqn, name)
@@ -466,14 +495,3 @@ def _plain_call(node: Node, env: dict[int, fx.Node]) -> tuple[list, dict]:
 def _py_name(name: str) -> str:
     text = re.sub(r"\W", "_", name)
     return text if text and not text[0].isdigit() else f"v_{text}"
-
-
-def _specs(model: Model) -> tuple[pytree.TreeSpec, pytree.TreeSpec]:
-    meta = model.meta.get(FRAMEWORK, {})
-    graph = model.graph
-    if "in_spec" in meta and "out_spec" in meta:
-        return load_spec(meta["in_spec"]), load_spec(meta["out_spec"])
-    leaves = list(range(len(graph.inputs)))
-    _, in_spec = pytree.tree_flatten((tuple(leaves), {}))
-    _, out_spec = pytree.tree_flatten(tuple(range(len(graph.outputs))))
-    return in_spec, out_spec

@@ -42,7 +42,10 @@ IR conventions for torch graphs (``mixprec.backends.torch`` reads exactly these)
   possible), ``arg_names`` (positional parameters of ``forward`` that were given),
   ``kwarg_names``, ``forward_params`` (every positional parameter of ``forward``),
   ``constant_kinds`` (FQN -> parameter | buffer | buffer_nonpersistent |
-  constant), ``dynamic_batch`` and ``capture`` (``export`` or ``make_fx``).
+  constant), ``specialized_inputs`` (flat input index -> the python scalar the graph was
+  specialized to; such inputs stay graph inputs of a scalar type), ``constant_outputs``
+  (flat output index -> a python constant the module returned, not a graph output),
+  ``dynamic_batch`` and ``capture`` (``export`` or ``make_fx``).
 
 The user's module is never mutated: everything happens on a deep copy in eval mode.
 """
@@ -491,6 +494,8 @@ class _Lowering:
         self.kwarg_names = kwarg_names
         self.graph = Graph("main", framework=FRAMEWORK)
         self.env: dict[fx.Node, Value | list[Value] | None] = {}
+        self.specialized_inputs: dict[int, Any] = {}
+        self.constant_outputs: dict[int, Any] = {}
         self.rename = {sym: _symbol(BATCH_DIM) for sym in capture.batch_symbols} if capture.batch_symbols else {}
 
     # ---- values ----------------------------------------------------------------------
@@ -534,15 +539,21 @@ class _Lowering:
         inputs = sorted(((idx, node) for node, (kind, idx) in self.capture.roles.items() if kind == "input"),
                         key=lambda pair: pair[0])
         for idx, node in inputs:
-            value = self.new_value(names[idx] if idx < len(names) else node.name, node.meta.get("val"))
+            val = node.meta.get("val")
+            if val is None or isinstance(val, (bool, int, float, str)):
+                self.specialized_inputs[idx] = val
+            value = self.new_value(names[idx] if idx < len(names) else node.name, val)
             self.env[node] = self.graph.add_input(value)
 
     def add_outputs(self) -> None:
-        for arg in self.capture.outputs:
+        for index, arg in enumerate(self.capture.outputs):
+            if not isinstance(arg, fx.Node) and (arg is None or isinstance(arg, (bool, int, float, str))):
+                self.constant_outputs[index] = arg
+                continue
             value = self.env.get(arg) if isinstance(arg, fx.Node) else None
             if not isinstance(value, Value):
-                raise UnsupportedModelError(f"model output {arg!r} is not a tensor computed by the graph; "
-                                            f"only tensor outputs are supported")
+                raise UnsupportedModelError(f"model output {arg!r} is neither computed by the graph nor a "
+                                            f"python constant")
             self.graph.outputs.append(value)
 
     # ---- nodes ------------------------------------------------------------------------
@@ -691,7 +702,8 @@ def _lower(capture: _Capture, arg_names: list[str], kwarg_names: list[str], forw
     meta = {
         "in_spec": _dump_spec(capture.in_spec), "out_spec": _dump_spec(capture.out_spec),
         "arg_names": list(arg_names), "kwarg_names": list(kwarg_names), "forward_params": list(forward_params),
-        "constant_kinds": kinds,
+        "constant_kinds": kinds, "specialized_inputs": lowering.specialized_inputs,
+        "constant_outputs": lowering.constant_outputs,
         "dynamic_batch": capture.dynamic_batch, "capture": capture.source,
     }
     logger.info("lowered torch graph: %d nodes, %d constants, %d inputs", len(lowering.graph),

@@ -257,3 +257,28 @@ def test_fallback_fx_specializes_on_the_example():
     _assert_same_outputs(emit(model)(*example), module(*example))
     text = dump(model.graph)
     assert dump(parse(text)) == text
+
+
+class _ScalarsInAndOut(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x, scale: float, flag: bool = True):
+        y = self.fc(x) * scale
+        return (y, None, x.shape[0]) if flag else y
+
+
+def test_python_scalars_in_inputs_and_outputs():
+    torch.manual_seed(0)
+    module, x = _ScalarsInAndOut().eval(), torch.randn(3, 4)
+    model = load(module, (x, 2.0, True))
+    verify(model.graph)
+    assert model.meta["torch"]["specialized_inputs"] == {1: 2.0, 2: True}
+    assert model.meta["torch"]["constant_outputs"] == {1: None, 2: 3}
+    assert len(model.graph.outputs) == 1
+    emitted = emit(model)
+    got, want = emitted(x, 2.0, True), module(x, 2.0, True)
+    assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
+    with pytest.raises(ValueError, match="specialized"):
+        emitted(x, 3.0, True)
