@@ -338,3 +338,19 @@ def feeds(name: str, proto: "onnx.ModelProto") -> dict[str, np.ndarray]:
         return {"x": _f32(rng, BATCH, 6, 16), "pad": pad}
     from mixprec.backends.onnx_runtime import make_sample_inputs
     return make_sample_inputs(proto, seed=SEED, batch=BATCH)
+
+
+def graphs_attribute() -> "onnx.ModelProto":
+    """A custom-domain node ``test.ops::Multi`` with a GRAPHS attribute whose two graphs
+    read the outer ``x`` (the checker skips unknown domains; nothing can run it)."""
+    f32 = TensorProto.FLOAT
+    bodies = [helper.make_graph([helper.make_node(op, ["x"], [f"{op.lower()}_y"], name=f"inner_{op.lower()}")],
+                                f"body_{op.lower()}", [], [helper.make_tensor_value_info(f"{op.lower()}_y", f32, [2])])
+              for op in ("Relu", "Neg")]
+    node = helper.make_node("Multi", ["x"], ["y"], name="multi", domain="test.ops")
+    node.attribute.append(helper.make_attribute("bodies", bodies))
+    graph = helper.make_graph([node], "graphs_attr", [helper.make_tensor_value_info("x", f32, [2])],
+                              [helper.make_tensor_value_info("y", f32, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("test.ops", 1)])
+    model.ir_version = 8
+    return model

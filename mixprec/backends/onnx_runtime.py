@@ -402,12 +402,15 @@ def _input_specs(model: "onnx.ModelProto | Model") -> list[tuple[str, DType, Any
 
 
 def _random(rng: np.random.Generator, dtype: DType, dims: tuple[int, ...]) -> np.ndarray:
+    """Random data of ``dtype`` and shape ``dims`` (an ndarray even for scalars)."""
     if dtype == DType.BOOL:
-        return rng.random(dims) < 0.5
-    if dtype.is_float:
-        return rng.standard_normal(dims).astype(np.float32).astype(dtype.to_numpy())
-    if dtype in (DType.COMPLEX64, DType.COMPLEX128):
-        return (rng.standard_normal(dims) + 1j * rng.standard_normal(dims)).astype(dtype.to_numpy())
-    if dtype == DType.STRING:
-        return np.array(rng.choice(["a", "b", "c"], size=dims), dtype=object)
-    return rng.integers(0, 4, size=dims).astype(dtype.to_numpy())
+        data = rng.random(dims) < 0.5
+    elif dtype.is_float:
+        data = rng.standard_normal(dims).astype(np.float32)
+    elif dtype in (DType.COMPLEX64, DType.COMPLEX128):
+        data = rng.standard_normal(dims) + 1j * rng.standard_normal(dims)
+    elif dtype == DType.STRING:
+        data = rng.choice(np.array(["a", "b", "c"], dtype=object), size=dims)
+    else:
+        data = rng.integers(0, 4, size=dims)
+    return np.asarray(data).astype(dtype.to_numpy()).reshape(dims)

@@ -402,7 +402,9 @@ def test_make_sample_inputs():
     np.testing.assert_array_equal(again["x"], feeds["x"])
     cf = make_sample_inputs(onnx_models.control_flow())
     assert set(cf) == {"x", "cond", "trip", "seq"}  # the initializer-backed input is left out
-    assert cf["trip"].dtype == np.int64 and 0 <= cf["trip"] < 4
+    assert isinstance(cf["cond"], np.ndarray) and cf["cond"].shape == () and cf["cond"].dtype == np.bool_
+    assert isinstance(cf["trip"], np.ndarray) and cf["trip"].dtype == np.int64 and 0 <= cf["trip"] < 4
+    run_onnxruntime(onnx_models.control_flow(), cf)
     b = GraphBuilder("g", framework="onnx")
     b.input("h", DType.BFLOAT16, ("n", 2))
     assert make_sample_inputs(Model(b.graph), batch=5)["h"].dtype == ml_dtypes.bfloat16
@@ -414,3 +416,11 @@ def test_run_onnxruntime_errors_are_conversion_errors(bf16_cnn):
         run_onnxruntime(emit(model), onnx_models.feeds("torch_cnn", proto))
     with pytest.raises(ConversionError, match="failed running"):
         run_onnxruntime(proto, {"image": np.zeros((1, 2), np.float32)})
+
+
+def test_graphs_attribute_round_trip():
+    proto = onnx_models.graphs_attribute()
+    emitted = emit(load(proto))
+    validate(emitted)
+    assert _structure(emitted.graph) == _structure(proto.graph)
+    assert emitted.graph.node[0].attribute[0].type == onnx.AttributeProto.GRAPHS

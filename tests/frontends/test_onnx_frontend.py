@@ -337,3 +337,16 @@ def test_import_mixprec_does_not_import_onnx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "False"
+
+
+def test_graphs_attribute():
+    model = load(onnx_models.graphs_attribute())
+    verify(model.graph)
+    text = dump(model.graph)
+    assert dump(parse(text)) == text
+    multi = _node(model.graph, "multi")
+    bodies = multi.attrs["bodies"]
+    assert [type(g) for g in bodies] == [Graph, Graph] and [g.name for g in bodies] == ["body_relu", "body_neg"]
+    x = model.graph.inputs[0]
+    assert {(n.name, i) for n, i in x.uses()} == {("multi", 0), ("inner_relu", 0), ("inner_neg", 0)}
+    assert list(multi.subgraphs()) == bodies
