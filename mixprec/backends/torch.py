@@ -274,12 +274,12 @@ def numpy_to_tensor(data: np.ndarray, dtype: DType) -> torch.Tensor:
     data = np.asarray(data)
     if data.dtype != expected:
         data = convert_array(data, dtype) if dtype.is_float and data.dtype.kind == "f" else data.astype(expected)
-    data = np.ascontiguousarray(data)
+    data = np.array(data, copy=True, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
     if dtype in (DType.BFLOAT16, DType.FLOAT16):
-        return torch.from_numpy(data.view(np.int16).copy()).view(torch_dtype(dtype))
+        return torch.from_numpy(data.view(np.int16)).view(torch_dtype(dtype))
     if dtype in (DType.FLOAT8E4M3, DType.FLOAT8E5M2):
-        return torch.from_numpy(data.view(np.uint8).copy()).view(torch_dtype(dtype))
-    return torch.from_numpy(data.copy())
+        return torch.from_numpy(data.view(np.uint8)).view(torch_dtype(dtype))
+    return torch.from_numpy(data)
 
 
 def _register_constant(root: torch.nn.Module, value: Value, kind: str | None) -> str:

@@ -252,4 +252,54 @@ def test_constants_keep_dtype_and_data(case):
     tensors = {**dict(emitted.named_parameters()), **dict(emitted.named_buffers())}
     for name, value in model.graph.constants.items():
         assert ir_dtype(tensors[name].dtype) == value.dtype
+        assert tuple(tensors[name].shape) == value.shape == value.data.shape
         np.testing.assert_array_equal(tensor_to_numpy(tensors[name]), value.data)
+
+
+# ------------------------------------------------------------------ assorted ATen ops ---
+class _Assorted(torch.nn.Module):
+    """Tied weights, no_grad regions, split (list results), einsum (string attr), symbolic
+    reshapes, nn.MultiheadAttention, interpolate, lifted constants, Tensor?[] indices,
+    complex fill values, setitem (select_scatter), and a dict output."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.out = torch.nn.Linear(8, 10, bias=False)
+        self.out.weight = self.emb.weight
+        self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def forward(self, ids, x):
+        h = self.emb(ids)
+        with torch.no_grad():
+            h = h * 1.0
+        a, b = h.split(4, dim=-1)
+        att, _ = self.mha(h, h, h)
+        y = x.clone()
+        y[:, 0] = 5.0
+        return {
+            "logits": self.out(h + att) * self.scale,
+            "einsum": torch.einsum("bsd,bsd->bs", a, b),
+            "flat": h.reshape(x.shape[0] * h.shape[1], -1),
+            "up": torch.nn.functional.interpolate(x[:, None], scale_factor=2.0, mode="nearest"),
+            "picked": torch.where(x > 0, x, 0.0)[:, torch.tensor([0, 2])],
+            "complex": torch.full((2,), 1 + 2j).real + torch.tensor([1.0, 2.0]),
+            "set": y,
+        }
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_assorted_ops(dynamic, tmp_path):
+    torch.manual_seed(0)
+    module = _Assorted().eval()
+    example = (torch.randint(0, 10, (3, 5)), torch.randn(3, 5))
+    model = load(module, example, dynamic_batch=dynamic)
+    verify(model.graph)
+    text = dump(model.graph)
+    assert dump(parse(text)) == text
+    emitted = emit(model)
+    inputs = (torch.randint(0, 10, (4, 5)), torch.randn(4, 5)) if dynamic else example
+    _assert_same_outputs(emitted(*inputs), module(*inputs))
+    path = save(model, tmp_path / "assorted.pt2", example)
+    _assert_same_outputs(torch.export.load(str(path)).module()(*inputs), module(*inputs))
