@@ -23,9 +23,11 @@ IR conventions for torch graphs (``mixprec.backends.torch`` reads exactly these)
   ``mixprec.ir.DType``; ``torch.device`` -> ``"cpu"``; layouts and memory formats -> their
   short names (``"strided"``, ``"contiguous_format"``). A symbolic scalar computed in the
   graph (a SymInt from ``aten.sym_size.int``) inside such an argument becomes an extra
-  input slot, referenced from the attribute as ``{"$input": slot}``; a complex number is
-  ``{"$complex": [real, imag]}``. Ops without a schema
-  (python callables) name their positional arguments ``arg0``, ``arg1``, ... the same way.
+  input slot, referenced from the attribute as ``{"$input": slot}``; the slots no
+  attribute references are exactly the tensor arguments, in schema order. A complex
+  number is ``{"$complex": [real, imag]}``. Ops without a schema (python callables) name
+  their positional arguments ``arg0``, ``arg1``, ... the same way.
+- ``aten._assert_tensor_metadata`` checks are dropped (they pin dtypes that passes change).
 - A multi-output op (tuple or list result) has one IR output per element; the fx
   ``operator.getitem`` nodes are folded away and give the outputs their names.
 - Every value's dtype and shape come from the fake tensor in ``fx_node.meta["val"]``;
