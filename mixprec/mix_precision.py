@@ -85,7 +85,7 @@ def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig
     """Run the configured pipeline (up to and including pass ``stop_after``) on
     ``ir_model`` in place and return the report of its decisions."""
     _refuse_converted(ir_model.graph, config.precision)
-    runtime_ops, runtime_name = adapter.runtime_fp32_ops(ir_model, config)
+    limits = adapter.runtime_limits(ir_model, config)
     spec = config.pipeline or DEFAULT_PIPELINE
     if stop_after is not None:
         names = [item.split("{")[0].strip() for item in parse_spec_items(spec)]
@@ -93,14 +93,15 @@ def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig
             raise ConfigError(f"--after {stop_after!r}: the pipeline has no such pass; its passes: {', '.join(names)}")
         spec = ",".join(parse_spec_items(spec)[: names.index(stop_after) + 1])
     manager = build_pipeline(spec, dump_dir=config.dump_dir, precision=config.precision, policy=config.policy,
-                             keep=config.keep_io_types, runtime_fp32_ops=runtime_ops, runtime=runtime_name,
+                             keep=config.keep_io_types, runtime_fp32_ops=limits.ops,
+                             runtime_fp32_nodes=limits.nodes, runtime=limits.runtime,
                              **config.overrides())
     manager.progress = progress
     manager.run(ir_model.graph)
     report = Report.from_graph(ir_model.graph, config.precision, config.target)
     report.passes = [asdict(record) for record in manager.history]
-    if runtime_ops:
-        report.notes.append(f"{runtime_name} lacks {config.precision} kernels for: {', '.join(runtime_ops)}")
+    if limits.ops:
+        report.notes.append(f"{limits.runtime} lacks {config.precision} kernels for: {', '.join(limits.ops)}")
     return report
 
 

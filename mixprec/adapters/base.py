@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,15 @@ from mixprec.config import MixedPrecisionConfig
 from mixprec.ir.graph import Model
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeLimits:
+    """Ops with no low-precision kernel, and single nodes (name -> why) that must stay
+    FP32, in the runtime called ``runtime``; assign-precision's step 6 applies them."""
+    ops: list[str] = field(default_factory=list)
+    nodes: dict[str, str] = field(default_factory=dict)
+    runtime: str = "the target runtime"
 
 
 class Adapter(ABC):
@@ -24,9 +34,9 @@ class Adapter(ABC):
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
         """The user's model (object or path) as IR."""
 
-    def runtime_fp32_ops(self, ir_model: Model, config: MixedPrecisionConfig) -> tuple[list[str], str]:
-        """(ops the chosen runtime cannot run in the target dtype, runtime name)."""
-        return [], "the target runtime"
+    def runtime_limits(self, ir_model: Model, config: MixedPrecisionConfig) -> RuntimeLimits:
+        """What the runtime the converted model is for cannot run in the target dtype."""
+        return RuntimeLimits()
 
     @abstractmethod
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:

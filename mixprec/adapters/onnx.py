@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from mixprec.adapters.base import Adapter
+from mixprec.adapters.base import Adapter, RuntimeLimits
 from mixprec.backends import onnx as backend
 from mixprec.backends import onnx_runtime as runtime
 from mixprec.config import MixedPrecisionConfig
@@ -30,12 +30,13 @@ class OnnxAdapter(Adapter):
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
         return frontend.load(model)
 
-    def runtime_fp32_ops(self, ir_model: Model, config: MixedPrecisionConfig) -> tuple[list[str], str]:
+    def runtime_limits(self, ir_model: Model, config: MixedPrecisionConfig) -> RuntimeLimits:
+        nodes = _onnxruntime_crashers(ir_model) if config.precision == "fp16" else {}
         if config.target != "onnxruntime":
-            return [], "the ONNX spec"
+            return RuntimeLimits([], nodes, "onnxruntime")
         ops = sorted({(n.domain, n.op) for n in ir_model.graph.all_nodes()})
         missing = runtime.missing_kernels(ops, target_dtype(config.precision))
-        return sorted(missing), "onnxruntime (CPUExecutionProvider)"
+        return RuntimeLimits(sorted(missing), nodes, "onnxruntime (CPUExecutionProvider)")
 
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         proto = backend.emit(ir_model)
@@ -70,3 +71,19 @@ class OnnxAdapter(Adapter):
     def save(self, converted: Any, path: str, ir_model: Model, config: MixedPrecisionConfig,
              input_path: str | None) -> None:
         backend.save(converted, path, input_path=input_path)
+
+
+def _onnxruntime_crashers(ir_model: Model) -> dict[str, str]:
+    """Nodes whose FP16 form crashes onnxruntime's CPU provider (segmentation fault when
+    the session is created with default optimizations; seen with onnxruntime 1.32): a
+    Transpose swapping the two leading axes of a 3-D tensor read by a MatMul, which the
+    optimizer fuses into a batch-transposing FusedMatMul. Keeping the Transpose in FP32
+    puts a cast between the two and the fusion does not happen."""
+    out = {}
+    for node in ir_model.graph.all_nodes():
+        if node.op != "Transpose" or node.domain or list(node.attrs.get("perm", [])) != [1, 0, 2]:
+            continue
+        if any(reader.op == "MatMul" for value in node.outputs for reader, _ in value.uses()):
+            out[node.name] = ("kept f32: onnxruntime's CPU provider crashes on an f16 Transpose(perm=[1,0,2]) "
+                              "feeding MatMul (its FusedMatMul fusion)")
+    return out

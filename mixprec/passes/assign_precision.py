@@ -11,7 +11,8 @@ becomes ALLOW (to a fixed point); 5 ALLOW spreads through connected clear nodes 
 A node that apply-overrides pinned paints as allow (low precision) or deny (FP32), so
 its neighbours follow it. 6 ops the target runtime cannot run in the target dtype, and nodes reading constants
 outside its range, are taken back out; 7 an existing cast to FP32 whose readers are all
-ALLOW is retargeted. Every node gets meta precision/category/reason; a node that already
+ALLOW is retargeted. Nodes that compute only from constants and shapes (not allow or
+clear ops) are left out of painting and keep FP32. Every node gets meta precision/category/reason; a node that already
 carries a decision with the same precision keeps its reason (on a converted graph the
 casts cut edges, so the first run's explanation is the informative one)."""
 from __future__ import annotations
@@ -41,7 +42,8 @@ OVERRIDE_PREFIX = "user override"
 class AssignPrecision(Pass):
     """Options: ``precision`` (bf16|fp16), ``policy`` (name or file; default: the graph's
     framework), ``runtime_fp32_ops`` (ops the target runtime has no low-precision kernel
-    for) and ``runtime`` (its name, for the reasons)."""
+    for), ``runtime_fp32_nodes`` (node name -> why the runtime cannot run that node in low
+    precision, e.g. a known runtime bug) and ``runtime`` (its name, for the reasons)."""
 
     name = "assign-precision"
     description = "paint nodes low precision or FP32 with grappler's allow/infer/clear/deny algorithm, recording why"
@@ -49,13 +51,15 @@ class AssignPrecision(Pass):
     precision: str = "bf16"
     policy: str | None = None
     runtime_fp32_ops: list[str] = field(default_factory=list)
+    runtime_fp32_nodes: dict[str, str] = field(default_factory=dict)
     runtime: str = "the target runtime"
 
     def run(self, graph: Graph) -> PassResult:
         target = target_dtype(self.precision)
         policy = graph_policy(graph, self.policy)
         before = {id(n): _snapshot(n) for n in graph.all_nodes()}
-        painter = _Painter(graph, policy, target, set(self.runtime_fp32_ops), self.runtime)
+        painter = _Painter(graph, policy, target, set(self.runtime_fp32_ops), self.runtime,
+                           dict(self.runtime_fp32_nodes))
         painter.paint()
         modified = any(_snapshot(n) != before.get(id(n)) for n in graph.all_nodes())
         return PassResult(graph, modified)
@@ -66,7 +70,9 @@ def _snapshot(node: Node) -> tuple:
 
 
 class _Painter:
-    def __init__(self, graph: Graph, policy: Policy, target: DType, runtime_fp32: set[str], runtime: str) -> None:
+    def __init__(self, graph: Graph, policy: Policy, target: DType, runtime_fp32: set[str], runtime: str,
+                 runtime_nodes: dict[str, str]) -> None:
+        self.runtime_nodes = runtime_nodes
         self.graph = graph
         self.policy = policy
         self.target = target
@@ -76,6 +82,7 @@ class _Painter:
 
     def paint(self) -> None:
         nodes = list(self.graph.all_nodes())
+        static = self._static_nodes(nodes)
         cands: list[Node] = []
         for node in nodes:
             if node.meta.get("category") == SHAPE:
@@ -83,6 +90,11 @@ class _Painter:
             if is_cast(node):
                 if node.meta.get("category") != "cast":
                     decide(node, KEEP, "cast", "existing cast kept as is")
+                continue
+            category = self.policy.base_category(node.qualified_op)
+            if id(node) in static and category not in ("allow", "clear") and _override(node) is None:
+                decide(node, FP32 if self._is_candidate(node) else KEEP, category,
+                       "computes from constants and shapes only (no input data): kept in its dtype")
                 continue
             if self._is_candidate(node):
                 cands.append(node)
@@ -176,6 +188,9 @@ class _Painter:
             if op in self.runtime_fp32 or cands[i].op in self.runtime_fp32:
                 allow.discard(i)
                 deny_reason[i] = f"{self.runtime} has no {self.target.value} kernel for {op} (step 6)"
+            elif cands[i].name in self.runtime_nodes:
+                allow.discard(i)
+                deny_reason[i] = f"{self.runtime_nodes[cands[i].name]} (step 6)"
         for i, node in enumerate(cands):
             if i in allow:
                 precision, text = self.target.value, reason[i]
@@ -184,6 +199,24 @@ class _Painter:
             if node.meta.get("precision") != precision or not node.meta.get("reason"):
                 decide(node, precision, listed[i], text)
         self._retarget_casts(allow, index)
+
+    def _static_nodes(self, nodes: list[Node]) -> set[int]:
+        """ids of nodes whose inputs are all constants, shape-source outputs or outputs
+        of such nodes: their values do not depend on the data fed in (a scale computed
+        as 1/sqrt(head_dim) from a Shape). They take no part in painting, so a deny op
+        among them (Sqrt) does not spread to the data path; readers cast their output."""
+        static_values: set[int] = set()
+        for graph in self.graph.all_graphs():
+            static_values.update(id(v) for v in graph.constants.values())
+        static: set[int] = set()
+        for node in nodes:  # topological, outer graphs before the graphs nested in them
+            if node.attrs and any(True for _ in node.subgraphs()):
+                continue
+            reads = [v for v in node.inputs if v is not None]
+            if all(id(v) in static_values for v in reads) or self.policy.is_shape_source(node.qualified_op):
+                static.add(id(node))
+                static_values.update(id(v) for v in node.outputs)
+        return static
 
     def _is_candidate(self, node: Node) -> bool:
         if any(v.dtype in self.floats for v in node.outputs):
