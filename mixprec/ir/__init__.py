@@ -1,7 +1,7 @@
 """The shared IR: every frontend lowers to it, every pass rewrites it, every backend reads it."""
 from mixprec.ir.builder import GraphBuilder
 from mixprec.ir.dtypes import DType
-from mixprec.ir.graph import Graph, Model, Node, Value, topological_order
+from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.ir.text import dump, parse
 from mixprec.ir.verify import verify
 
@@ -13,4 +13,4 @@ def to_networkx(graph):
 
 
 __all__ = ["DType", "Value", "Node", "Graph", "Model", "GraphBuilder", "dump", "parse", "verify",
-           "to_networkx", "topological_order"]
+           "to_networkx"]

@@ -11,9 +11,8 @@ Invariants (checked by mixprec.ir.verify):
 """
 from __future__ import annotations
 
-import heapq
 import logging
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -60,9 +59,6 @@ class Value:
     def is_constant(self) -> bool:
         return self._kind == "const"
 
-    @property
-    def is_graph_input(self) -> bool:
-        return self._kind == "input"
 
     def uses(self) -> list[tuple["Node", int]]:
         """A snapshot of (node, input_index) pairs that read this value."""
@@ -206,11 +202,6 @@ class Graph:
         self._names.add(value.name)
         return value
 
-    def remove_constant(self, value: Value) -> None:
-        if value.num_uses:
-            raise IRError(f"constant %{value.name} still has {value.num_uses} uses")
-        del self.constants[value.name]
-        value._kind = "free"
 
     def unique_name(self, base: str) -> str:
         """A value/node name not used anywhere in this graph tree, derived from ``base``
@@ -364,11 +355,6 @@ class Graph:
         for graph in self.all_graphs():
             yield from graph.iter_nodes()
 
-    def find_value(self, name: str) -> Value | None:
-        for value in self.values():
-            if value.name == name:
-                return value
-        return None
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {self.framework}, {self._count} nodes)"
@@ -387,45 +373,3 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.graph!r})"
-
-
-def topological_order(nodes: Iterable[Node]) -> list[Node]:
-    """Kahn's algorithm over data edges among ``nodes`` (stable: ties keep input order)."""
-    nodes = list(nodes)
-    members = {id(n) for n in nodes}
-    indegree = {id(n): 0 for n in nodes}
-    users: dict[int, list[Node]] = {id(n): [] for n in nodes}
-    for node in nodes:
-        seen = set()
-        for value in _reads(node):
-            prod = value.producer
-            if prod is not None and id(prod) in members and (id(prod), id(node)) not in seen:
-                seen.add((id(prod), id(node)))
-                indegree[id(node)] += 1
-                users[id(prod)].append(node)
-    order_index = {id(n): i for i, n in enumerate(nodes)}
-    ready = [(order_index[id(n)], n) for n in nodes if indegree[id(n)] == 0]
-    heapq.heapify(ready)
-    out: list[Node] = []
-    while ready:
-        _, node = heapq.heappop(ready)
-        out.append(node)
-        for user in users[id(node)]:
-            indegree[id(user)] -= 1
-            if indegree[id(user)] == 0:
-                heapq.heappush(ready, (order_index[id(user)], user))
-    if len(out) != len(nodes):
-        raise IRError("graph has a cycle")
-    return out
-
-
-def _reads(node: Node) -> Iterator[Value]:
-    """Values a node reads, including outer-scope values read inside its subgraphs."""
-    for value in node._inputs:
-        if value is not None:
-            yield value
-    for sub in node.subgraphs():
-        for inner in sub.all_nodes():
-            for value in inner._inputs:
-                if value is not None:
-                    yield value

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 
 from mixprec.errors import PipelineError
-from mixprec.ir.cast import is_cast
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.passes.policies import Policy, load_policy
@@ -54,9 +53,6 @@ def touches_fp32(node: Node, policy: Policy) -> bool:
         return True
     return bool(float_inputs(node, policy))
 
-
-def cast_nodes(graph: Graph) -> list[Node]:
-    return [n for n in graph.all_nodes() if is_cast(n)]
 
 
 def owning_graph(value: Value, index: dict[int, Graph]) -> Graph | None:
