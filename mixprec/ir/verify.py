@@ -3,7 +3,7 @@
 Checked: use-lists agree with node inputs in both directions; nodes are in topological
 order (outer-scope values visible inside subgraphs); value names are unique across the
 graph tree; no node reads a value that is not in scope (dangling); graph outputs are
-defined; every cast's output dtype is its target; and, when ``mixed_input_ok`` is given,
+defined; every cast's output dtype is its target (or not yet inferred); and, when ``mixed_input_ok`` is given,
 every non-cast node reads one float dtype on all its float inputs except those the
 callback allows to differ (policy pins)."""
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _check_uses(value: Value) -> None:
 def _check_types(node: Node, mixed_input_ok: MixedInputOk | None) -> None:
     if node.graph is not None and is_cast(node):
         target = cast_target(node)
-        if node.outputs[0].dtype != target:
+        if node.outputs[0].dtype not in (target, DType.UNKNOWN):
             raise IRError(f"cast {node.name!r} targets {target.value} but its output "
                           f"%{node.outputs[0].name} is {node.outputs[0].dtype.value}")
         return

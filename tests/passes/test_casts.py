@@ -178,3 +178,25 @@ def test_pipeline_is_idempotent_on_its_own_output(run):
         }"""
     once = run(src, DEFAULT_PIPELINE)
     assert run(once, DEFAULT_PIPELINE) == once
+
+
+def test_infer_dtypes_fills_unknown_outputs_only(run):
+    out = run("""
+        graph main(%x: f32[2], %i: i64[2]) -> (%c: unk[2]) {
+          %a: unk[2] = Relu(%x)
+          %b: unk[2] = Cast(%a) {to=f16}
+          %n: unk[2] = Neg(%i)
+          %c: unk[2] = Add(%b, %n)
+          %d: i32[2] = Identity(%x)
+          return %c
+        }""", "infer-dtypes")
+    assert out == golden("""
+        graph main<generic>(%x: f32[2], %i: i64[2]) -> (%c: f16[2]) {
+          %a: f32[2] = Relu(%x)
+          %b: f16[2] = Cast(%a) {to=f16}
+          %n: i64[2] = Neg(%i)
+          %c: f16[2] = Add(%b, %n)
+          %d: i32[2] = Identity(%x)
+          return %c
+        }
+        """)
