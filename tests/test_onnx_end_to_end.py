@@ -175,3 +175,50 @@ def test_target_onnxruntime_keeps_unsupported_ops_fp32_and_says_so():
     assert "onnxruntime" in conv.meta["reason"] and "no bf16 kernel for Conv" in conv.meta["reason"]
     run_onnxruntime(result.model, feeds)  # what remains must run there
     assert any("lacks bf16 kernels" in note for note in result.report.notes)
+
+
+def _bn_and_mask_model():
+    """Conv -> BatchNormalization whose running variance is 1e8 (beyond fp16), then a
+    MatMul score plus an attention-mask constant holding -FLT_MAX, then Softmax."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "scale"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "bias"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "mean"),
+             numpy_helper.from_array(np.array([1e8, 1.0, 4.0, 1e-2], np.float32), "var"),
+             numpy_helper.from_array(np.array([0.0, 0.0, -np.finfo(np.float32).max, 0.0], np.float32), "mask"),
+             numpy_helper.from_array(np.array([2, 16], np.int64), "flat")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["b"]),
+             helper.make_node("Reshape", ["b", "flat"], ["r"]),
+             helper.make_node("MatMul", ["r", "k"], ["s"]),
+             helper.make_node("Add", ["s", "mask"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1)]
+    graph = helper.make_graph(nodes, "bn_mask",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 2, 2]),
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, [16, 4])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [2, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal((2, 3, 2, 2)).astype(np.float32) * 1e3,
+             "k": rng.standard_normal((16, 4)).astype(np.float32) / 4}
+    return model, feeds
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_huge_running_variance_and_mask_sentinel_survive(precision):
+    proto, feeds = _bn_and_mask_model()
+    result = mix_precision.fit(proto, config=MixedPrecisionConfig(precisions=precision, sample_inputs=feeds))
+    graph = result.ir.graph
+    assert graph.constants["var"].dtype == DType.FLOAT32  # pinned: exact, never clamped to 1e4
+    assert float(graph.constants["var"].data[0]) == 1e8
+    mask = graph.constants["mask"]
+    low = DType.FLOAT16 if precision == "fp16" else DType.BFLOAT16
+    assert mask.dtype == low  # stored low: the sentinel became the dtype's minimum, not -inf or -1e4
+    value = float(mask.data.astype(np.float32)[2])
+    assert np.isfinite(value) and value <= (-65504.0 if precision == "fp16" else -3.38e38)
+    bn = next(n for n in graph.all_nodes() if n.op == "BatchNormalization")
+    assert bn.meta["precision"] == low.value
+    assert all(c.cosine >= 0.99 for c in result.report.checks)
+    out = (run_onnxruntime if precision == "fp16" else run_reference)(result.model, feeds)[0]
+    assert np.allclose(out[:, 2], 0.0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3)

@@ -147,7 +147,8 @@ def convert_array(data: np.ndarray, dtype: DType, saturate_extremes: bool = True
     caller's business (assign-precision keeps such constants in FP32)."""
     target = dtype.to_numpy()
     src = np.asarray(data)
-    out = src.astype(target)
+    with np.errstate(over="ignore"):  # overflow to inf is expected here and handled below
+        out = src.astype(target)
     if saturate_extremes and src.dtype.kind == "f" and dtype.is_float and src.size:
         src_max = np.finfo(src.dtype).max
         tmax = finite_max(dtype)

@@ -124,7 +124,8 @@ class _Painter:
             c, reason = self.policy.category(node.qualified_op, node.attrs)
             listed.append(c)
             override = _override(node)
-            bad = next((v for v in node.inputs if v is not None and id(v) in out_of_range), None)
+            bad = next((v for j, v in enumerate(node.inputs) if v is not None and id(v) in out_of_range
+                        and not self.policy.is_pinned(node.qualified_op, j)), None)
             if override is not None:
                 c = "allow" if override == self.target.value else "deny"
                 reason = node.meta["reason"]
