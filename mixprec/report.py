@@ -25,6 +25,7 @@ class NodeDecision:
     category: str
     reason: str
     graph: str
+    scope: str = ""
 
 
 @dataclass
@@ -54,7 +55,8 @@ class Report:
             for node in g.iter_nodes():
                 nodes.append(NodeDecision(node.name, node.qualified_op, node.meta.get("precision", "keep"),
                                           node.meta.get("category", "-"),
-                                          node.meta.get("reason", "no pass recorded a decision"), g.name))
+                                          node.meta.get("reason", "no pass recorded a decision"), g.name,
+                                          node.meta.get("scope") or ""))
         return cls(graph.framework, precision, target, nodes)
 
     # ---- summaries ----------------------------------------------------------------------
@@ -111,7 +113,7 @@ class Report:
         width = max((len(n.name) for n in self.nodes), default=4)
         lines = [self.summary_table(), "", "Decisions:"]
         for n in self.nodes:
-            where = "" if n.graph == "main" else f" [{n.graph}]"
+            where = (f" [module {n.scope}]" if n.scope else "") + ("" if n.graph == "main" else f" [graph {n.graph}]")
             lines.append(f"  {n.name:<{width}}  {n.op:<20} {n.precision:<5} {n.category:<8} {n.reason}{where}")
         return "\n".join(lines)
 
