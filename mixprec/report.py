@@ -24,7 +24,7 @@ class NodeDecision:
     precision: str
     category: str
     reason: str
-    graph: str
+    graph: str  # the nested graph holding the node; "" for the main graph
     scope: str = ""
 
 
@@ -55,7 +55,8 @@ class Report:
             for node in g.iter_nodes():
                 nodes.append(NodeDecision(node.name, node.qualified_op, node.meta.get("precision", "keep"),
                                           node.meta.get("category", "-"),
-                                          node.meta.get("reason", "no pass recorded a decision"), g.name,
+                                          node.meta.get("reason", "no pass recorded a decision"),
+                                          g.name if g is not graph else "",
                                           node.meta.get("scope") or ""))
         return cls(graph.framework, precision, target, nodes)
 
@@ -113,7 +114,7 @@ class Report:
         width = max((len(n.name) for n in self.nodes), default=4)
         lines = [self.summary_table(), "", "Decisions:"]
         for n in self.nodes:
-            where = (f" [module {n.scope}]" if n.scope else "") + ("" if n.graph == "main" else f" [graph {n.graph}]")
+            where = (f" [module {n.scope}]" if n.scope else "") + (f" [graph {n.graph}]" if n.graph else "")
             lines.append(f"  {n.name:<{width}}  {n.op:<20} {n.precision:<5} {n.category:<8} {n.reason}{where}")
         return "\n".join(lines)
 
