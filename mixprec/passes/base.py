@@ -6,6 +6,7 @@ Options are dataclass fields, so ``build_pipeline("pass{opt=1}")`` can set them.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 import logging
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -22,7 +23,7 @@ class PassResult:
 
 
 @dataclass
-class Pass:
+class Pass(ABC):
     """Base class of every pass. Subclasses are dataclasses whose fields are options."""
 
     name: ClassVar[str] = ""
@@ -31,8 +32,9 @@ class Pass:
     #: does not re-verify the IR after them (there is nothing structural to break).
     changes_structure: ClassVar[bool] = True
 
-    def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
-        raise NotImplementedError(f"pass {type(self).__name__} does not implement run()")
+    @abstractmethod
+    def run(self, graph: Graph) -> PassResult:
+        """Rewrite ``graph`` (in place or not) and say whether anything changed."""
 
     @classmethod
     def options(cls) -> dict[str, dataclasses.Field]:
