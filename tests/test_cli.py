@@ -137,3 +137,12 @@ def _write(path, data):
 
 def _copy(d):
     return Path(shutil.copy(EXAMPLE, d / "m.onnx"))
+
+
+def test_corrupt_pt2_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("torch", reason="reading .pt2 programs needs torch")
+    bad = tmp_path / "broken.pt2"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["convert", str(bad), "-o", str(tmp_path / "o.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert "not a torch.export program" in err and "Traceback" not in err

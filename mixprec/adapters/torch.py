@@ -26,7 +26,7 @@ class TorchAdapter(Adapter):
 
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
         if isinstance(model, (str, os.PathLike)):
-            program = _load_program(model)
+            program = frontend.read_program(model)
             if config.example_inputs is None:
                 config.example_inputs = _program_inputs(program)
             return frontend.from_exported_program(program)
@@ -49,7 +49,7 @@ class TorchAdapter(Adapter):
         return config.sample_inputs if config.sample_inputs is not None else config.example_inputs
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
-        module = _load_program(original).module() if isinstance(original, (str, os.PathLike)) else original
+        module = frontend.read_program(original).module() if isinstance(original, (str, os.PathLike)) else original
         return _run(module, inputs)
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
@@ -63,10 +63,6 @@ class TorchAdapter(Adapter):
         if input_path is not None and os.path.exists(path) and os.path.samefile(path, input_path):
             raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
         backend.save(converted, path, config.example_inputs)
-
-
-def _load_program(path: Any):
-    return torch.export.load(os.fspath(path))
 
 
 def _program_inputs(program) -> Any:

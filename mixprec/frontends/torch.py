@@ -127,16 +127,20 @@ def load(module: torch.nn.Module, example_inputs: tuple | dict | torch.Tensor, d
     return _lower(capture, arg_names, list(kwargs), forward_params)
 
 
-def load_program(path: str | os.PathLike) -> Model:
-    """Lower a program saved with ``torch.export.save`` (``.pt2``) to the IR."""
+def read_program(path: str | os.PathLike) -> "torch.export.ExportedProgram":
+    """The ExportedProgram saved at ``path`` (``.pt2``); ModelLoadError when missing or bad."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
     try:
-        program = torch.export.load(path)
+        return torch.export.load(path)
     except Exception as exc:  # torch raises many types for a bad archive
         raise ModelLoadError(f"{path}: not a torch.export program ({_first_line(exc)})") from exc
-    return from_exported_program(program)
+
+
+def load_program(path: str | os.PathLike) -> Model:
+    """Lower a program saved with ``torch.export.save`` (``.pt2``) to the IR."""
+    return from_exported_program(read_program(path))
 
 
 def from_exported_program(program: "torch.export.ExportedProgram") -> Model:
@@ -420,12 +424,12 @@ def _scope_hooks(module: torch.nn.Module, fx_traceback: Any) -> list:
             path or "<root>": (path, cls) for path, cls in stack}
 
     def pre(path: str, cls: str):
-        def hook(mod, inputs):
+        def hook(_module, _inputs):
             stack.append((path, cls))
             publish()
         return hook
 
-    def post(mod, inputs, output):
+    def post(_module, _inputs, _output):
         if stack:
             stack.pop()
         publish()

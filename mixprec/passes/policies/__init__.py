@@ -192,5 +192,7 @@ def load_policy(name_or_path: str) -> Policy:
     return _builtin(name_or_path)
 
 
+
 def builtin_policies() -> list[str]:
+    """Names of the policies shipped with mixprec."""
     return sorted(p.stem for p in POLICY_DIR.glob("*.toml"))
