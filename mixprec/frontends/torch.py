@@ -132,10 +132,15 @@ def read_program(path: str | os.PathLike) -> "torch.export.ExportedProgram":
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
+    export_logger = logging.getLogger("torch.export")
+    level = export_logger.level
+    export_logger.setLevel(logging.ERROR)  # torch logs a traceback before it retries the old format
     try:
         return torch.export.load(path)
     except Exception as exc:  # torch raises many types for a bad archive
         raise ModelLoadError(f"{path}: not a torch.export program ({_first_line(exc)})") from exc
+    finally:
+        export_logger.setLevel(level)
 
 
 def load_program(path: str | os.PathLike) -> Model:
