@@ -34,6 +34,8 @@ class _Options:
     pipeline: str | None = None
     dump_dir: str | None = None
     example_inputs: Any = None
+    dynamic_batch: bool = False
+    fallback_fx: bool = False
     sample_inputs: Any = None
     check_outputs: bool = True
     min_cosine: float = 0.99
@@ -55,6 +57,9 @@ class MixedPrecisionConfig(_Options):
     - ``policy``: a policy file replacing the built-in one; ``pipeline``: a pipeline
       string replacing the default; ``dump_dir``: write the IR after each pass there;
     - ``example_inputs``: inputs to trace a torch module with (tuple or dict);
+      ``dynamic_batch``: make dim 0 of every torch input dynamic (example batch >= 2);
+      ``fallback_fx``: when torch.export cannot capture the module, trace it on the
+      example inputs instead (control flow specialized to them);
     - ``sample_inputs``: inputs for the FP32-vs-converted output check (generated from the
       input types when not given); ``check_outputs``, ``min_cosine``: that check.
     """

@@ -330,3 +330,21 @@ def test_cli_converts_a_saved_fp32_program(tmp_path, capsys):
     dtypes = {t.dtype for t in program.state_dict.values()}
     assert torch.bfloat16 in dtypes
     _assert_close_outputs(_run(program.module(), inputs), _run(module, inputs))
+
+
+def test_dynamic_batch_and_fallback_fx_through_fit(tmp_path):
+    from mixprec.errors import UnsupportedModelError
+    module, example = tm.resnet(batch=2)
+    converted = mix_precision.fit(module, config=MixedPrecisionConfig(example_inputs=example, dynamic_batch=True))
+    bigger = (torch.randn(5, *example[0].shape[1:]),)
+    with torch.no_grad():
+        assert converted.model(*bigger).shape[0] == 5
+    path = converted.save(tmp_path / "dyn.pt2")
+    reloaded = torch.export.load(path).module()
+    with torch.no_grad():
+        assert reloaded(*bigger).shape[0] == 5
+    branchy, branch_inputs = tm.data_dependent()
+    with pytest.raises(UnsupportedModelError, match="fallback_fx"):
+        mix_precision.fit(branchy, config=MixedPrecisionConfig(example_inputs=branch_inputs))
+    traced = mix_precision.fit(branchy, config=MixedPrecisionConfig(example_inputs=branch_inputs, fallback_fx=True))
+    assert all(c.cosine >= 0.99 for c in traced.report.checks)

@@ -33,7 +33,8 @@ class TorchAdapter(Adapter):
         if config.example_inputs is None:
             raise ConfigError("a torch module needs example inputs to be captured: "
                               "MixedPrecisionConfig(example_inputs=(tensor, ...)) or a dict of keyword tensors")
-        return frontend.load(model, config.example_inputs)
+        return frontend.load(model, config.example_inputs, dynamic_batch=config.dynamic_batch,
+                             fallback_fx=config.fallback_fx)
 
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         module = backend.emit(ir_model)
@@ -62,7 +63,8 @@ class TorchAdapter(Adapter):
              input_path: str | None) -> None:
         if input_path is not None and os.path.exists(path) and os.path.samefile(path, input_path):
             raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
-        backend.save(converted, path, config.example_inputs)
+        backend.save(converted, path, config.example_inputs,
+                     dynamic_batch=bool(ir_model.meta.get(frontend.FRAMEWORK, {}).get("dynamic_batch")))
 
 
 def _program_inputs(program) -> Any:
