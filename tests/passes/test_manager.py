@@ -134,3 +134,35 @@ def test_override_errors_name_the_typo():
         build_pipeline("apply-overrides,assign-precision", fp32_ops=["Matmul"]).run(parse(SRC))
     with pytest.raises(ConfigError, match="no node or module matches 'nope'"):
         build_pipeline("apply-overrides,assign-precision", fp32_nodes=["nope"]).run(parse(SRC))
+
+
+def test_installed_plugin_is_found_through_its_entry_point(tmp_path):
+    """A real distribution on sys.path (dist-info with entry_points.txt), seen by a fresh
+    interpreter: `mixprec passes` lists its pass and a pipeline can use it."""
+    import subprocess
+    import sys
+    import textwrap
+    (tmp_path / "my_plugin.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from mixprec.passes import Pass, PassResult
+
+        @dataclass
+        class CountNodes(Pass):
+            name = "count-nodes"
+            description = "record the node count (a test plug-in)"
+
+            def run(self, graph):
+                graph.name = f"n{len(graph)}"
+                return PassResult(graph, True)
+    '''))
+    info = tmp_path / "my_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mixprec.passes]\ncount-nodes = my_plugin:CountNodes\n")
+    code = ("import sys; from mixprec.cli import main; from mixprec.ir import parse; "
+            "from mixprec.passes import build_pipeline; main(['passes']); "
+            f"g = parse({SRC!r}); build_pipeline('count-nodes').run(g); print('renamed', g.name)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert "count-nodes           record the node count (a test plug-in)" in out
+    assert "renamed n2" in out
