@@ -21,6 +21,38 @@ _TARGETS = ("spec", "onnxruntime")
 
 
 @dataclass
+class AccuracyCriterion:
+    """How much accuracy the converted model may lose against the FP32 one: ``relative``
+    (a fraction of the baseline) or ``absolute`` (in the metric's units)."""
+    higher_is_better: bool = True
+    criterion: str = "relative"
+    tolerable_loss: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.criterion not in ("relative", "absolute"):
+            raise ConfigError(f"AccuracyCriterion.criterion must be 'relative' or 'absolute', not {self.criterion!r}")
+        if not float(self.tolerable_loss) >= 0:
+            raise ConfigError(f"AccuracyCriterion.tolerable_loss must be >= 0, not {self.tolerable_loss!r}")
+
+    def meets(self, baseline: float, accuracy: float) -> bool:
+        loss = (baseline - accuracy) if self.higher_is_better else (accuracy - baseline)
+        allowed = self.tolerable_loss * abs(baseline) if self.criterion == "relative" else self.tolerable_loss
+        return loss <= allowed + 1e-12
+
+
+@dataclass
+class TuningCriterion:
+    """Budget of the accuracy-driven fallback search: at most ``max_trials`` converted
+    candidates evaluated, and (when > 0) at most ``timeout`` seconds."""
+    max_trials: int = 100
+    timeout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if int(self.max_trials) < 1:
+            raise ConfigError(f"TuningCriterion.max_trials must be >= 1, not {self.max_trials!r}")
+
+
+@dataclass
 class _Options:
     precisions: str | list[str] = "bf16"
     excluded_precisions: list[str] = field(default_factory=list)
@@ -39,6 +71,8 @@ class _Options:
     sample_inputs: Any = None
     check_outputs: bool = True
     min_cosine: float = 0.99
+    accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
+    tuning_criterion: TuningCriterion = field(default_factory=TuningCriterion)
 
 
 class MixedPrecisionConfig(_Options):
@@ -61,7 +95,9 @@ class MixedPrecisionConfig(_Options):
       ``fallback_fx``: when torch.export cannot capture the module, trace it on the
       example inputs instead (control flow specialized to them);
     - ``sample_inputs``: inputs for the FP32-vs-converted output check (generated from the
-      input types when not given); ``check_outputs``, ``min_cosine``: that check.
+      input types when not given); ``check_outputs``, ``min_cosine``: that check;
+    - ``accuracy_criterion`` / ``tuning_criterion``: used when ``fit`` gets an evaluation
+      function: ops fall back to FP32 until the criterion holds, within the budget.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -84,6 +120,10 @@ class MixedPrecisionConfig(_Options):
             raise ConfigError(f"device {self.device!r} is not supported; mixprec converts for device='cpu'")
         if self.target not in _TARGETS:
             raise ConfigError(f"target must be one of {_TARGETS}, not {self.target!r}")
+        if not isinstance(self.accuracy_criterion, AccuracyCriterion):
+            raise ConfigError("accuracy_criterion must be a mixprec.config.AccuracyCriterion")
+        if not isinstance(self.tuning_criterion, TuningCriterion):
+            raise ConfigError("tuning_criterion must be a mixprec.config.TuningCriterion")
         if not 0.0 < float(self.min_cosine) <= 1.0:
             raise ConfigError(f"min_cosine must be in (0, 1], not {self.min_cosine!r}")
         for name, table in (("op_type_dict", self.op_type_dict), ("op_name_dict", self.op_name_dict)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mixprec.adapters import Adapter, adapter_for
 from mixprec.config import MixedPrecisionConfig
@@ -25,6 +25,7 @@ from mixprec.numerics import compare_outputs
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items as parse_spec_items
 from mixprec.report import Report
+from mixprec.tuning import Candidate, fallback_search
 
 logger = logging.getLogger(__name__)
 
@@ -59,29 +60,97 @@ class ConvertedModel:
         return f"ConvertedModel({self.framework}, {self.report.precision}, {len(self.report.nodes)} nodes)"
 
 
-def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Callable | None = None,
+def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Callable[[Any], float] | None = None,
         eval_dataloader: Any = None, eval_metric: Any = None, progress: Progress | None = None) -> ConvertedModel:
     """Convert ``model`` (onnx.ModelProto, torch.nn.Module, or a .onnx/.pt2 path) to mixed
-    precision as ``config`` says; see the module docstring."""
-    if eval_func is not None or eval_dataloader is not None or eval_metric is not None:
-        raise ConfigError("accuracy-driven tuning (eval_func/eval_dataloader/eval_metric) is not available yet; "
-                          "call fit without them and check converted.report, or keep ops in FP32 with "
-                          "op_type_dict/op_name_dict")
+    precision as ``config`` says; see the module docstring.
+
+    With ``eval_func(model) -> float`` (or ``eval_dataloader`` yielding ``(inputs, labels)``
+    plus ``eval_metric`` with ``update(preds, labels)``/``result()``), the FP32 model is
+    scored first and ops fall back to FP32 until ``config.accuracy_criterion`` holds
+    (mixprec.tuning); the trials are in ``report.tuning``."""
     config = config if config is not None else MixedPrecisionConfig()
     if not isinstance(config, MixedPrecisionConfig):
         raise ConfigError(f"config must be a MixedPrecisionConfig, not {type(config).__name__}")
     adapter = adapter_for(model)
-    ir_model = adapter.load(model, config)
-    report = run_pipeline(adapter, ir_model, config, progress=progress)
-    converted = adapter.emit(ir_model, config)
+    evaluate = _evaluator(adapter, config, eval_func, eval_dataloader, eval_metric)
+    if evaluate is None:
+        converted, ir_model, report = _convert(adapter, model, config, [], [], progress)
+    else:
+        converted, ir_model, report = _tune(adapter, model, config, evaluate, progress)
     if config.check_outputs:
         _check_outputs(adapter, model, converted, ir_model, config, report)
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     return ConvertedModel(converted, ir_model, report, adapter, config, input_path)
 
 
+def _convert(adapter: Adapter, model: Any, config: MixedPrecisionConfig, fallback_ops: list[str],
+             fallback_nodes: list[str], progress: Progress | None) -> tuple[Any, Model, Report]:
+    ir_model = adapter.load(model, config)
+    report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
+                          fallback_nodes=fallback_nodes)
+    return adapter.emit(ir_model, config), ir_model, report
+
+
+Evaluate = Callable[[Any, bool], float]
+
+
+def _evaluator(adapter: Adapter, config: MixedPrecisionConfig, eval_func: Callable[[Any], float] | None,
+               dataloader: Any, metric: Any) -> Evaluate | None:
+    """``evaluate(native_model, is_original) -> score``, or None when no evaluation was given."""
+    if eval_func is not None:
+        if dataloader is not None or metric is not None:
+            raise ConfigError("give either eval_func or eval_dataloader with eval_metric, not both")
+        if not callable(eval_func):
+            raise ConfigError("eval_func must be a callable taking the model and returning a number")
+        return lambda native, is_original: _score(eval_func(native))
+    if dataloader is None and metric is None:
+        return None
+    if dataloader is None or metric is None or not all(hasattr(metric, m) for m in ("update", "result")):
+        raise ConfigError("eval_dataloader needs an eval_metric with update(preds, labels) and result() "
+                          "(and eval_metric needs an eval_dataloader yielding (inputs, labels))")
+
+    def evaluate(native: Any, is_original: bool) -> float:
+        if hasattr(metric, "reset"):
+            metric.reset()
+        for inputs, labels in dataloader:
+            outputs = adapter.run_original(native, inputs) if is_original else \
+                adapter.run_converted(native, inputs, config)
+            metric.update(outputs[0], labels)
+        return _score(metric.result())
+    return evaluate
+
+
+def _score(value: Any) -> float:
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"the evaluation returned {value!r}; it must return one number") from None
+    if score != score:
+        raise ConfigError("the evaluation returned NaN")
+    return score
+
+
+def _tune(adapter: Adapter, model: Any, config: MixedPrecisionConfig, evaluate: Evaluate,
+          progress: Progress | None) -> tuple[Any, Model, Report]:
+    baseline = evaluate(adapter.native(model), True)
+
+    def convert(ops: list[str], nodes: list[str]) -> Candidate:
+        native, ir_model, report = _convert(adapter, model, config, ops, nodes, progress)
+        lowered = [(n.name, n.op, n.meta.get("category", "")) for n in ir_model.graph.all_nodes()
+                   if n.meta.get("precision") == config.precision and n.meta.get("category") != "cast"]
+        return Candidate(native, lowered, (ir_model, report))
+
+    result = fallback_search(convert, lambda native: evaluate(native, False), baseline,
+                             config.accuracy_criterion, config.tuning_criterion)
+    ir_model, report = result.best.payload
+    report.tuning = result.summary()
+    return result.best.model, ir_model, report
+
+
 def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, stop_after: str | None = None,
-                 progress: Progress | None = None) -> Report:
+                 progress: Progress | None = None, fallback_ops: Sequence[str] = (),
+                 fallback_nodes: Sequence[str] = ()) -> Report:
     """Run the configured pipeline (up to and including pass ``stop_after``) on
     ``ir_model`` in place and return the report of its decisions."""
     _refuse_converted(ir_model.graph, config.precision)
@@ -95,6 +164,7 @@ def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig
     manager = build_pipeline(spec, dump_dir=config.dump_dir, precision=config.precision, policy=config.policy,
                              keep=config.keep_io_types, runtime_fp32_ops=limits.ops,
                              runtime_fp32_nodes=limits.nodes, runtime=limits.runtime,
+                             fallback_ops=list(fallback_ops), fallback_nodes=list(fallback_nodes),
                              **config.overrides())
     manager.progress = progress
     manager.run(ir_model.graph)

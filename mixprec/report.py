@@ -47,6 +47,7 @@ class Report:
     passes: list[dict[str, Any]] = field(default_factory=list)
     checks: list[OutputCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tuning: dict[str, Any] | None = None
 
     @classmethod
     def from_graph(cls, graph: Graph, precision: str, target: str = "spec") -> "Report":
@@ -106,6 +107,11 @@ class Report:
             agree = "" if check.argmax_agreement is None else f", argmax agreement {check.argmax_agreement:.3f}"
             lines.append(f"output {check.output}: cosine {check.cosine:.5f}, max abs error "
                          f"{check.max_abs_error:.3g}, max rel error {check.max_rel_error:.3g}{agree}")
+        if self.tuning:
+            last = next(t for t in reversed(self.tuning["trials"]) if t["meets"])
+            lines.append(f"accuracy tuning: baseline {self.tuning['baseline']:.6g}, kept {last['accuracy']:.6g} after "
+                         f"{len(self.tuning['trials'])} trials; FP32 fallbacks: op types "
+                         f"{self.tuning['fallback_ops'] or 'none'}, nodes {self.tuning['fallback_nodes'] or 'none'}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -38,6 +38,10 @@ class Adapter(ABC):
         """What the runtime the converted model is for cannot run in the target dtype."""
         return RuntimeLimits()
 
+    def native(self, model: Any) -> Any:
+        """The user's model as an object of its framework (a path is loaded)."""
+        return model
+
     @abstractmethod
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         """The converted IR as a native, validated model."""

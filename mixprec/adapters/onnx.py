@@ -48,8 +48,11 @@ class OnnxAdapter(Adapter):
             return dict(config.sample_inputs)
         return runtime.make_sample_inputs(ir_model)
 
+    def native(self, model: Any) -> Any:
+        return onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
-        proto = onnx.load(os.fspath(original)) if isinstance(original, (str, os.PathLike)) else original
+        proto = self.native(original)
         try:
             return runtime.run_onnxruntime(proto, inputs)
         except ConversionError:

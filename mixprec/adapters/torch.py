@@ -49,9 +49,11 @@ class TorchAdapter(Adapter):
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         return config.sample_inputs if config.sample_inputs is not None else config.example_inputs
 
+    def native(self, model: Any) -> Any:
+        return frontend.read_program(model).module() if isinstance(model, (str, os.PathLike)) else model
+
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
-        module = frontend.read_program(original).module() if isinstance(original, (str, os.PathLike)) else original
-        return _run(module, inputs)
+        return _run(self.native(original), inputs)
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
         return _run(converted, inputs)

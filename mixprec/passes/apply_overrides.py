@@ -8,7 +8,8 @@ node in the IR (re-running the pipeline keeps it).
 Options name op types and nodes to force to FP32 or to the low-precision target. A node
 pattern matches a node's name, its module scope (``encoder.layer.3`` matches every node
 under that module) or a glob over either. Node-level overrides beat op-level ones, and
-FP32 beats low precision when both name the same node. An op type that neither the
+FP32 beats low precision when both name the same node. ``fallback_*`` are FP32 overrides
+chosen by accuracy tuning; they are recorded as ``accuracy tuning: ...``. An op type that neither the
 graph nor the policy knows, or a node pattern that matches nothing, is a ConfigError."""
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
+USER = "user override"
+TUNING = "accuracy tuning"  # fallbacks found by mixprec.tuning
+
 
 @register_pass
 @dataclass
@@ -38,9 +42,12 @@ class ApplyOverrides(Pass):
     fp32_nodes: list[str] = field(default_factory=list)
     lp_ops: list[str] = field(default_factory=list)
     lp_nodes: list[str] = field(default_factory=list)
+    fallback_ops: list[str] = field(default_factory=list)
+    fallback_nodes: list[str] = field(default_factory=list)
 
     def run(self, graph: Graph) -> PassResult:
-        if not (self.fp32_ops or self.fp32_nodes or self.lp_ops or self.lp_nodes):
+        if not (self.fp32_ops or self.fp32_nodes or self.lp_ops or self.lp_nodes or self.fallback_ops
+                or self.fallback_nodes):
             return PassResult(graph, False)
         target = target_dtype(self.precision)
         policy = graph_policy(graph, self.policy)
@@ -51,19 +58,21 @@ class ApplyOverrides(Pass):
                 raise ConfigError(f"unknown op type {op!r}: it is neither in the model nor in the "
                                   f"{policy.framework} policy (op types are case-sensitive, e.g. 'MatMul')")
         decisions: dict[int, tuple[str, str]] = {}
-        for ops, precision in ((self.lp_ops, target.value), (self.fp32_ops, FP32)):
+        for ops, precision, who in ((self.lp_ops, target.value, USER), (self.fallback_ops, FP32, TUNING),
+                                    (self.fp32_ops, FP32, USER)):
             wanted = set(ops)
             for node in nodes:
                 if {node.op, node.qualified_op, _packet(node.op)} & wanted:
-                    decisions[id(node)] = (precision, f"user override: op type {node.op} -> {precision}")
-        for patterns, precision in ((self.lp_nodes, target.value), (self.fp32_nodes, FP32)):
+                    decisions[id(node)] = (precision, f"{who}: op type {node.op} -> {precision}")
+        for patterns, precision, who in ((self.lp_nodes, target.value, USER), (self.fallback_nodes, FP32, TUNING),
+                                         (self.fp32_nodes, FP32, USER)):
             for pattern in patterns:
                 hits = [n for n in nodes if _node_matches(n, pattern)]
                 if not hits:
                     raise ConfigError(f"no node or module matches {pattern!r}; `mixprec dump MODEL` "
                                       "lists node names")
                 for node in hits:
-                    decisions[id(node)] = (precision, f"user override: node {pattern!r} -> {precision}")
+                    decisions[id(node)] = (precision, f"{who}: node {pattern!r} -> {precision}")
         modified = False
         for node in nodes:
             hit = decisions.get(id(node))

@@ -34,7 +34,7 @@ from mixprec.passes.registry import register_pass
 logger = logging.getLogger(__name__)
 
 SHAPE = "shape"
-OVERRIDE_PREFIX = "user override"
+OVERRIDE_PREFIXES = ("user override", "accuracy tuning")
 
 
 @register_pass
@@ -270,7 +270,7 @@ class _Painter:
 
 def _override(node: Node) -> str | None:
     """The precision a user override (set by apply-overrides) pins this node to."""
-    if str(node.meta.get("reason", "")).startswith(OVERRIDE_PREFIX):
+    if str(node.meta.get("reason", "")).startswith(OVERRIDE_PREFIXES):
         return node.meta.get("precision")
     return None
 
