@@ -1,0 +1,578 @@
+"""TensorFlow backend: ``ir.Model`` -> frozen ``tf.compat.v1.GraphDef``, a callable that runs
+it, and writers for a ``.pb`` file or a SavedModel directory.
+
+Emission is the inverse of ``mixprec.frontends.tensorflow`` (see its conventions):
+
+- a node's NodeDef name is its first output's value name (node.name for nodes without
+  outputs), made a valid TF name and unique; so a graph output keeps its tensor name
+  (``Identity:0``) after insert-casts renamed the retyped producer; graph inputs are
+  Placeholders and constants Consts named by their values;
+- every constant is a Const of its IR dtype (a bf16 weight is a bf16 Const: no runtime
+  cast of weights); Placeholder/Const NodeDef fields the IR does not model come back
+  from ``model.meta["tensorflow"]["shells"]``;
+- type attributes (``T``, ``SrcT``/``DstT``, ``Tin``, ...) are recomputed from the
+  dtypes of the values bound to them, following the op's OpDef, so a node a pass
+  retyped gets matching attributes; other attributes are written back by the OpDef's
+  attribute kinds (or the kinds the frontend recorded, or the python types);
+- ``attrs["_control_inputs"]`` become ``^name`` inputs (names of nodes that no longer
+  exist are dropped);
+- graph-output producers nobody else reads come last, in output order, so a reader that
+  takes a GraphDef's sink nodes as its outputs gets them in the right order;
+- the function library is written back with every function renamed to
+  ``<name>_mp<digest of the library>``: one name always means one body, so the FP32 and
+  the converted graph (or two converted graphs) can be loaded in one process.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, versions_pb2
+
+from mixprec.errors import ConfigError, ConversionError, UnsupportedModelError
+from mixprec.frontends.tensorflow import (CONTROL_INPUTS, TF_META, RawAttr, arg_ranges, op_def, parse_input, sanitize,
+                                         tf_dtype)
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Model, Node, Value
+
+logger = logging.getLogger(__name__)
+
+_SUFFIX = re.compile(r"_mp[0-9a-f]{8}\Z")
+
+
+# --------------------------------------------------------------------- interface ---
+@dataclass
+class GraphModel:
+    """A frozen GraphDef and its interface, callable like a function.
+
+    ``inputs`` / ``outputs`` are tensor names in the GraphDef; ``input_keys`` /
+    ``output_keys`` the names callers use (signature keys). ``input_dtypes`` and
+    ``input_shapes`` (None dims unknown) describe the Placeholders. Calling it with
+    arrays (positionally, or by input key) returns the output tensors in order."""
+    graph_def: graph_pb2.GraphDef
+    inputs: list[str]
+    outputs: list[str]
+    input_keys: list[str]
+    output_keys: list[str]
+    input_dtypes: list[tf.DType]
+    input_shapes: list[tuple | None]
+
+    def __post_init__(self) -> None:
+        self._function: Callable | None = None
+
+    @property
+    def function(self) -> Callable:
+        """The graph imported into a pruned wrap_function (built on first use)."""
+        if self._function is None:
+            self._function = wrap_graph_def(self.graph_def, self.inputs, self.outputs)
+        return self._function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[tf.Tensor]:
+        if kwargs:
+            missing = [k for k in self.input_keys if k not in kwargs]
+            if args or missing:
+                raise ConfigError(f"call the graph with all inputs by position or all by name; missing: {missing}")
+            args = tuple(kwargs[k] for k in self.input_keys)
+        if len(args) != len(self.inputs):
+            raise ConfigError(f"the graph takes {len(self.inputs)} inputs ({', '.join(self.input_keys)}), "
+                              f"got {len(args)}")
+        feeds = [_as_tensor(a, dtype) for a, dtype in zip(args, self.input_dtypes)]
+        return list(self.function(*feeds))
+
+
+def _as_tensor(value: Any, dtype: tf.DType) -> tf.Tensor:
+    tensor = tf.convert_to_tensor(value)
+    if tensor.dtype != dtype and tensor.dtype.is_floating and dtype.is_floating:
+        tensor = tf.cast(tensor, dtype)
+    return tensor
+
+
+def wrap_graph_def(graph_def: graph_pb2.GraphDef, inputs: Sequence[str], outputs: Sequence[str]) -> Callable:
+    """A concrete function feeding ``inputs`` and fetching ``outputs`` of ``graph_def``
+    (tf.compat.v1.wrap_function + import_graph_def, pruned). ConversionError if TF
+    cannot import or prune it."""
+    def _import() -> None:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    try:
+        wrapped = tf.compat.v1.wrap_function(_import, [])
+        graph = wrapped.graph
+        return wrapped.prune([graph.get_tensor_by_name(n) for n in inputs],
+                             [graph.get_tensor_by_name(n) for n in outputs])
+    except Exception as exc:  # noqa: BLE001 - import errors come in many types
+        raise ConversionError(f"TensorFlow cannot load the graph: {_oneline(exc)}") from None
+
+
+def graph_model(model: Model, graph_def: graph_pb2.GraphDef | None = None) -> GraphModel:
+    """The GraphModel of an ir.Model (emitting it unless ``graph_def`` is given)."""
+    graph_def = graph_def if graph_def is not None else emit(model)
+    graph = model.graph
+    names = _Names(graph)
+    meta = model.meta.get(TF_META, {})
+    inputs = [f"{names.value(v)}:0" for v in graph.inputs]
+    outputs = [names.ref(v, explicit=True) for v in graph.outputs]
+    input_keys = list(meta.get("input_keys") or [v.name for v in graph.inputs])
+    output_keys = list(meta.get("output_keys") or [v.name for v in graph.outputs])
+    if len(input_keys) != len(inputs):
+        input_keys = [v.name for v in graph.inputs]
+    if len(output_keys) != len(outputs):
+        output_keys = [v.name for v in graph.outputs]
+    return GraphModel(graph_def, inputs, outputs, input_keys, output_keys,
+                      [tf_dtype(v.dtype) for v in graph.inputs], [v.shape for v in graph.inputs])
+
+
+# -------------------------------------------------------------------------- emit ---
+def emit(model: Model) -> graph_pb2.GraphDef:
+    """The ir.Model as a frozen GraphDef (see the module docstring)."""
+    return _Emitter(model).run()
+
+
+class _Names:
+    """NodeDef names for the graph's inputs, constants and nodes (deterministic)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.taken: set[str] = set()
+        self.values: dict[int, str] = {}
+        self.nodes: dict[int, str] = {}
+        self.by_ir_name: dict[str, str] = {}
+        for value in graph.inputs:
+            self.values[id(value)] = self._claim(value.name)
+            self.by_ir_name.setdefault(value.name, self.values[id(value)])
+        for value in graph.constants.values():
+            self.values[id(value)] = self._claim(value.name)
+            self.by_ir_name.setdefault(value.name, self.values[id(value)])
+        for node in graph.iter_nodes():
+            name = self._claim(node.outputs[0].name if node.outputs else node.name)
+            self.nodes[id(node)] = name
+            self.by_ir_name.setdefault(node.name, name)
+
+    def _claim(self, base: str) -> str:
+        name = sanitize(base)
+        candidate, counter = name, 0
+        while candidate in self.taken:
+            counter += 1
+            candidate = f"{name}_{counter}"
+        self.taken.add(candidate)
+        return candidate
+
+    def value(self, value: Value) -> str:
+        """The NodeDef name of a graph input or constant."""
+        return self.values[id(value)]
+
+    def ref(self, value: Value, explicit: bool = False) -> str:
+        """The tensor reference of ``value``: ``node`` / ``node:i`` (``node:0`` if explicit)."""
+        producer = value.producer
+        if producer is None:
+            base, index = self.values[id(value)], 0
+        else:
+            base, index = self.nodes[id(producer)], value.producer_index
+        return f"{base}:{index}" if index or explicit else base
+
+
+class _Emitter:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.meta = model.meta.get(TF_META, {})
+        self.shells: dict[str, bytes] = self.meta.get("shells", {})
+        self.names = _Names(self.graph)
+
+    def run(self) -> graph_pb2.GraphDef:
+        if self.graph.framework != "tensorflow":
+            raise UnsupportedModelError(f"the TensorFlow backend cannot emit a {self.graph.framework} graph")
+        graph_def = graph_pb2.GraphDef()
+        if self.meta.get("versions"):
+            graph_def.versions.ParseFromString(self.meta["versions"])
+        else:
+            graph_def.versions.CopyFrom(versions_pb2.VersionDef(producer=tf.version.GRAPH_DEF_VERSION))
+        nodes = [self._placeholder(v) for v in self.graph.inputs]
+        nodes += [self._const(v) for v in self.graph.constants.values()]
+        nodes += [self._node(n) for n in self.graph.iter_nodes()]
+        graph_def.node.extend(_outputs_last(nodes, self._output_producers()))
+        if self.meta.get("library"):
+            graph_def.library.ParseFromString(self.meta["library"])
+        rename_functions(graph_def)
+        return graph_def
+
+    def _output_producers(self) -> list[str]:
+        return [self.names.ref(v, explicit=True).rsplit(":", 1)[0] for v in self.graph.outputs]
+
+    def _shell(self, value: Value, op: str) -> node_def_pb2.NodeDef:
+        node = node_def_pb2.NodeDef()
+        if value.name in self.shells:
+            node.ParseFromString(self.shells[value.name])
+            self._map_control(node)
+        node.op = op
+        node.name = self.names.value(value)
+        return node
+
+    def _map_control(self, node: node_def_pb2.NodeDef) -> None:
+        refs = list(node.input)
+        del node.input[:]
+        node.input.extend(f"^{self.names.by_ir_name[r[1:]]}" for r in refs
+                          if r.startswith("^") and r[1:] in self.names.by_ir_name)
+
+    def _placeholder(self, value: Value) -> node_def_pb2.NodeDef:
+        node = self._shell(value, "Placeholder")
+        node.attr["dtype"].type = _datatype(value.dtype, value.name)
+        if "shape" not in node.attr:
+            node.attr["shape"].shape.CopyFrom(_shape_proto(value.shape))
+        return node
+
+    def _const(self, value: Value) -> node_def_pb2.NodeDef:
+        if value.data is None:
+            raise UnsupportedModelError(f"constant %{value.name} has no data (an IR parsed from elided text "
+                                        "cannot be emitted)")
+        node = self._shell(value, "Const")
+        dtype = tf_dtype(value.dtype)
+        data = np.asarray(value.data)
+        if value.dtype != DType.STRING and data.dtype != value.dtype.to_numpy():
+            data = data.astype(value.dtype.to_numpy())
+        node.attr["dtype"].type = dtype.as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(data, dtype=dtype, shape=data.shape))
+        return node
+
+    def _node(self, node: Node) -> node_def_pb2.NodeDef:
+        out = node_def_pb2.NodeDef(name=self.names.nodes[id(node)], op=node.op)
+        for value in node.inputs:
+            if value is None:
+                raise UnsupportedModelError(f"node {node.name!r} ({node.op}) has an omitted input; TF has none")
+            out.input.append(self.names.ref(value))
+        for name in node.attrs.get(CONTROL_INPUTS, []):
+            target = self.names.by_ir_name.get(name)
+            if target is None:
+                logger.debug("node %s: dropping control input ^%s (no such node any more)", node.name, name)
+            elif f"^{target}" not in out.input:
+                out.input.append(f"^{target}")
+        tf_meta = node.meta.get(TF_META, {})
+        if tf_meta.get("device"):
+            out.device = tf_meta["device"]
+        definition = op_def(node.op)
+        kinds = {a.name: a.type for a in definition.attr} if definition is not None else {}
+        kinds = {**tf_meta.get("kinds", {}), **kinds}
+        for key, value in node.attrs.items():
+            if key != CONTROL_INPUTS:
+                out.attr[key].CopyFrom(python_to_attr(value, kinds.get(key), f"{node.name}.{key}"))
+        if definition is not None:
+            _retype(out, definition, node)
+        if tf_meta.get("experimental") and not _retyped(out, node):
+            out.MergeFrom(node_def_pb2.NodeDef.FromString(tf_meta["experimental"]))
+        return out
+
+
+def _outputs_last(nodes: list[node_def_pb2.NodeDef], producers: list[str]) -> list[node_def_pb2.NodeDef]:
+    """Move the graph outputs' producers that no node reads to the end, in output order."""
+    read = {parse_input(ref)[0] for n in nodes for ref in n.input if not ref.startswith("^")}
+    last = [p for i, p in enumerate(producers) if p not in read and p not in producers[:i]]
+    last_set = set(last)
+    by_name = {n.name: n for n in nodes}
+    kept = [n for n in nodes if n.name not in last_set or n.op in ("Placeholder", "Const")]
+    return kept + [by_name[p] for p in last if by_name[p].op not in ("Placeholder", "Const")]
+
+
+# ------------------------------------------------------------------- attributes ---
+def _datatype(dtype: DType, where: str) -> int:
+    try:
+        return tf_dtype(dtype).as_datatype_enum
+    except ValueError:
+        raise UnsupportedModelError(f"{where}: dtype {dtype.value} has no TensorFlow type") from None
+
+
+def _shape_proto(shape: Any) -> Any:
+    if shape is None:
+        return tf.TensorShape(None).as_proto()
+    return tf.TensorShape([d if isinstance(d, int) and d >= 0 else None for d in shape]).as_proto()
+
+
+def _infer_kind(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, (str, bytes)):
+        return "string"
+    if isinstance(value, DType):
+        return "type"
+    if isinstance(value, np.ndarray):
+        return "tensor"
+    if value is None:
+        return "shape"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "list(empty)"
+        head = value[0]
+        if head is None or isinstance(head, (list, tuple)):
+            return "list(shape)"
+        return f"list({_infer_kind(head)})"
+    raise UnsupportedModelError(f"cannot write an attribute of type {type(value).__name__} to TensorFlow")
+
+
+def python_to_attr(value: Any, kind: str | None, where: str = "") -> attr_value_pb2.AttrValue:
+    """A python attribute value (as the frontend makes them) as an AttrValue of ``kind``
+    (an OpDef attr type such as ``list(int)``; inferred from the value when None)."""
+    if isinstance(value, RawAttr):
+        return value.proto()
+    kind = kind or _infer_kind(value)
+    attr = attr_value_pb2.AttrValue()
+    if kind.startswith("list("):
+        attr.list.SetInParent()
+        inner = kind[5:-1]
+        for item in value or []:
+            _set_scalar(attr.list, inner, item, where, repeated=True)
+        return attr
+    _set_scalar(attr, kind, value, where, repeated=False)
+    return attr
+
+
+def _set_scalar(target: Any, kind: str, value: Any, where: str, repeated: bool) -> None:
+    def put(field_name: str, item: Any) -> None:
+        if repeated:
+            getattr(target, field_name).append(item)
+        else:
+            setattr(target, field_name, item)
+
+    if kind == "string":
+        put("s", value.encode("utf-8") if isinstance(value, str) else bytes(value))
+    elif kind == "int":
+        put("i", int(value))
+    elif kind == "float":
+        put("f", float(value))
+    elif kind == "bool":
+        put("b", bool(value))
+    elif kind == "type":
+        if not isinstance(value, DType):
+            raise UnsupportedModelError(f"{where}: expected a dtype, got {value!r}")
+        put("type", _datatype(value, where))
+    elif kind in ("shape", "tensor", "func"):
+        message = _message(kind, value, where)
+        (getattr(target, kind).add() if repeated else getattr(target, kind)).CopyFrom(message)
+    elif kind == "empty":
+        raise UnsupportedModelError(f"{where}: a non-empty list of unknown kind")
+    else:
+        raise UnsupportedModelError(f"{where}: cannot write an attribute of kind {kind!r} ({value!r})")
+
+
+def _message(kind: str, value: Any, where: str) -> Any:
+    if kind == "shape":
+        return _shape_proto(value)
+    if kind == "tensor":
+        if not isinstance(value, np.ndarray):
+            raise UnsupportedModelError(f"{where}: expected tensor data, got {type(value).__name__} "
+                                        "(an IR parsed from elided text cannot be emitted)")
+        return tf.make_tensor_proto(value, dtype=tf_dtype(DType.from_numpy(value.dtype)), shape=value.shape)
+    return attr_value_pb2.NameAttrList(name=str(value))
+
+
+def _retype(out: node_def_pb2.NodeDef, definition: Any, node: Node) -> None:
+    """Set the type attributes of ``out`` from the dtypes of the values bound to them
+    (inputs first; an output binds only attributes no input binds)."""
+    in_dtypes = [v.dtype if v is not None else DType.UNKNOWN for v in node.inputs]
+    _bind(out, arg_ranges(definition.input_arg, node.attrs), in_dtypes, set())
+    bound = {a.type_attr or a.type_list_attr for a in definition.input_arg} - {""}
+    _bind(out, arg_ranges(definition.output_arg, node.attrs), [v.dtype for v in node.outputs], bound)
+
+
+def _retyped(out: node_def_pb2.NodeDef, node: Node) -> bool:
+    """True when a type attribute of ``out`` differs from the one the node was loaded
+    with (its experimental full type, which may name dtypes, is then stale)."""
+    for key, value in node.attrs.items():
+        if key not in out.attr:
+            continue
+        if isinstance(value, DType) and out.attr[key].type != _datatype(value, key):
+            return True
+        if isinstance(value, list) and value and all(isinstance(d, DType) for d in value) and \
+                list(out.attr[key].list.type) != [_datatype(d, key) for d in value]:
+            return True
+    return False
+
+
+def _bind(out: node_def_pb2.NodeDef, ranges: list[tuple[Any, range]], dtypes: list[DType], skip: set[str]) -> None:
+    for arg, positions in ranges:
+        chunk = dtypes[positions.start:positions.stop]
+        if not chunk or len(chunk) != len(positions) or DType.UNKNOWN in chunk:
+            continue
+        if arg.type_attr and arg.type_attr not in skip and len(set(chunk)) == 1:
+            out.attr[arg.type_attr].type = _datatype(chunk[0], f"{out.name}.{arg.type_attr}")
+        elif arg.type_list_attr and arg.type_list_attr not in skip:
+            lst = out.attr[arg.type_list_attr].list
+            del lst.type[:]
+            lst.type.extend(_datatype(d, f"{out.name}.{arg.type_list_attr}") for d in chunk)
+
+
+# -------------------------------------------------------------------- functions ---
+def rename_functions(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
+    """Rename every library function to ``<name>_mp<digest>`` (digest of the library with
+    any earlier suffix stripped), updating every reference; returns old -> new names."""
+    library = graph_def.library
+    if not library.function:
+        return {}
+    digest = hashlib.sha1(library.SerializeToString(deterministic=True)).hexdigest()[:8]
+    mapping = {f.signature.name: f"{_SUFFIX.sub('', f.signature.name)}_mp{digest}" for f in library.function}
+    for function in library.function:
+        function.signature.name = mapping[function.signature.name]
+        for node in function.node_def:
+            _rename_in_node(node, mapping)
+    for gradient in library.gradient:
+        gradient.function_name = mapping.get(gradient.function_name, gradient.function_name)
+        gradient.gradient_func = mapping.get(gradient.gradient_func, gradient.gradient_func)
+    for node in graph_def.node:
+        _rename_in_node(node, mapping)
+    return mapping
+
+
+def _rename_in_node(node: node_def_pb2.NodeDef, mapping: dict[str, str]) -> None:
+    if node.op in mapping:
+        node.op = mapping[node.op]
+    for value in node.attr.values():
+        _rename_in_attr(value, mapping)
+
+
+def _rename_in_attr(value: attr_value_pb2.AttrValue, mapping: dict[str, str]) -> None:
+    which = value.WhichOneof("value")
+    if which == "func":
+        _rename_in_func(value.func, mapping)
+    elif which == "list":
+        for func in value.list.func:
+            _rename_in_func(func, mapping)
+
+
+def _rename_in_func(func: attr_value_pb2.NameAttrList, mapping: dict[str, str]) -> None:
+    func.name = mapping.get(func.name, func.name)
+    for inner in func.attr.values():
+        _rename_in_attr(inner, mapping)
+
+
+# ------------------------------------------------------------------------- save ---
+def save(model: GraphModel, path: str | os.PathLike, input_path: str | os.PathLike | None = None) -> None:
+    """Write ``model`` to ``path``: a frozen GraphDef for ``.pb``, a SavedModel directory
+    (``serving_default`` signature) for a path without suffix; atomically, and never over
+    ``input_path`` (ConfigError)."""
+    path = Path(path)
+    if input_path is not None and _same_path(path, Path(input_path)):
+        raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
+    if path.suffix.lower() == ".pb":
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory; a .pb output must be a file")
+        _write_bytes_atomically(path, model.graph_def.SerializeToString())
+    elif path.suffix == "":
+        save_saved_model(model, path)
+    else:
+        raise ConfigError(f"{path}: TensorFlow output must be a .pb file or a directory path without a suffix "
+                          "(SavedModel)")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def serving_function(model: GraphModel) -> Any:
+    """A tf.function whose signature takes the inputs by key and returns {key: output};
+    its body imports the GraphDef (so it needs nothing but TensorFlow)."""
+    specs = [tf.TensorSpec(_dims(shape), dtype, name=_signature_key(key))
+             for shape, dtype, key in zip(model.input_shapes, model.input_dtypes, model.input_keys)]
+    graph_def, inputs, outputs = model.graph_def, list(model.inputs), list(model.outputs)
+    keys = _unique_keys(model.output_keys)
+
+    def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+        results = tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(inputs, args)),
+                                                 return_elements=outputs, name="graph")
+        return {key: tf.identity(tensor, name=key) for key, tensor in zip(keys, results)}
+
+    return tf.function(serve, input_signature=specs)
+
+
+def _dims(shape: tuple | None) -> list | None:
+    return None if shape is None else [d if isinstance(d, int) and d >= 0 else None for d in shape]
+
+
+def _signature_key(key: str) -> str:
+    text = re.sub(r"\W", "_", key)
+    return text if text and not text[0].isdigit() else f"input_{text}"
+
+
+def _unique_keys(keys: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for key in keys:
+        base = _signature_key(key)
+        candidate, counter = base, 0
+        while candidate in out:
+            counter += 1
+            candidate = f"{base}_{counter}"
+        out.append(candidate)
+    return out
+
+
+def save_saved_model(model: GraphModel, path: Path) -> None:
+    """Write a SavedModel directory: written to a temporary directory next to ``path``,
+    then renamed into place (an existing SavedModel there is replaced; any other
+    non-empty directory is refused)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").exists():
+        raise ConfigError(f"{path} is a non-empty directory that is not a SavedModel; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        module = tf.Module()
+        module.serve = serving_function(model)
+        concrete = module.serve.get_concrete_function()
+        tf.saved_model.save(module, os.fspath(tmp / "model"), signatures={"serving_default": concrete})
+        _replace_directory(tmp / "model", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_directory(new: Path, path: Path) -> None:
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    os.rmdir(old)
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _oneline(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = ["GraphModel", "emit", "graph_model", "wrap_graph_def", "rename_functions", "save", "save_saved_model",
+           "serving_function", "python_to_attr"]

@@ -1,0 +1,666 @@
+"""TensorFlow frontend: a Keras 3 model, a ``tf.function`` / ConcreteFunction, a SavedModel
+directory, a ``.keras`` file or a frozen GraphDef ``.pb`` -> ``mixprec.ir.Model``.
+
+Capture: everything becomes a frozen GraphDef first. Keras models and tf.functions are
+traced to a ConcreteFunction (Keras: ``tf.function(model).get_concrete_function`` with
+the model's input shapes, batch dim None); a SavedModel contributes its
+``serving_default`` signature. Variables are frozen with
+``convert_variables_to_constants_v2(..., lower_control_flow=False)`` so that v2 control
+flow (While/If) stays v2. A ``.pb`` file is read as is.
+
+IR conventions for TF graphs (``mixprec.backends.tensorflow`` reads exactly these):
+
+- ``Graph(framework="tensorflow")``; one IR node per GraphDef node, ``node.op`` the TF op
+  type, ``node.name`` the NodeDef name, nodes in a topological order of data and control
+  edges that keeps the GraphDef order where it can.
+- Output ``i`` of node ``n`` is the value ``n`` (``i == 0``) or ``n:i``; its dtype and
+  shape come from the graph TF imports (op registry shape inference). Value names are
+  therefore unique and never contain ``:`` for output 0.
+- ``Placeholder`` nodes are graph inputs named by the node, in the traced function's
+  argument order; ``Const`` nodes are graph constants named by the node, holding numpy
+  data (bf16 through ml_dtypes). Their other NodeDef fields (shape attr, ``_class``,
+  control inputs) are kept in ``model.meta["tensorflow"]["shells"]``.
+- Data inputs ``name:idx`` read the producer's output ``idx``; control inputs ``^name``
+  are kept, in order, as ``attrs["_control_inputs"]`` (node names), which the backend
+  turns back into control inputs (dropping names that no longer exist).
+- Attributes: ``type`` -> DType, ``list(type)`` -> list of DType, ``shape`` -> list of ints
+  (-1 unknown dim) or None (unknown rank), ``tensor`` -> np.ndarray, ``func`` -> the
+  function's name, strings -> str (bytes if not UTF-8), ints/floats/bools as is, lists
+  of those -> lists. Anything else (a func with bound attrs, a placeholder attr, a dtype
+  the IR has no name for) is a :class:`RawAttr` holding the serialized AttrValue. The
+  kind of every attribute is kept in ``node.meta["tensorflow"]["kinds"]`` for
+  attributes the op's OpDef does not declare, with the NodeDef's device and its
+  ``experimental_type`` / ``experimental_debug_info`` fields (``experimental``, bytes).
+- The cast is ``Cast`` with DType attrs ``SrcT``/``DstT`` and ``Truncate`` (TF's own form).
+- Functions of the library (While/If bodies, PartitionedCall targets) are not lowered:
+  the FunctionDefLibrary is kept serialized in ``model.meta["tensorflow"]["library"]``
+  and the nodes that call them keep their dtypes (the policy denies them).
+
+``model.meta["tensorflow"]`` keys: ``library`` (bytes), ``versions`` (bytes),
+``shells`` ({name: NodeDef bytes} for Placeholder and Const nodes), ``input_keys`` /
+``output_keys`` (the names callers use: signature keys or flattened output paths),
+``call`` (``args``, ``list`` or ``kwargs``: how the source callable takes its inputs),
+``source`` (``keras``, ``function``, ``concrete_function``, ``saved_model``,
+``keras_file``, ``graph_def``).
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info/warning lines on import
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
+from tensorflow.python.framework import op_def_registry
+
+from mixprec.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Model, Node, Shape, Value
+
+logger = logging.getLogger(__name__)
+
+FRAMEWORK = "tensorflow"
+TF_META = "tensorflow"
+CONTROL_INPUTS = "_control_inputs"
+SHELL_OPS = ("Placeholder", "Const")
+
+_TF_TO_DTYPE: dict[str, DType] = {
+    "float32": DType.FLOAT32, "bfloat16": DType.BFLOAT16, "float16": DType.FLOAT16, "float64": DType.FLOAT64,
+    "int8": DType.INT8, "int16": DType.INT16, "int32": DType.INT32, "int64": DType.INT64,
+    "uint8": DType.UINT8, "uint16": DType.UINT16, "uint32": DType.UINT32, "uint64": DType.UINT64,
+    "bool": DType.BOOL, "string": DType.STRING, "complex64": DType.COMPLEX64, "complex128": DType.COMPLEX128,
+    "float8_e4m3fn": DType.FLOAT8E4M3, "float8_e5m2": DType.FLOAT8E5M2, "int4": DType.INT4, "uint4": DType.UINT4,
+}
+_DTYPE_TO_TF: dict[DType, str] = {v: k for k, v in _TF_TO_DTYPE.items()}
+
+
+# ------------------------------------------------------------------------- dtypes ---
+def ir_dtype(dtype: Any) -> DType:
+    """The IR dtype of a TF dtype (DataType enum, tf.DType); UNKNOWN for resource, variant,
+    quantized and other types the IR does not model."""
+    try:
+        return _TF_TO_DTYPE.get(tf.dtypes.as_dtype(dtype).name, DType.UNKNOWN)
+    except TypeError:
+        return DType.UNKNOWN
+
+
+def tf_dtype(dtype: DType) -> tf.DType:
+    """The TF dtype of an IR dtype; ValueError for UNKNOWN."""
+    try:
+        return tf.dtypes.as_dtype(_DTYPE_TO_TF[dtype])
+    except KeyError:
+        raise ValueError(f"dtype {dtype.value} has no TensorFlow equivalent") from None
+
+
+def ir_shape(shape: tf.TensorShape) -> Shape:
+    """A TensorShape as an IR shape: None for unknown rank, None for unknown dims."""
+    if shape.rank is None:
+        return None
+    return tuple(shape.as_list())
+
+
+class RawAttr:
+    """An attribute value the IR does not model, kept as its serialized AttrValue. Its
+    repr is deterministic (kind and a digest), so the IR text stays stable."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, value: attr_value_pb2.AttrValue) -> None:
+        self.data = value.SerializeToString(deterministic=True)
+
+    def proto(self) -> attr_value_pb2.AttrValue:
+        value = attr_value_pb2.AttrValue()
+        value.ParseFromString(self.data)
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawAttr) and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        import hashlib
+        return f"tf_attr({self.proto().WhichOneof('value')}:{hashlib.sha1(self.data).hexdigest()[:12]})"
+
+
+# ------------------------------------------------------------------ attributes ---
+_LIST_FIELDS = ("s", "i", "f", "b", "type", "shape", "tensor", "func")
+
+
+def attr_kind(value: attr_value_pb2.AttrValue) -> str:
+    """The OpDef-style kind of an AttrValue: ``type``, ``list(int)``, ``func``, ..."""
+    which = value.WhichOneof("value")
+    names = {"s": "string", "i": "int", "f": "float", "b": "bool"}
+    if which == "list":
+        for name in _LIST_FIELDS:
+            if len(getattr(value.list, name)):
+                return f"list({names.get(name, name)})"
+        return "list(empty)"
+    return names.get(which, which or "none")
+
+
+def shape_to_list(shape: Any) -> list[int] | None:
+    """A TensorShapeProto as a list of ints (-1 unknown), None for unknown rank."""
+    if shape.unknown_rank:
+        return None
+    return [int(d.size) for d in shape.dim]
+
+
+def _tensor_to_array(tensor: Any) -> np.ndarray | None:
+    if ir_dtype(tensor.dtype) == DType.UNKNOWN:
+        return None
+    try:
+        return tf.make_ndarray(tensor)
+    except Exception:  # noqa: BLE001 - exotic encodings stay raw
+        return None
+
+
+def attr_to_python(value: attr_value_pb2.AttrValue) -> Any:
+    """One AttrValue as a python value (see the module docstring); RawAttr if the IR
+    cannot express it."""
+    which = value.WhichOneof("value")
+    if which == "s":
+        return _decode(value.s)
+    if which in ("i", "f", "b"):
+        return getattr(value, which)
+    if which == "type":
+        dtype = ir_dtype(value.type)
+        return dtype if dtype != DType.UNKNOWN else RawAttr(value)
+    if which == "shape":
+        return shape_to_list(value.shape)
+    if which == "tensor":
+        array = _tensor_to_array(value.tensor)
+        return array if array is not None else RawAttr(value)
+    if which == "func":
+        return value.func.name if not value.func.attr else RawAttr(value)
+    if which == "list":
+        return _list_to_python(value)
+    return RawAttr(value)
+
+
+def _list_to_python(value: attr_value_pb2.AttrValue) -> Any:
+    lst = value.list
+    if len(lst.s):
+        return [_decode(s) for s in lst.s]
+    if len(lst.i):
+        return list(lst.i)
+    if len(lst.f):
+        return list(lst.f)
+    if len(lst.b):
+        return list(lst.b)
+    if len(lst.type):
+        types = [ir_dtype(t) for t in lst.type]
+        return types if DType.UNKNOWN not in types else RawAttr(value)
+    if len(lst.shape):
+        return [shape_to_list(s) for s in lst.shape]
+    if len(lst.func):
+        return [f.name for f in lst.func] if not any(f.attr for f in lst.func) else RawAttr(value)
+    if len(lst.tensor):
+        arrays = [_tensor_to_array(t) for t in lst.tensor]
+        return arrays if all(a is not None for a in arrays) else RawAttr(value)
+    return []
+
+
+def _decode(data: bytes) -> str | bytes:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+# -------------------------------------------------------------------- sources ---
+@dataclass
+class GraphSource:
+    """A frozen GraphDef plus the tensors that are its interface.
+
+    ``inputs`` / ``outputs`` are tensor names (``x:0``); ``input_keys`` / ``output_keys``
+    the names a caller uses for them (same lengths)."""
+    graph_def: graph_pb2.GraphDef
+    inputs: list[str]
+    outputs: list[str]
+    input_keys: list[str]
+    output_keys: list[str]
+    call: str = "args"
+    source: str = "graph_def"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load(model: Any, input_signature: Sequence[Any] | None = None, outputs: Sequence[str] | None = None) -> Model:
+    """The model as an ir.Model (see the module docstring for what is accepted).
+
+    ``input_signature`` (TensorSpecs) is needed for a tf.function that has none and
+    overrides a Keras model's input shapes; ``outputs`` (tensor or node names) picks the
+    outputs of a ``.pb`` graph (default: its sink nodes). Bad files raise ModelLoadError."""
+    source = read_source(model, input_signature, outputs)
+    return lower(source)
+
+
+def read_source(model: Any, input_signature: Sequence[Any] | None = None,
+                outputs: Sequence[str] | None = None) -> GraphSource:
+    """Freeze ``model`` into a GraphSource."""
+    if isinstance(model, (str, os.PathLike)):
+        return _read_path(Path(model), input_signature, outputs)
+    if isinstance(model, graph_pb2.GraphDef):
+        return graph_def_source(model, outputs)
+    if is_keras(model):
+        return _keras_source(model, input_signature)
+    if isinstance(model, tf.types.experimental.ConcreteFunction):
+        return _concrete_source(model, "concrete_function")
+    if isinstance(model, tf.types.experimental.PolymorphicFunction):
+        return _function_source(model, input_signature)
+    raise UnsupportedModelError(f"cannot read a {type(model).__module__}.{type(model).__name__} as a TensorFlow "
+                                "model; pass a Keras model, a tf.function, a ConcreteFunction, a SavedModel "
+                                "directory, a .keras file or a frozen .pb GraphDef")
+
+
+def is_keras(model: Any) -> bool:
+    """True for a Keras (3 or tf_keras) model or layer."""
+    return any((cls.__module__ or "").split(".")[0] in ("keras", "tf_keras") and cls.__name__ in
+               ("Model", "Functional", "Sequential", "Layer") for cls in type(model).__mro__)
+
+
+def _read_path(path: Path, input_signature: Sequence[Any] | None, outputs: Sequence[str] | None) -> GraphSource:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
+            raise ModelLoadError(f"{path}: a directory but not a SavedModel (no saved_model.pb)")
+        return saved_model_source(path)
+    if path.suffix.lower() == ".keras":
+        return _keras_file_source(path, input_signature)
+    return graph_def_source(read_graph_def(path), outputs)
+
+
+def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
+    """A binary GraphDef file; ModelLoadError when it is missing, truncated or not one."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    graph_def = graph_pb2.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: not a binary TensorFlow GraphDef (truncated or another format): "
+                             f"{_oneline(exc)}") from None
+    if not graph_def.node:
+        raise ModelLoadError(f"{path}: not a TensorFlow GraphDef (no nodes)")
+    return graph_def
+
+
+def saved_model_source(path: Path) -> GraphSource:
+    """The ``serving_default`` signature of a SavedModel, frozen."""
+    try:
+        loaded = tf.saved_model.load(os.fspath(path))
+    except Exception as exc:  # noqa: BLE001 - TF raises many types for bad SavedModels
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {_oneline(exc)}") from None
+    signatures = getattr(loaded, "signatures", {}) or {}
+    if "serving_default" not in signatures:
+        raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature "
+                             f"(signatures: {', '.join(signatures) or 'none'})")
+    source = _concrete_source(signatures["serving_default"], "saved_model")
+    source.extra["loaded"] = loaded  # keeps the captured variables alive while freezing
+    return source
+
+
+def _keras_file_source(path: Path, input_signature: Sequence[Any] | None) -> GraphSource:
+    import keras
+    try:
+        model = keras.models.load_model(os.fspath(path), compile=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot load the Keras model: {_oneline(exc)}") from None
+    source = _keras_source(model, input_signature)
+    source.source = "keras_file"
+    return source
+
+
+def keras_input_specs(model: Any, input_signature: Sequence[Any] | None = None) -> Any:
+    """TensorSpecs for the model's inputs (its input structure; batch dim None)."""
+    if input_signature is not None:
+        specs = list(input_signature)
+        return specs[0] if len(specs) == 1 else specs
+    try:
+        structure = model.input
+    except (AttributeError, ValueError) as exc:
+        raise ConfigError(f"the Keras model has no defined inputs ({_oneline(exc)}); build it on an Input or "
+                          "pass an input signature (example_inputs)") from None
+    return tf.nest.map_structure(
+        lambda t: tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.as_dtype(t.dtype)), structure)
+
+
+def _keras_source(model: Any, input_signature: Sequence[Any] | None) -> GraphSource:
+    specs = keras_input_specs(model, input_signature)
+    try:
+        concrete = tf.function(lambda inputs: model(inputs, training=False)).get_concrete_function(specs)
+    except Exception as exc:  # noqa: BLE001 - tracing errors come in many types
+        raise ModelLoadError(f"cannot trace the Keras model: {_oneline(exc)}") from None
+    source = _concrete_source(concrete, "keras")
+    source.call = "keras"
+    return source
+
+
+def _function_source(function: Any, input_signature: Sequence[Any] | None) -> GraphSource:
+    try:
+        if input_signature is not None:
+            concrete = function.get_concrete_function(*input_signature)
+        else:
+            concrete = function.get_concrete_function()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot get a concrete function from the tf.function ({_oneline(exc)}); give it an "
+                          "input_signature or pass example inputs") from None
+    source = _concrete_source(concrete, "function")
+    return source
+
+
+def _concrete_source(concrete: Any, kind: str) -> GraphSource:
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    try:
+        frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot freeze the function's variables: {_oneline(exc)}") from None
+    graph_def = frozen.graph.as_graph_def()
+    inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+    outputs = [t.name for t in frozen.outputs]
+    args, kwargs = concrete.structured_input_signature
+    call = "kwargs" if kwargs and not args else "args"
+    input_keys = sorted(kwargs) if call == "kwargs" and len(kwargs) == len(inputs) else \
+        [t.split(":")[0] for t in inputs]
+    return GraphSource(graph_def, inputs, outputs, input_keys, _output_keys(concrete.structured_outputs, outputs),
+                       call=call, source=kind)
+
+
+def _output_keys(structure: Any, outputs: list[str]) -> list[str]:
+    """Flattened output paths (``output_0``, ``logits``, ``0/1``); tensor names if the
+    structure does not flatten to the outputs."""
+    from tensorflow.python.util import nest
+    paths = [p for p, _ in nest.flatten_with_joined_string_paths(structure)]
+    if len(paths) != len(outputs) or len(set(paths)) != len(paths):
+        return [o.split(":")[0] if o.endswith(":0") else o for o in outputs]
+    if paths == [""]:
+        return ["output_0"]
+    return paths
+
+
+def graph_def_source(graph_def: graph_pb2.GraphDef, outputs: Sequence[str] | None = None) -> GraphSource:
+    """A GraphDef's interface: its Placeholders in node order, and ``outputs`` or the
+    sink nodes' outputs (nodes no data input reads; NoOps, Consts and Placeholders aside)."""
+    inputs = [f"{n.name}:0" for n in graph_def.node if n.op == "Placeholder"]
+    if outputs:
+        names = [o if ":" in o else f"{o}:0" for o in outputs]
+    else:
+        names = _sink_outputs(graph_def)
+    if not names:
+        raise ModelLoadError("the GraphDef has no outputs (no sink node); name them with outputs=[...]")
+    keys = [n.split(":")[0] if n.endswith(":0") else n for n in names]
+    return GraphSource(graph_def, inputs, names, [i.split(":")[0] for i in inputs], keys)
+
+
+def _sink_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
+    read = {parse_input(ref)[0] for node in graph_def.node for ref in node.input if not ref.startswith("^")}
+    sinks = []
+    for node in graph_def.node:
+        if node.name in read or node.op in ("NoOp", "Const", "Placeholder", "Assert", "SaveV2", "RestoreV2"):
+            continue
+        count = _num_outputs(node)
+        sinks.extend(f"{node.name}:{i}" for i in range(count))
+    return sinks
+
+
+def _num_outputs(node: node_def_pb2.NodeDef) -> int:
+    definition = op_def(node.op)
+    if definition is None:
+        return 1
+    ranges = arg_ranges(definition.output_arg, convert_attrs(node)[0])
+    return ranges[-1][1].stop if ranges else 0
+
+
+def parse_input(ref: str) -> tuple[str, int]:
+    """``name``, ``name:3`` or ``^name`` -> (node name, output index; -1 for control)."""
+    if ref.startswith("^"):
+        return ref[1:], -1
+    name, sep, index = ref.rpartition(":")
+    if sep and index.isdigit():
+        return name, int(index)
+    return ref, 0
+
+
+# --------------------------------------------------------------------- lowering ---
+def lower(source: GraphSource) -> Model:
+    """Lower a GraphSource to an ir.Model (see the module docstring)."""
+    tf_graph = import_graph(source.graph_def)
+    return _Lowerer(source, tf_graph).run()
+
+
+def import_graph(graph_def: graph_pb2.GraphDef) -> tf.Graph:
+    """Import ``graph_def`` into a fresh tf.Graph (validating it; giving dtypes and shapes)."""
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
+    except Exception as exc:  # noqa: BLE001 - ValueError, InvalidArgumentError, NotFoundError...
+        raise ModelLoadError(f"TensorFlow cannot import the GraphDef: {_oneline(exc)}") from None
+    return graph
+
+
+class _Lowerer:
+    def __init__(self, source: GraphSource, tf_graph: tf.Graph) -> None:
+        self.source = source
+        self.tf_graph = tf_graph
+        self.graph = Graph("main", FRAMEWORK)
+        self.values: dict[tuple[str, int], Value] = {}
+        self.shells: dict[str, bytes] = {}
+
+    def run(self) -> Model:
+        nodes = topological_order(self.source.graph_def.node)
+        inputs = {name.split(":")[0] for name in self.source.inputs}
+        for node in nodes:
+            if node.op == "Placeholder" and node.name in inputs:
+                continue
+            if node.op == "Placeholder":
+                inputs.add(node.name)
+                self.source.inputs.append(f"{node.name}:0")
+                self.source.input_keys.append(node.name)
+        by_name = {n.name: n for n in nodes}
+        for tensor in self.source.inputs:
+            self._lower_placeholder(by_name[tensor.split(":")[0]])
+        for node in nodes:
+            if node.op == "Placeholder":
+                continue
+            if node.op == "Const" and _only_control(node.input) and self._const_data(node) is not None:
+                self._lower_const(node)
+            else:
+                self._lower_node(node)
+        self.graph.outputs = [self._output(name) for name in self.source.outputs]
+        return Model(self.graph, {TF_META: self._meta()})
+
+    def _meta(self) -> dict[str, Any]:
+        gd = self.source.graph_def
+        return {
+            "library": gd.library.SerializeToString(deterministic=True),
+            "versions": gd.versions.SerializeToString(deterministic=True),
+            "shells": self.shells,
+            "input_keys": list(self.source.input_keys),
+            "output_keys": list(self.source.output_keys),
+            "call": self.source.call,
+            "source": self.source.source,
+        }
+
+    def _output(self, tensor: str) -> Value:
+        name, index = parse_input(tensor)
+        value = self.values.get((name, index))
+        if value is None:
+            raise ModelLoadError(f"output {tensor!r} is not a tensor of the graph")
+        return value
+
+    def _tf_output(self, name: str, index: int) -> tuple[DType, Shape]:
+        try:
+            tensor = self.tf_graph.get_operation_by_name(name).outputs[index]
+        except (KeyError, IndexError, ValueError):
+            return DType.UNKNOWN, None
+        return ir_dtype(tensor.dtype), ir_shape(tensor.shape)
+
+    def _shell(self, node: node_def_pb2.NodeDef, drop: Iterable[str]) -> None:
+        shell = node_def_pb2.NodeDef()
+        shell.CopyFrom(node)
+        for key in drop:
+            if key in shell.attr:
+                del shell.attr[key]
+        self.shells[node.name] = shell.SerializeToString(deterministic=True)
+
+    def _lower_placeholder(self, node: node_def_pb2.NodeDef) -> None:
+        dtype, shape = self._tf_output(node.name, 0)
+        value = self.graph.add_input(Value(node.name, dtype, shape))
+        self.values[(node.name, 0)] = value
+        self._shell(node, ("dtype",))
+
+    @staticmethod
+    def _const_data(node: node_def_pb2.NodeDef) -> np.ndarray | None:
+        return _tensor_to_array(node.attr["value"].tensor) if "value" in node.attr else None
+
+    def _lower_const(self, node: node_def_pb2.NodeDef) -> None:
+        data = self._const_data(node)
+        value = Value(node.name, ir_dtype(node.attr["value"].tensor.dtype), tuple(data.shape), data)
+        self.values[(node.name, 0)] = self.graph.add_constant(value)
+        if set(node.attr) - {"dtype", "value"} or node.input or node.device:
+            self._shell(node, ("dtype", "value"))
+
+    def _lower_node(self, node: node_def_pb2.NodeDef) -> None:
+        inputs: list[Value] = []
+        control: list[str] = []
+        for ref in node.input:
+            name, index = parse_input(ref)
+            if index < 0:
+                control.append(name)
+                continue
+            value = self.values.get((name, index))
+            if value is None:
+                raise ModelLoadError(f"node {node.name!r} reads {ref!r}, which is not a tensor of the graph")
+            inputs.append(value)
+        count = len(self.tf_graph.get_operation_by_name(node.name).outputs)
+        outputs = []
+        for index in range(count):
+            dtype, shape = self._tf_output(node.name, index)
+            outputs.append(Value(node.name if index == 0 else f"{node.name}:{index}", dtype, shape))
+        attrs, kinds = convert_attrs(node)
+        if control:
+            attrs[CONTROL_INPUTS] = control
+        ir_node = Node(node.op, inputs, outputs, attrs, name=node.name)
+        declared = _declared_attrs(node.op)
+        extra = {k: v for k, v in kinds.items() if k not in declared}
+        if extra or node.device or node.HasField("experimental_type") or node.HasField("experimental_debug_info"):
+            ir_node.meta[TF_META] = {"kinds": extra, "device": node.device, "experimental": _experimental(node)}
+        self.graph.append(ir_node)
+        for index, value in enumerate(outputs):
+            self.values[(node.name, index)] = value
+
+
+def _experimental(node: node_def_pb2.NodeDef) -> bytes:
+    """The NodeDef's experimental_type / experimental_debug_info fields, serialized."""
+    shell = node_def_pb2.NodeDef()
+    if node.HasField("experimental_type"):
+        shell.experimental_type.CopyFrom(node.experimental_type)
+    if node.HasField("experimental_debug_info"):
+        shell.experimental_debug_info.CopyFrom(node.experimental_debug_info)
+    return shell.SerializeToString(deterministic=True)
+
+
+def _only_control(refs: Iterable[str]) -> bool:
+    return all(ref.startswith("^") for ref in refs)
+
+
+def convert_attrs(node: node_def_pb2.NodeDef) -> tuple[dict[str, Any], dict[str, str]]:
+    """A NodeDef's attributes as python values, and each attribute's kind."""
+    attrs: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
+    for key in sorted(node.attr):
+        value = node.attr[key]
+        attrs[key] = attr_to_python(value)
+        kinds[key] = attr_kind(value)
+    return attrs, kinds
+
+
+def _declared_attrs(op: str) -> set[str]:
+    definition = op_def(op)
+    return {a.name for a in definition.attr} if definition is not None else set()
+
+
+def op_def(op: str) -> Any:
+    """The registered OpDef of ``op``, or None (function names, unknown custom ops)."""
+    try:
+        return op_def_registry.get(op)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def topological_order(nodes: Sequence[node_def_pb2.NodeDef]) -> list[node_def_pb2.NodeDef]:
+    """The nodes in a topological order of data and control edges, as close to the given
+    order as possible (a stable Kahn sort). UnsupportedModelError on a cycle (v1 while
+    loops: NextIteration -> Merge)."""
+    position = {n.name: i for i, n in enumerate(nodes)}
+    if len(position) != len(nodes):
+        raise ModelLoadError("the GraphDef has two nodes with one name")
+    pending = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        for ref in node.input:
+            src = position.get(parse_input(ref)[0])
+            if src is None:
+                raise ModelLoadError(f"node {node.name!r} reads {ref!r}, which no node produces")
+            pending[i] += 1
+            readers[src].append(i)
+    ready = [i for i, count in enumerate(pending) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for reader in readers[i]:
+            pending[reader] -= 1
+            if pending[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(order) != len(nodes):
+        stuck = next(nodes[i].name for i, count in enumerate(pending) if count)
+        raise UnsupportedModelError(f"the graph has a cycle (at {stuck!r}): v1 control flow (Enter/Merge/"
+                                    "NextIteration) is not supported; export with v2 control flow (tf.function)")
+    return [nodes[i] for i in order]
+
+
+def arg_ranges(args: Sequence[Any], attrs: dict[str, Any]) -> list[tuple[Any, range]]:
+    """(OpDef arg, positions) for each input or output arg of an op, given the node's IR
+    attributes (``number_attr`` ints and ``type_list_attr`` lists say how many tensors an
+    arg stands for)."""
+    out = []
+    position = 0
+    for arg in args:
+        if arg.number_attr:
+            count = attrs.get(arg.number_attr, 1)
+        elif arg.type_list_attr:
+            types = attrs.get(arg.type_list_attr)
+            count = len(types) if isinstance(types, list) else 0
+        else:
+            count = 1
+        count = count if isinstance(count, int) else 0
+        out.append((arg, range(position, position + count)))
+        position += count
+    return out
+
+
+def sanitize(name: str) -> str:
+    """A string usable as a TF node name and a signature key."""
+    text = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+    return text if text and re.match(r"[A-Za-z0-9.]", text) else f"t_{text}"
+
+
+def _oneline(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
