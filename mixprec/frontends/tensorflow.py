@@ -454,7 +454,8 @@ def import_graph(graph_def: graph_pb2.GraphDef) -> tf.Graph:
 
 class _Lowerer:
     def __init__(self, source: GraphSource, tf_graph: tf.Graph) -> None:
-        self.source = source
+        self.source = GraphSource(source.graph_def, list(source.inputs), list(source.outputs),
+                                  list(source.input_keys), list(source.output_keys), source.call, source.source)
         self.tf_graph = tf_graph
         self.graph = Graph("main", FRAMEWORK)
         self.values: dict[tuple[str, int], Value] = {}

@@ -1,0 +1,299 @@
+"""TensorFlow end to end: ``mix_precision.fit`` on a Keras CNN, a Keras transformer block
+and a tf.function with a while loop and a cond gives runnable BF16 graphs whose outputs
+match FP32 (cosine computed here); matmul-like ops run in BF16, Softmax and the
+LayerNorm/BatchNorm statistics stay FP32 as the policy says; BF16 weights are bf16
+Consts (no Cast of a Const left); saved .pb files and SavedModels reload in a fresh
+interpreter without mixprec and reproduce the outputs; the FP32 and the converted graph
+load side by side; ops without a CPU bf16 kernel stay FP32; the CLI converts a .pb."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow", reason="the TensorFlow end-to-end tests need tensorflow")
+
+from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
+from mixprec.adapters.tensorflow import TensorflowAdapter, has_cpu_kernel, make_sample_inputs  # noqa: E402
+from mixprec.backends import tensorflow as backend  # noqa: E402
+from mixprec.cli import main as cli_main  # noqa: E402
+from mixprec.errors import ConfigError, ModelLoadError  # noqa: E402
+from mixprec.frontends import tensorflow as frontend  # noqa: E402
+from mixprec.ir import DType, verify  # noqa: E402
+from mixprec.mix_precision import ConvertedModel  # noqa: E402
+from tests import tf_models  # noqa: E402
+
+MIN_COSINE = 0.99
+BF16 = tf.bfloat16.as_datatype_enum
+LOW_OPS = {"Conv2D", "MatMul", "BatchMatMulV2", "Einsum"}
+
+# Runs in a fresh interpreter (python -I, cwd a temp dir) where mixprec cannot be
+# imported: loads each saved .pb (import_graph_def) and SavedModel (serving_default),
+# runs them on the given inputs and pickles the outputs.
+FRESH_PROCESS = textwrap.dedent("""
+    import importlib.abc, os, pickle, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+    class _Blocked(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("mixprec", "tests"):
+                raise ImportError(name + " is not available here")
+            return None
+
+    sys.meta_path.insert(0, _Blocked())
+    import tensorflow as tf
+
+    def run_pb(case):
+        graph_def = tf.compat.v1.GraphDef()
+        with open(case["pb"], "rb") as handle:
+            graph_def.ParseFromString(handle.read())
+        wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+        fn = wrapped.prune([wrapped.graph.get_tensor_by_name(n) for n in case["inputs"]],
+                           [wrapped.graph.get_tensor_by_name(n) for n in case["outputs"]])
+        return [t.numpy() for t in fn(*[tf.constant(a) for a in case["arrays"]])]
+
+    def run_saved_model(case):
+        loaded = tf.saved_model.load(case["saved_model"])
+        result = loaded.signatures["serving_default"](**{k: tf.constant(a) for k, a in
+                                                         zip(case["keys"], case["arrays"])})
+        return {k: v.numpy() for k, v in result.items()}
+
+    with open(sys.argv[1], "rb") as handle:
+        cases = pickle.load(handle)
+    results = {name: {"pb": run_pb(case), "saved_model": run_saved_model(case)} for name, case in cases.items()}
+    assert not any(m.split(".")[0] == "mixprec" for m in sys.modules), "mixprec was imported"
+    with open(sys.argv[2], "wb") as handle:
+        pickle.dump(results, handle)
+    print("reloaded", len(results))
+""")
+
+
+@dataclass
+class Case:
+    """One model converted once, with its FP32 and converted outputs on ``inputs``."""
+    name: str
+    model: Any
+    inputs: list[np.ndarray]
+    fp32: list[np.ndarray]
+    converted: ConvertedModel
+    outputs: list[np.ndarray]
+
+
+def _build(name: str) -> Case:
+    make, data = {
+        "cnn": (tf_models.make_cnn, lambda: [tf_models.images(4, seed=3)]),
+        "transformer": (tf_models.make_transformer, lambda: [tf_models.tokens(2, seed=3)]),
+        "control_flow": (tf_models.make_control_flow, lambda: [tf_models.tokens(1, seed=3)[0]]),
+    }[name]
+    model, inputs = make(), data()
+    adapter = TensorflowAdapter()
+    fp32 = adapter.run_original(model, inputs)
+    converted = mix_precision.fit(model, MixedPrecisionConfig(sample_inputs=inputs))
+    outputs = adapter.run_converted(converted.model, inputs, MixedPrecisionConfig())
+    return Case(name, model, inputs, fp32, converted, outputs)
+
+
+CASES: dict[str, Case] = {}
+
+
+@pytest.fixture(scope="module", params=["cnn", "transformer", "control_flow"])
+def case(request) -> Case:
+    if request.param not in CASES:
+        CASES[request.param] = _build(request.param)
+    return CASES[request.param]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
+
+
+def _nodes(case: Case, op: str) -> list:
+    return [n for n in case.converted.ir.graph.all_nodes() if n.op == op]
+
+
+# ------------------------------------------------------------------ every model ---
+def test_converted_graph_runs_and_matches_fp32(case):
+    assert len(case.outputs) == len(case.fp32)
+    for got, want in zip(case.outputs, case.fp32):
+        assert got.shape == want.shape and np.isfinite(got).all()
+        assert np.std(want) > 1e-3, "degenerate reference output: the test could not fail"
+        assert _cosine(got, want) >= MIN_COSINE
+    assert all(check.cosine >= MIN_COSINE for check in case.converted.report.checks)
+    verify(case.converted.ir.graph)
+
+
+def test_matmul_like_ops_are_bf16(case):
+    low = [n for n in case.converted.ir.graph.all_nodes() if n.op in LOW_OPS]
+    assert low
+    for node in low:
+        assert node.meta["precision"] == "bf16", (node.name, node.meta)
+        assert node.outputs[0].dtype == DType.BFLOAT16
+    emitted = {n.name: n for n in case.converted.model.graph_def.node}
+    for node in low:
+        assert emitted[node.outputs[0].name].attr["T"].type == BF16
+
+
+def test_weights_are_bf16_consts_and_no_const_is_cast(case):
+    graph_def = case.converted.model.graph_def
+    consts = {n.name: n for n in graph_def.node if n.op == "Const"}
+    assert any(n.attr["dtype"].type == BF16 and len(tf.make_ndarray(n.attr["value"].tensor).shape) >= 2
+               for n in consts.values())
+    for node in graph_def.node:
+        if node.op == "Cast":
+            assert frontend.parse_input(node.input[0])[0] not in consts, node.name
+
+
+def test_fp32_and_converted_graphs_in_one_process(case, tmp_path):
+    """The FP32 frozen graph and the converted one (and both again from .pb files) load
+    and run side by side."""
+    original = frontend.read_source(case.model)
+    fp32_model = backend.GraphModel(original.graph_def, original.inputs, original.outputs, original.input_keys,
+                                    original.output_keys, case.converted.model.input_dtypes,
+                                    case.converted.model.input_shapes)
+    path = case.converted.save(tmp_path / "converted.pb")
+    reloaded = TensorflowAdapter().native(path)
+    for run in (fp32_model, case.converted.model, reloaded, fp32_model):
+        outputs = [t.numpy() for t in run(*case.inputs)]
+        for got, want in zip(outputs, case.fp32):
+            assert _cosine(got.astype(np.float32), want) >= MIN_COSINE
+
+
+# ----------------------------------------------------------------- per model ---
+def test_cnn_policy():
+    cnn = CASES.get("cnn") or _build("cnn")
+    nodes = list(cnn.converted.ir.graph.all_nodes())
+    assert {n.meta.get("precision") for n in nodes if n.op in ("Conv2D", "MatMul", "MaxPool", "Relu")} == {"bf16"}
+    softmax = [n for n in nodes if n.op == "Softmax"]
+    assert softmax and all(n.meta["precision"] == "f32" and n.outputs[0].dtype == DType.FLOAT32 for n in softmax)
+    # the BatchNorm statistics (Rsqrt of the variance) and the global average (Mean) stay FP32
+    assert all(n.outputs[0].dtype == DType.FLOAT32 for n in nodes if n.op in ("Rsqrt", "Mean"))
+    probs = cnn.fp32[0]
+    assert probs.max() < 0.9 and np.allclose(probs.sum(axis=-1), 1.0, atol=1e-5), "softmax is degenerate"
+
+
+def test_transformer_policy():
+    block = CASES.get("transformer") or _build("transformer")
+    nodes = list(block.converted.ir.graph.all_nodes())
+    assert {n.op for n in nodes} >= {"BatchMatMulV2", "Einsum", "Softmax", "Mean", "SquaredDifference", "Rsqrt"}
+    for node in nodes:
+        if node.op in ("Softmax", "Mean", "SquaredDifference", "Rsqrt"):
+            assert node.meta["precision"] == "f32", (node.name, node.meta)
+            assert node.outputs[0].dtype == DType.FLOAT32
+
+
+def test_control_flow_bodies_stay_fp32():
+    flow = CASES.get("control_flow") or _build("control_flow")
+    graph = flow.converted.ir.graph
+    (loop,) = [n for n in graph.nodes if n.op == "While"]
+    assert all(v.dtype != DType.BFLOAT16 for v in loop.outputs)
+    assert [n.meta["precision"] for n in graph.nodes if n.op == "MatMul"] == ["bf16"]
+    names = {f.signature.name for f in flow.converted.model.graph_def.library.function}
+    assert all("_mp" in name for name in names)
+
+
+# ------------------------------------------------------------------ saving ---
+def test_saved_pb_and_saved_model_reload_without_mixprec(tmp_path):
+    """Every converted model saved as .pb and as SavedModel reloads in a fresh python -I
+    process where mixprec cannot be imported, and computes what the in-process graph does."""
+    cases = {}
+    for name in ("cnn", "transformer", "control_flow"):
+        converted = (CASES.get(name) or CASES.setdefault(name, _build(name)))
+        model = converted.converted.model
+        pb = converted.converted.save(tmp_path / f"{name}.pb")
+        saved_model = converted.converted.save(tmp_path / f"{name}_saved")
+        assert (Path(saved_model) / "saved_model.pb").exists()
+        cases[name] = {"pb": pb, "saved_model": saved_model, "inputs": model.inputs, "outputs": model.outputs,
+                       "keys": model.input_keys, "arrays": converted.inputs}
+    spec, result = tmp_path / "cases.pkl", tmp_path / "results.pkl"
+    spec.write_bytes(pickle.dumps(cases))
+    run = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS, str(spec), str(result)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "reloaded 3" in run.stdout
+    results = pickle.loads(result.read_bytes())
+    for name, got in results.items():
+        case = CASES[name]
+        keys = case.converted.model.output_keys
+        for index, want in enumerate(case.outputs):
+            np.testing.assert_array_equal(got["pb"][index].astype(np.float32), want)
+            np.testing.assert_allclose(got["saved_model"][keys[index]].astype(np.float32), want, rtol=1e-6, atol=1e-6)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files were left behind"
+
+
+def test_save_refuses_the_input_path_and_bad_suffixes(tmp_path):
+    flow = CASES.get("control_flow") or _build("control_flow")
+    source = tmp_path / "model.pb"
+    backend.save(backend.graph_model(frontend.load(flow.model)), source)
+    before = source.read_bytes()
+    converted = mix_precision.fit(str(source), MixedPrecisionConfig(sample_inputs=flow.inputs))
+    with pytest.raises(ConfigError, match="input model"):
+        converted.save(source)
+    assert source.read_bytes() == before
+    with pytest.raises(ConfigError, match=".pb file or a directory"):
+        converted.save(tmp_path / "model.onnx")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a SavedModel"):
+        converted.save(tmp_path / "precious")
+    out = converted.save(tmp_path / "again")
+    assert converted.save(tmp_path / "again") == out  # an existing SavedModel is replaced
+
+
+# --------------------------------------------------------------- adapter bits ---
+def test_ops_without_a_cpu_bf16_kernel_stay_fp32():
+    """Rint has no CPU bf16 kernel: between two bf16 MatMuls it would be painted bf16
+    (clear op) but the runtime limits keep it FP32, and the model runs."""
+    assert has_cpu_kernel("Conv2D", ("T",), BF16) and not has_cpu_kernel("Rint", ("T",), BF16)
+    rng = np.random.default_rng(0)
+    w1, w2 = (tf.constant(rng.standard_normal((8, 8)).astype(np.float32)) for _ in range(2))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32)])
+    def f(x):
+        return tf.matmul(tf.math.rint(tf.matmul(x, w1) * 4.0), w2)
+
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    converted = mix_precision.fit(f, MixedPrecisionConfig(sample_inputs=[x], min_cosine=0.9))
+    (rint,) = [n for n in converted.ir.graph.nodes if n.op == "Rint"]
+    assert rint.meta["precision"] == "f32" and "kernel" in rint.meta["reason"]
+    assert converted.report.checks[0].cosine >= 0.99
+
+
+def test_generated_sample_inputs():
+    ir_model = frontend.load(tf_models.make_cnn())
+    (images,) = make_sample_inputs(ir_model)
+    assert images.shape == (2,) + tf_models.IMAGE and images.dtype == np.float32
+    converted = mix_precision.fit(tf_models.make_cnn())  # sample inputs generated from the input specs
+    assert converted.report.checks[0].cosine >= MIN_COSINE
+
+
+def test_bad_model_file_is_a_model_load_error(tmp_path):
+    bad = tmp_path / "bad.pb"
+    bad.write_bytes(b"\x08\x96\x01garbage that is not a graph")
+    with pytest.raises(ModelLoadError):
+        mix_precision.fit(str(bad))
+
+
+def test_cli_converts_a_pb(tmp_path, capsys):
+    flow = CASES.get("control_flow") or _build("control_flow")
+    source = tmp_path / "model.pb"
+    backend.save(backend.graph_model(frontend.load(flow.model)), source)
+    out = tmp_path / "out.pb"
+    assert cli_main(["convert", str(source), "-o", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    assert "MatMul" in capsys.readouterr().out
+    reloaded = TensorflowAdapter().native(out)
+    got = [t.numpy() for t in reloaded(*flow.inputs)]
+    for a, b in zip(got, flow.outputs):
+        np.testing.assert_array_equal(a.astype(np.float32), b)
+    bad = tmp_path / "bad.pb"
+    bad.write_text("not a graph")
+    assert cli_main(["convert", str(bad), "-o", str(tmp_path / "x.pb")]) == 2
