@@ -15,9 +15,10 @@ from mixprec.errors import ModelLoadError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
-_SUFFIXES = {".onnx": "onnx", ".pt2": "torch"}
-_MODULE_PREFIXES = {"onnx": "onnx", "torch": "torch"}
-_NOT_YET = {".pb": "TensorFlow", ".h5": "TensorFlow", ".keras": "TensorFlow", ".json": "MXNet", ".params": "MXNet"}
+_SUFFIXES = {".onnx": "onnx", ".pt2": "torch", ".pb": "tensorflow", ".keras": "tensorflow", ".json": "mxnet",
+             ".params": "mxnet"}
+_MODULE_PREFIXES = {"onnx": "onnx", "torch": "torch", "tensorflow": "tensorflow", "keras": "tensorflow",
+                    "tf_keras": "tensorflow", "mxnet": "mxnet"}
 
 
 def framework_of(model: Any) -> str:
@@ -27,25 +28,20 @@ def framework_of(model: Any) -> str:
         if not path.exists():
             raise ModelLoadError(f"{path}: no such file or directory")
         if path.is_dir() and (path / "saved_model.pb").exists():
-            raise UnsupportedModelError(f"{path}: TensorFlow SavedModels are not supported yet; export to ONNX "
-                                        "with tf2onnx and convert the .onnx file")
+            return "tensorflow"
         suffix = path.suffix.lower()
         if suffix in _SUFFIXES:
             return _SUFFIXES[suffix]
-        if suffix in _NOT_YET:
-            raise UnsupportedModelError(f"{path}: {_NOT_YET[suffix]} models are not supported yet; export to ONNX "
-                                        "and convert the .onnx file")
         raise UnsupportedModelError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; mixprec reads "
-                                    ".onnx files and torch.export .pt2 programs")
+                                    ".onnx files, torch.export .pt2 programs, TensorFlow SavedModel directories, "
+                                    "frozen .pb graphs and .keras files, and MXNet -symbol.json/.params pairs")
     for cls in type(model).__mro__:
         root = (cls.__module__ or "").split(".")[0]
         if root in _MODULE_PREFIXES:
             return _MODULE_PREFIXES[root]
-        if root in ("tensorflow", "keras", "tf_keras", "mxnet"):
-            raise UnsupportedModelError(f"{type(model).__name__} ({root}) models are not supported yet; export to "
-                                        "ONNX and convert that")
     raise UnsupportedModelError(f"cannot tell which framework a {type(model).__module__}.{type(model).__name__} "
-                                "belongs to; pass an onnx.ModelProto, a torch.nn.Module, or a .onnx/.pt2 path")
+                                "belongs to; pass an onnx.ModelProto, a torch.nn.Module, a Keras model or "
+                                "tf.function, an MXNet block, or a model file path")
 
 
 def get_adapter(framework: str) -> Adapter:
@@ -55,6 +51,12 @@ def get_adapter(framework: str) -> Adapter:
     if framework == "torch":
         from mixprec.adapters.torch import TorchAdapter
         return TorchAdapter()
+    if framework == "tensorflow":
+        from mixprec.adapters.tensorflow import TensorflowAdapter
+        return TensorflowAdapter()
+    if framework == "mxnet":
+        from mixprec.adapters.mxnet import MxnetAdapter
+        return MxnetAdapter()
     raise UnsupportedModelError(f"no adapter for framework {framework!r}")
 
 
