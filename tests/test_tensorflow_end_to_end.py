@@ -249,6 +249,46 @@ def test_save_refuses_the_input_path_and_bad_suffixes(tmp_path):
     assert converted.save(tmp_path / "again") == out  # an existing SavedModel is replaced
 
 
+def test_fp32_and_converted_saved_models_in_one_process(tmp_path):
+    """The FP32 model's own SavedModel and the converted SavedModel load side by side."""
+    flow = CASES.get("control_flow") or _build("control_flow")
+    module = tf.Module()
+    module.serve, module.weights = flow.model, list(flow.model.variables_)
+    tf.saved_model.save(module, str(tmp_path / "fp32"), signatures={"serving_default": flow.model})
+    converted = mix_precision.fit(str(tmp_path / "fp32"), MixedPrecisionConfig(sample_inputs=flow.inputs))
+    converted.save(tmp_path / "bf16")
+    fp32 = tf.saved_model.load(str(tmp_path / "fp32")).signatures["serving_default"]
+    bf16 = tf.saved_model.load(str(tmp_path / "bf16")).signatures["serving_default"]
+    (x,) = flow.inputs
+    want, got = fp32(x=tf.constant(x)), bf16(x=tf.constant(x))
+    assert set(got) == set(want) == {"mean", "out"}
+    for key in want:
+        assert _cosine(got[key].numpy(), want[key].numpy()) >= MIN_COSINE
+
+
+def test_multi_input_keras_model_with_dict_outputs(tmp_path):
+    """Float and int inputs named after the Keras inputs, dict outputs by key; generated
+    sample inputs; keep_io_types=False takes and returns bf16 tensors."""
+    import keras
+    keras.utils.set_random_seed(0)
+    features = keras.Input((8,), name="features")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(10, 4)(ids))
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([features, embedded]))
+    model = keras.Model([features, ids], {"logits": keras.layers.Dense(5)(hidden),
+                                          "prob": keras.layers.Dense(2, activation="softmax")(hidden)})
+    converted = mix_precision.fit(model)
+    assert converted.model.input_keys == ["features", "ids"] and converted.model.output_keys == ["logits", "prob"]
+    assert [c.output for c in converted.report.checks] == ["logits", "prob"]
+    assert all(c.cosine >= MIN_COSINE for c in converted.report.checks)
+    converted.save(tmp_path / "two")
+    signature = tf.saved_model.load(str(tmp_path / "two")).signatures["serving_default"]
+    assert set(signature.structured_input_signature[1]) == {"features", "ids"}
+    low_io = mix_precision.fit(model, MixedPrecisionConfig(keep_io_types=False))
+    assert low_io.model.input_dtypes == [tf.bfloat16, tf.int32]
+    assert all(c.cosine >= MIN_COSINE for c in low_io.report.checks)
+
+
 # --------------------------------------------------------------- adapter bits ---
 def test_ops_without_a_cpu_bf16_kernel_stay_fp32():
     """Rint has no CPU bf16 kernel: between two bf16 MatMuls it would be painted bf16

@@ -76,21 +76,21 @@ class TensorflowAdapter(Adapter):
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
         native = self.native(original)
-        arrays = _input_list(inputs)
         if isinstance(native, backend.GraphModel):
-            return to_numpy(native(*arrays))
+            return to_numpy(native(*_ordered(inputs, native.input_keys)))
         if frontend.is_keras(native):
             if isinstance(inputs, dict):
                 return to_numpy(native(inputs, training=False))
+            arrays = _input_list(inputs)
             nested = isinstance(native.input, (list, tuple, dict))
             structure = tf.nest.pack_sequence_as(native.input, arrays) if nested else arrays[0]
             return to_numpy(native(structure, training=False))
-        return to_numpy(_call_function(native, arrays))
+        signature = getattr(native, "structured_input_signature", None)
+        keys = sorted(signature[1]) if signature is not None and not signature[0] else []
+        return to_numpy(_call_function(native, _ordered(inputs, keys)))
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
-        if isinstance(inputs, dict):
-            return to_numpy(converted(**{k: inputs[k] for k in converted.input_keys}))
-        return to_numpy(converted(*_input_list(inputs)))
+        return to_numpy(converted(*_ordered(inputs, converted.input_keys)))
 
     def output_names(self, ir_model: Model) -> list[str]:
         keys = ir_model.meta.get(frontend.TF_META, {}).get("output_keys") or []
@@ -144,6 +144,13 @@ def _call_function(function: Any, arrays: Sequence[Any]) -> Any:
     return function(*[tf.convert_to_tensor(a) for a in arrays])
 
 
+def _ordered(inputs: Any, keys: Sequence[str]) -> list[Any]:
+    """Inputs as a list in ``keys`` order (a dict keyed by them), else as given."""
+    if isinstance(inputs, dict) and set(keys) <= set(inputs):
+        return [inputs[k] for k in keys]
+    return _input_list(inputs)
+
+
 def to_numpy(outputs: Any) -> list[np.ndarray]:
     """Flattened outputs (dicts in sorted key order) as numpy arrays; bf16/f16 -> float32."""
     out = []
@@ -181,22 +188,24 @@ def _random(rng: np.random.Generator, dtype: DType, shape: tuple, name: str) -> 
 
 
 def lowerable_type_attrs(node: Node, policy: Policy) -> tuple[str, ...]:
-    """The node's float32 type attributes that lowering it would change: those bound to
-    an input the policy does not pin, and output-only ones (sorted names)."""
+    """The type attributes that lowering the node would turn from float32 to the target:
+    those bound to a float32 input the policy does not pin, and those bound only to
+    float32 outputs (sorted names; none for casts and ops without an OpDef)."""
     definition = frontend.op_def(node.op)
-    if definition is None:
+    if definition is None or node.op == frontend.CAST_OP:
         return ()
     found: set[str] = set()
-    bound: set[str] = set()
     for arg, positions in frontend.arg_ranges(definition.input_arg, node.attrs):
-        bound.add(arg.type_attr)
-        if arg.type_attr and node.attrs.get(arg.type_attr) is DType.FLOAT32 and \
-                any(not policy.is_pinned(node.qualified_op, i) for i in positions):
+        if arg.type_attr and any(i < len(node.inputs) and node.inputs[i] is not None
+                                 and node.inputs[i].dtype == DType.FLOAT32
+                                 and not policy.is_pinned(node.qualified_op, i) for i in positions):
             found.add(arg.type_attr)
-    for arg, _ in frontend.arg_ranges(definition.output_arg, node.attrs):
-        if arg.type_attr and arg.type_attr not in bound and node.attrs.get(arg.type_attr) is DType.FLOAT32:
+    bound = {arg.type_attr for arg in definition.input_arg}
+    for arg, positions in frontend.arg_ranges(definition.output_arg, node.attrs):
+        if arg.type_attr and arg.type_attr not in bound and \
+                any(i < len(node.outputs) and node.outputs[i].dtype == DType.FLOAT32 for i in positions):
             found.add(arg.type_attr)
-    return tuple(sorted(found - {"DstT", "SrcT"}))
+    return tuple(sorted(found))
 
 
 @functools.lru_cache(maxsize=None)

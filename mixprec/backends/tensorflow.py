@@ -270,13 +270,15 @@ class _Emitter:
 
 
 def _outputs_last(nodes: list[node_def_pb2.NodeDef], producers: list[str]) -> list[node_def_pb2.NodeDef]:
-    """Move the graph outputs' producers that no node reads to the end, in output order."""
+    """Move the graph outputs' producers that no node reads to the end, in output order
+    (Placeholders and Consts stay where they are)."""
     read = {parse_input(ref)[0] for n in nodes for ref in n.input if not ref.startswith("^")}
-    last = [p for i, p in enumerate(producers) if p not in read and p not in producers[:i]]
-    last_set = set(last)
     by_name = {n.name: n for n in nodes}
-    kept = [n for n in nodes if n.name not in last_set or n.op in ("Placeholder", "Const")]
-    return kept + [by_name[p] for p in last if by_name[p].op not in ("Placeholder", "Const")]
+    last: dict[str, None] = {}  # ordered set
+    for name in producers:
+        if name not in read and by_name[name].op not in ("Placeholder", "Const"):
+            last[name] = None
+    return [n for n in nodes if n.name not in last] + [by_name[name] for name in last]
 
 
 # ------------------------------------------------------------------- attributes ---
@@ -386,7 +388,8 @@ def _retype(out: node_def_pb2.NodeDef, definition: Any, node: Node) -> None:
 def _retyped(out: node_def_pb2.NodeDef, node: Node) -> bool:
     """True when a type attribute of ``out`` differs from the one the node was loaded
     with (its experimental full type, which may name dtypes, is then stale)."""
-    for key, value in node.attrs.items():
+    loaded = {**node.meta.get(TF_META, {}).get("types", {}), **node.attrs}
+    for key, value in loaded.items():
         if key not in out.attr:
             continue
         if isinstance(value, DType) and out.attr[key].type != _datatype(value, key):

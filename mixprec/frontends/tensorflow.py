@@ -29,9 +29,16 @@ IR conventions for TF graphs (``mixprec.backends.tensorflow`` reads exactly thes
   of those -> lists. Anything else (a func with bound attrs, a placeholder attr, a dtype
   the IR has no name for) is a :class:`RawAttr` holding the serialized AttrValue. The
   kind of every attribute is kept in ``node.meta["tensorflow"]["kinds"]`` for
-  attributes the op's OpDef does not declare, with the NodeDef's device and its
-  ``experimental_type`` / ``experimental_debug_info`` fields (``experimental``, bytes).
-- The cast is ``Cast`` with DType attrs ``SrcT``/``DstT`` and ``Truncate`` (TF's own form).
+  attributes the op's OpDef does not declare, with the NodeDef's device, its
+  ``experimental_type`` / ``experimental_debug_info`` fields (``experimental``, bytes)
+  and the type attributes left out (``types``, below).
+- Single-type attributes that the OpDef binds to tensors (``T`` of Conv2D, ``Tidx`` of
+  Mean, ...) are left out of ``attrs`` when the values' dtypes determine them: the
+  values are the truth (a pass that retypes a value needs to know nothing about TF) and
+  the backend derives the attributes from them. ``list(type)`` attributes (``Tin``,
+  ``T`` of While) stay: they also say how many tensors an argument has.
+- The cast is ``Cast`` with DType attrs ``SrcT``/``DstT`` and ``Truncate`` (TF's own form;
+  passes keep them right).
 - Functions of the library (While/If bodies, PartitionedCall targets) are not lowered:
   the FunctionDefLibrary is kept serialized in ``model.meta["tensorflow"]["library"]``
   and the nodes that call them keep their dtypes (the policy denies them).
@@ -39,12 +46,13 @@ IR conventions for TF graphs (``mixprec.backends.tensorflow`` reads exactly thes
 ``model.meta["tensorflow"]`` keys: ``library`` (bytes), ``versions`` (bytes),
 ``shells`` ({name: NodeDef bytes} for Placeholder and Const nodes), ``input_keys`` /
 ``output_keys`` (the names callers use: signature keys or flattened output paths),
-``call`` (``args``, ``list`` or ``kwargs``: how the source callable takes its inputs),
+``call`` (``args``, ``keras`` or ``kwargs``: how the source callable takes its inputs),
 ``source`` (``keras``, ``function``, ``concrete_function``, ``saved_model``,
 ``keras_file``, ``graph_def``).
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import os
@@ -70,7 +78,7 @@ logger = logging.getLogger(__name__)
 FRAMEWORK = "tensorflow"
 TF_META = "tensorflow"
 CONTROL_INPUTS = "_control_inputs"
-SHELL_OPS = ("Placeholder", "Const")
+CAST_OP = "Cast"
 
 _TF_TO_DTYPE: dict[str, DType] = {
     "float32": DType.FLOAT32, "bfloat16": DType.BFLOAT16, "float16": DType.FLOAT16, "float64": DType.FLOAT64,
@@ -128,7 +136,6 @@ class RawAttr:
         return hash(self.data)
 
     def __repr__(self) -> str:
-        import hashlib
         return f"tf_attr({self.proto().WhichOneof('value')}:{hashlib.sha1(self.data).hexdigest()[:12]})"
 
 
@@ -325,7 +332,8 @@ def _keras_file_source(path: Path, input_signature: Sequence[Any] | None) -> Gra
 
 
 def keras_input_specs(model: Any, input_signature: Sequence[Any] | None = None) -> Any:
-    """TensorSpecs for the model's inputs (its input structure; batch dim None)."""
+    """TensorSpecs for the model's inputs (its input structure; batch dim None), named
+    after the Keras inputs (these names become the Placeholders and signature keys)."""
     if input_signature is not None:
         specs = list(input_signature)
         return specs[0] if len(specs) == 1 else specs
@@ -334,8 +342,25 @@ def keras_input_specs(model: Any, input_signature: Sequence[Any] | None = None) 
     except (AttributeError, ValueError) as exc:
         raise ConfigError(f"the Keras model has no defined inputs ({_oneline(exc)}); build it on an Input or "
                           "pass an input signature (example_inputs)") from None
-    return tf.nest.map_structure(
-        lambda t: tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.as_dtype(t.dtype)), structure)
+    taken: set[str] = set()
+
+    def spec(tensor: Any) -> tf.TensorSpec:
+        name = _unique_identifier(getattr(tensor, "name", None) or "input", taken)
+        return tf.TensorSpec((None,) + tuple(tensor.shape[1:]), tf.as_dtype(tensor.dtype), name=name)
+
+    return tf.nest.map_structure(spec, structure)
+
+
+def _unique_identifier(name: str, taken: set[str]) -> str:
+    """``name`` as a python identifier (the Placeholder and signature key), unique in ``taken``."""
+    base = re.sub(r"\W", "_", name) or "input"
+    base = base if not base[0].isdigit() else f"input_{base}"
+    candidate, counter = base, 0
+    while candidate in taken:
+        counter += 1
+        candidate = f"{base}_{counter}"
+    taken.add(candidate)
+    return candidate
 
 
 def _keras_source(model: Any, input_signature: Sequence[Any] | None) -> GraphSource:
@@ -536,6 +561,32 @@ class _Lowerer:
             self._shell(node, ("dtype", "value"))
 
     def _lower_node(self, node: node_def_pb2.NodeDef) -> None:
+        inputs, control = self._read_inputs(node)
+        count = len(self.tf_graph.get_operation_by_name(node.name).outputs)
+        outputs = []
+        for index in range(count):
+            dtype, shape = self._tf_output(node.name, index)
+            outputs.append(Value(node.name if index == 0 else f"{node.name}:{index}", dtype, shape))
+        attrs, kinds = convert_attrs(node)
+        definition = op_def(node.op)
+        types = {}
+        if definition is not None and node.op != CAST_OP:
+            for key in derived_type_attrs(definition, attrs, [v.dtype for v in inputs], [v.dtype for v in outputs]):
+                types[key] = attrs.pop(key)
+        if control:
+            attrs[CONTROL_INPUTS] = control
+        ir_node = Node(node.op, inputs, outputs, attrs, name=node.name)
+        declared = {a.name for a in definition.attr} if definition is not None else set()
+        extra = {k: v for k, v in kinds.items() if k not in declared}
+        if extra or node.device or node.HasField("experimental_type") or node.HasField("experimental_debug_info"):
+            ir_node.meta[TF_META] = {"kinds": extra, "device": node.device, "experimental": _experimental(node),
+                                     "types": types}
+        self.graph.append(ir_node)
+        for index, value in enumerate(outputs):
+            self.values[(node.name, index)] = value
+
+    def _read_inputs(self, node: node_def_pb2.NodeDef) -> tuple[list[Value], list[str]]:
+        """The node's data inputs as values, and the names of its control inputs."""
         inputs: list[Value] = []
         control: list[str] = []
         for ref in node.input:
@@ -547,22 +598,28 @@ class _Lowerer:
             if value is None:
                 raise ModelLoadError(f"node {node.name!r} reads {ref!r}, which is not a tensor of the graph")
             inputs.append(value)
-        count = len(self.tf_graph.get_operation_by_name(node.name).outputs)
-        outputs = []
-        for index in range(count):
-            dtype, shape = self._tf_output(node.name, index)
-            outputs.append(Value(node.name if index == 0 else f"{node.name}:{index}", dtype, shape))
-        attrs, kinds = convert_attrs(node)
-        if control:
-            attrs[CONTROL_INPUTS] = control
-        ir_node = Node(node.op, inputs, outputs, attrs, name=node.name)
-        declared = _declared_attrs(node.op)
-        extra = {k: v for k, v in kinds.items() if k not in declared}
-        if extra or node.device or node.HasField("experimental_type") or node.HasField("experimental_debug_info"):
-            ir_node.meta[TF_META] = {"kinds": extra, "device": node.device, "experimental": _experimental(node)}
-        self.graph.append(ir_node)
-        for index, value in enumerate(outputs):
-            self.values[(node.name, index)] = value
+        return inputs, control
+
+
+def derived_type_attrs(definition: Any, attrs: dict[str, Any], in_dtypes: list[DType],
+                       out_dtypes: list[DType]) -> list[str]:
+    """The node's single-type attributes (``T``, ``Tidx``, ...) that the dtypes of its
+    input/output values determine: every arg bound to the attribute has known dtypes equal
+    to it, and at least one such arg has a tensor. The IR leaves them out (the values'
+    dtypes are the truth) and the backend writes them back from the values."""
+    verdict: dict[str, bool] = {}
+    ranges = [(arg, [in_dtypes[i] for i in positions if i < len(in_dtypes)])
+              for arg, positions in arg_ranges(definition.input_arg, attrs)]
+    ranges += [(arg, [out_dtypes[i] for i in positions if i < len(out_dtypes)])
+               for arg, positions in arg_ranges(definition.output_arg, attrs)]
+    for arg, dtypes in ranges:
+        key = arg.type_attr
+        if not key or not dtypes:
+            continue
+        value = attrs.get(key)
+        ok = isinstance(value, DType) and all(d == value for d in dtypes)
+        verdict[key] = verdict.get(key, True) and ok
+    return sorted(key for key, ok in verdict.items() if ok)
 
 
 def _experimental(node: node_def_pb2.NodeDef) -> bytes:
@@ -588,11 +645,6 @@ def convert_attrs(node: node_def_pb2.NodeDef) -> tuple[dict[str, Any], dict[str,
         attrs[key] = attr_to_python(value)
         kinds[key] = attr_kind(value)
     return attrs, kinds
-
-
-def _declared_attrs(op: str) -> set[str]:
-    definition = op_def(op)
-    return {a.name for a in definition.attr} if definition is not None else set()
 
 
 def op_def(op: str) -> Any:
@@ -657,8 +709,9 @@ def arg_ranges(args: Sequence[Any], attrs: dict[str, Any]) -> list[tuple[Any, ra
 
 
 def sanitize(name: str) -> str:
-    """A string usable as a TF node name and a signature key."""
-    text = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+    """``name`` as a valid TF node name (``[A-Za-z0-9.][A-Za-z0-9_.\\-/>]*``); valid names
+    are returned unchanged."""
+    text = re.sub(r"[^A-Za-z0-9_.\-/>]", "_", name)
     return text if text and re.match(r"[A-Za-z0-9.]", text) else f"t_{text}"
 
 
