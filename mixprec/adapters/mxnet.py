@@ -1,0 +1,235 @@
+"""MXNet adapter: Gluon HybridBlocks, ``(Symbol, arg_params, aux_params)`` triples and
+``prefix-symbol.json`` + ``prefix-NNNN.params`` pairs.
+
+The converted model is a gluon SymbolBlock (what ``SymbolBlock.imports`` gives for the
+saved files); MXNet's type and shape inference validate it first. Both models run on the
+CPU through Gluon and their outputs are compared as float32.
+
+Runtime capability: MXNet 1.9.1's CPU build runs bf16 through oneDNN for some ops only.
+:data:`BF16_CPU` records what was measured on this machine (each op run alone on bf16
+inputs, repeatedly, against its FP32 result). Ops measured to fail stay FP32 (they raise
+"Unknown type enum 12", or, like ``transpose``, corrupt the heap); an op that was never
+measured stays FP32 too, node by node, so that every converted model runs. FP16 on the
+CPU lacks Convolution and FullyConnected kernels altogether (:data:`FP16_CPU`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from mixprec.adapters.base import Adapter, RuntimeLimits
+from mixprec.backends import mxnet as backend
+from mixprec.config import MixedPrecisionConfig
+from mixprec.errors import ConfigError
+from mixprec.frontends import mxnet as frontend
+from mixprec.frontends.mxnet import mx
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Model, Node
+
+logger = logging.getLogger(__name__)
+
+RUNTIME = "mxnet 1.9.1 on CPU"
+SAMPLE_SEED = 0
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """What one low precision can run on the CPU: ``ops`` measured to work,
+    ``conditional`` ops that work only for some values of one attribute
+    (op -> (attr, default value, working values)), ``missing`` ops measured to fail."""
+    precision: str
+    ops: frozenset[str]
+    conditional: dict[str, tuple[str, str, frozenset[str]]] = field(default_factory=dict)
+    missing: frozenset[str] = frozenset()
+
+    def why_not(self, node: Node) -> str | None:
+        """Why ``node`` cannot run in this precision, or None when it can."""
+        if node.op in self.missing:
+            return f"{RUNTIME} has no {self.precision} kernel for {node.op}"
+        rule = self.conditional.get(node.op)
+        if rule is not None:
+            attr, default, working = rule
+            value = str(node.attrs.get(attr, default))
+            if value not in working:
+                return f"kept f32: {RUNTIME} has no {self.precision} kernel for {node.op} with {attr}={value}"
+        if node.op not in self.ops and node.op not in self.conditional:
+            return f"kept f32: no {self.precision} kernel for {node.op} was verified on {RUNTIME}"
+        return None
+
+
+#: Measured with mxnet 1.9.1 (oneDNN, avx512_bf16, no AMX): each op on bf16 inputs,
+#: six runs, result within bf16 rounding of the FP32 result.
+BF16_CPU = KernelTable(
+    precision="bf16",
+    ops=frozenset({
+        "Convolution", "FullyConnected", "Deconvolution",
+        "BatchNorm", "_contrib_BatchNormWithReLU", "LRN", "relu", "sigmoid", "tanh", "softmax", "log_softmax",
+        "_contrib_AdaptiveAvgPooling2D", "_contrib_BilinearResize2D",
+        "elemwise_add", "elemwise_sub", "elemwise_mul", "elemwise_div", "_maximum", "_minimum", "_mod",
+        "_equal", "_greater", "broadcast_add", "broadcast_sub", "broadcast_mul", "broadcast_div",
+        "broadcast_maximum", "broadcast_minimum", "broadcast_equal", "broadcast_greater", "broadcast_mod",
+        "broadcast_power", "where", "add_n", "_plus_scalar", "_minus_scalar", "_mul_scalar", "_div_scalar",
+        "abs", "sqrt", "square", "clip", "negative", "exp", "log", "erf", "rsqrt", "reciprocal", "cos",
+        "Concat", "stack", "Flatten", "Reshape", "SliceChannel", "expand_dims", "slice_axis", "slice", "squeeze",
+        "tile", "flip", "repeat", "SwapAxis", "depth_to_space", "broadcast_to", "_shuffle", "_copy", "BlockGrad",
+        "zeros_like", "ones_like", "Embedding", "take", "SequenceMask", "mean", "sum", "max", "norm",
+        "amp_cast", "amp_multicast", "Cast",
+    }),
+    conditional={
+        "Activation": ("act_type", "relu", frozenset({"relu", "sigmoid", "tanh", "softrelu"})),
+        "LeakyReLU": ("act_type", "leaky", frozenset({"leaky", "gelu", "elu"})),
+        "Pooling": ("pool_type", "max", frozenset({"max", "avg"})),
+    },
+    missing=frozenset({
+        "dot", "batch_dot", "Correlation", "transpose", "Pad", "UpSampling", "LayerNorm", "GroupNorm",
+        "InstanceNorm", "L2Normalization", "Dropout", "SoftmaxActivation", "Crop",
+    }),
+)
+
+#: FP16 on the CPU: "FP16 gemm on cpu not implemented" for Convolution and FullyConnected.
+FP16_CPU = KernelTable(
+    precision="fp16",
+    ops=frozenset({"BatchNorm", "elemwise_add", "Concat", "softmax", "amp_cast", "amp_multicast"}),
+    conditional={"Activation": ("act_type", "relu", frozenset({"relu"})),
+                 "Pooling": ("pool_type", "max", frozenset({"max", "avg"}))},
+    missing=frozenset({"Convolution", "FullyConnected", "dot", "batch_dot"}),
+)
+
+KERNELS = {"bf16": BF16_CPU, "fp16": FP16_CPU}
+
+
+class MxnetAdapter(Adapter):
+    name = "mxnet"
+
+    def __init__(self) -> None:
+        self._native: dict[str, Any] = {}
+        self._input_dtypes: dict[str, DType] = {}
+
+    # ---- loading ------------------------------------------------------------------------
+    def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
+        if isinstance(model, mx.gluon.HybridBlock) and config.example_inputs is None:
+            raise ConfigError("an MXNet Gluon block needs example inputs to be traced: "
+                              "MixedPrecisionConfig(example_inputs=(mx.nd.array(...),))")
+        return frontend.load(model, example_inputs=config.example_inputs)
+
+    def native(self, model: Any) -> Any:
+        """A callable gluon block: the block itself, or a SymbolBlock for files and triples."""
+        if isinstance(model, mx.gluon.Block):
+            return model
+        key = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+        if key is not None and key in self._native:
+            return self._native[key]
+        if key is not None:
+            symbol_path, params_path = frontend.model_files(key)
+            symbol = frontend.load_symbol(symbol_path)
+            args, aux = frontend.read_params(params_path)
+        elif isinstance(model, (tuple, list)) and len(model) == 3:
+            symbol, args, aux = model
+        else:
+            raise ConfigError(f"cannot run an MXNet model given as {type(model).__name__}")
+        block = backend.to_block(symbol, args or {}, aux or {})
+        if key is not None:
+            self._native[key] = block
+        return block
+
+    # ---- converting ---------------------------------------------------------------------
+    def runtime_limits(self, ir_model: Model, config: MixedPrecisionConfig) -> RuntimeLimits:
+        table = KERNELS[config.precision]
+        ops = {node.op for node in ir_model.graph.iter_nodes()}
+        nodes = {}
+        for node in ir_model.graph.iter_nodes():
+            if node.op in table.missing:
+                continue
+            why = table.why_not(node)
+            if why is not None:
+                nodes[node.name] = why
+        return RuntimeLimits(sorted(ops & table.missing), nodes, RUNTIME)
+
+    def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        symbol, args, aux = backend.emit(ir_model)
+        graph = ir_model.graph
+        self._input_dtypes = {v.name: v.dtype for v in graph.inputs}
+        shapes = {v.name: v.shape for v in graph.inputs
+                  if v.shape is not None and all(isinstance(d, int) for d in v.shape)}
+        backend.validate(symbol, args, aux, self._input_dtypes, shapes)
+        return backend.to_block(symbol, args, aux, [v.name for v in graph.inputs], self._input_dtypes)
+
+    # ---- running ------------------------------------------------------------------------
+    def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        if config.sample_inputs is not None:
+            return config.sample_inputs
+        if config.example_inputs is not None:
+            return config.example_inputs
+        return generate_inputs(ir_model)
+
+    def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
+        return run_block(self.native(original), inputs)
+
+    def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
+        return run_block(converted, inputs, self._input_dtypes)
+
+    def output_names(self, ir_model: Model) -> list[str]:
+        return [v.name for v in ir_model.graph.outputs]
+
+    # ---- saving -------------------------------------------------------------------------
+    def save(self, converted: Any, path: str, ir_model: Model, config: MixedPrecisionConfig,
+             input_path: str | None) -> None:
+        protected = list(frontend.model_files(input_path)) if input_path is not None else []
+        backend.save(ir_model, path, protected=protected)
+
+
+def generate_inputs(ir_model: Model) -> tuple[Any, ...]:
+    """One standard-normal float32 array per graph input (seeded); ConfigError when an
+    input's shape is unknown."""
+    rng = np.random.RandomState(SAMPLE_SEED)
+    arrays = []
+    for value in ir_model.graph.inputs:
+        if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+            raise ConfigError(f"the shape of input {value.name!r} is unknown, so no sample input can be made; pass "
+                              "MixedPrecisionConfig(example_inputs=(mx.nd.array(...),)) or sample_inputs")
+        data = rng.normal(size=value.shape).astype(np.float32)
+        arrays.append(mx.nd.array(data, dtype=np.float32))
+    return tuple(arrays)
+
+
+def run_block(block: Any, inputs: Any, dtypes: Mapping[str, DType] | None = None) -> list[np.ndarray]:
+    """Call ``block`` on ``inputs`` (an array, a sequence, or a dict in input order) in
+    inference mode; the outputs, flattened, as numpy (floats as float32). With
+    ``dtypes`` ({input name: DType}, in input order) inputs are cast to them first."""
+    args = [frontend.to_ndarray(x) for x in _as_list(inputs)]
+    if dtypes:
+        args = [_cast(x, d) for x, d in zip(args, dtypes.values())]
+    with mx.autograd.predict_mode():
+        out = block(*args)
+    return [_to_numpy(a) for a in _flatten(out)]
+
+
+def _as_list(inputs: Any) -> list[Any]:
+    if isinstance(inputs, Mapping):
+        return list(inputs.values())
+    if isinstance(inputs, (tuple, list)):
+        return list(inputs)
+    return [inputs]
+
+
+def _cast(array: Any, dtype: DType) -> Any:
+    if dtype == DType.UNKNOWN or frontend.dtype_from_mx(array.dtype) == dtype:
+        return array
+    return array.astype(frontend.dtype_to_mx(dtype))
+
+
+def _flatten(out: Any) -> list[Any]:
+    if isinstance(out, (tuple, list)):
+        return [a for item in out for a in _flatten(item)]
+    return [out]
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    dtype = frontend.dtype_from_mx(array.dtype)
+    if dtype.is_float:
+        return array.astype("float32").asnumpy()
+    return array.asnumpy()
