@@ -308,6 +308,19 @@ def test_ops_without_a_cpu_bf16_kernel_stay_fp32():
     assert converted.report.checks[0].cosine >= 0.99
 
 
+def test_tf_function_without_signature_takes_example_inputs():
+    @tf.function
+    def f(x):
+        return tf.nn.softmax(tf.matmul(x, tf.ones((4, 3))))
+
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    with pytest.raises(ConfigError, match="input_signature or pass example inputs"):
+        mix_precision.fit(f)
+    converted = mix_precision.fit(f, MixedPrecisionConfig(example_inputs=(x,)))
+    assert converted.ir.graph.inputs[0].shape == (None, 4)
+    assert converted.report.checks[0].cosine >= MIN_COSINE
+
+
 def test_generated_sample_inputs():
     ir_model = frontend.load(tf_models.make_cnn())
     (images,) = make_sample_inputs(ir_model)

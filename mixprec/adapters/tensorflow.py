@@ -52,9 +52,7 @@ class TensorflowAdapter(Adapter):
         return RuntimeLimits(sorted(ops), {}, "TensorFlow (CPU kernels)")
 
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
-        model = backend.graph_model(ir_model)
-        model.function  # noqa: B018 - importing the graph validates it; ConversionError if TF rejects it
-        return model
+        return backend.graph_model(ir_model).load()
 
     def native(self, model: Any) -> Any:
         if not isinstance(model, (str, os.PathLike)):

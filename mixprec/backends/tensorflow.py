@@ -76,6 +76,11 @@ class GraphModel:
             self._function = wrap_graph_def(self.graph_def, self.inputs, self.outputs)
         return self._function
 
+    def load(self) -> "GraphModel":
+        """Import the graph into TF now (ConversionError if TF rejects it); returns self."""
+        _ = self.function
+        return self
+
     def __call__(self, *args: Any, **kwargs: Any) -> list[tf.Tensor]:
         if kwargs:
             missing = [k for k in self.input_keys if k not in kwargs]

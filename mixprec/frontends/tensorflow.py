@@ -61,8 +61,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info/warning lines on import
-
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError

@@ -219,9 +219,20 @@ def test_attribute_values_round_trip():
             np.testing.assert_array_equal(tf.make_ndarray(back.tensor), tf.make_ndarray(value.tensor))
         else:
             assert back == value, (value, python)
-        if not isinstance(python, frontend.RawAttr):
-            assert backend.python_to_attr(python, None) == back or value.HasField("tensor") \
-                or value.WhichOneof("value") in ("func", "shape") or python == []
+    assert isinstance(frontend.attr_to_python(values[-1]), frontend.RawAttr)
+    assert frontend.attr_to_python(values[4]) == DType.BFLOAT16
+    assert frontend.attr_to_python(values[5]) == [-1, 3] and frontend.attr_to_python(values[6]) is None
+    assert frontend.attr_to_python(values[12]) == ["a", b"\xff"]
+
+
+def test_attribute_kinds_are_inferred_without_an_op_def():
+    """Attributes no OpDef declares (underscore attributes of nodes a pass made) are
+    written by their python type."""
+    assert backend.python_to_attr(True, None).b is True
+    assert backend.python_to_attr(3, None).i == 3
+    assert backend.python_to_attr([DType.FLOAT32], None).list.type == [tf.float32.as_datatype_enum]
+    assert backend.python_to_attr([[-1, 2]], None).list.shape[0] == tf.TensorShape([None, 2]).as_proto()
+    assert backend.python_to_attr("x", None).s == b"x"
 
 
 # --------------------------------------------------------------------- bad inputs ---
