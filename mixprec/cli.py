@@ -155,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="mixprec: %(levelname)s: %(message)s")
+    if not args.debug:  # TensorFlow's C++ info lines would bury the summary
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.func(args)
     except MixprecError as exc:
