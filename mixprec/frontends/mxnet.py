@@ -28,6 +28,7 @@ failure to read the model is a ModelLoadError saying what to do.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -474,8 +475,8 @@ class _Lowerer:
 
     # ---- checks and inference -----------------------------------------------------------
     def _check_params(self) -> None:
-        variables = [n["name"] for n in self.nodes if n["op"] == "null"]
-        duplicates = sorted({n for n in variables if variables.count(n) > 1})
+        variables = collections.Counter(n["name"] for n in self.nodes if n["op"] == "null")
+        duplicates = sorted(n for n, count in variables.items() if count > 1)
         if duplicates:
             raise ModelLoadError(f"the symbol has several variables named {', '.join(duplicates)}")
         args, aux = set(self.symbol.list_arguments()), set(self.symbol.list_auxiliary_states())
@@ -570,7 +571,7 @@ class _Lowerer:
         dtypes.update({n: v.dtype for n, v in {**source.args, **source.aux}.items()})
         try:
             with quiet():
-                _, types, _ = self.internals.infer_type(**dtypes)
+                _, types, _ = self.internals.infer_type_partial(**dtypes)
         except mx.base.MXNetError as exc:
             raise ModelLoadError(f"MXNet type inference fails on this model: {_oneline(exc)}") from None
         shapes = {**source.shapes, **self._param_shapes()}
@@ -584,7 +585,10 @@ class _Lowerer:
 
     def _output_counts(self, total: int) -> list[int]:
         """Visible outputs per JSON node; they add up to the internals' outputs."""
-        counts = [1 if n["op"] == "null" else visible_outputs(n) for n in self.nodes]
+        rows = self.doc.get("node_row_ptr") or []
+        counts = [1 if n["op"] == "null" else
+                  rows[i + 1] - rows[i] if n.get("subgraphs") and len(rows) > i + 1 else  # control flow
+                  visible_outputs(n) for i, n in enumerate(self.nodes)]
         if sum(counts) != total:
             raise ModelLoadError(f"cannot match the symbol's {total} internal outputs to its {len(self.nodes)} "
                                  "nodes; please report this model")
@@ -668,10 +672,7 @@ def _declared_shape(node: Mapping[str, Any]) -> tuple | None:
     text = (node.get("attrs") or {}).get("__shape__")
     if not text:
         return None
-    try:
-        dims = tuple(int(d) for d in re.findall(r"-?\d+", text))
-    except ValueError:
-        return None
+    dims = tuple(int(d) for d in re.findall(r"-?\d+", text))
     return dims if dims and all(d > 0 for d in dims) else None
 
 

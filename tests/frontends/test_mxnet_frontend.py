@@ -165,6 +165,28 @@ def test_deferred_initialization_needs_inputs():
     assert model.graph.constants[block.weight.name].shape == (4, 5)
 
 
+def test_control_flow_round_trips():
+    """A _foreach node keeps its subgraph verbatim (model.meta) and emits bit-identically."""
+    weight = mx.sym.var("w")
+
+    def step(x, states):
+        h = mx.sym.FullyConnected(x, weight, num_hidden=4, no_bias=True) + states[0]
+        return h, [h]
+
+    outs, states = mx.sym.contrib.foreach(step, mx.sym.var("data"), [mx.sym.var("h0")])
+    symbol = mx.sym.Group([outs, states[0]])
+    args = {"w": mx.nd.array(np.random.RandomState(0).normal(size=(4, 3)).astype(np.float32))}
+    model = frontend.load((symbol, args, {}), input_shapes={"data": (5, 2, 3), "h0": (2, 4)})
+    verify(model.graph)
+    node = next(model.graph.iter_nodes())
+    assert node.op == "_foreach" and len(node.outputs) == 2 and node.name in model.meta[frontend.META]["subgraphs"]
+    x, h0 = mx.nd.ones((5, 2, 3)), mx.nd.ones((2, 4))
+    want = backend.to_block(symbol, args, {}, ["data", "h0"])(x, h0)
+    got = backend.to_block(*backend.emit(model), ["data", "h0"])(x, h0)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
 # ---------------------------------------------------------------- files ---
 def test_load_from_either_file(exported):
     block, x, symbol_file, params_file = exported
