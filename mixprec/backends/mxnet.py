@@ -3,9 +3,9 @@ gluon SymbolBlock that runs it) and ``save(model, prefix)`` (``prefix-symbol.jso
 ``prefix-NNNN.params``, loadable by plain MXNet).
 
 Emission is the inverse of mixprec.frontends.mxnet: graph inputs and constants become
-``op: "null"`` variables (constants also become parameters: auxiliary states, named in
-``model.meta["mxnet"]["aux"]``, go to aux_params, the others to arg_params; bf16 data
-becomes bf16 NDArrays); every node becomes a JSON node with its op, name and string
+``op: "null"`` variables (constants also become parameters: auxiliary states go to
+aux_params, the others to arg_params, unread ones nowhere; bf16 data becomes bf16
+NDArrays); every node becomes a JSON node with its op, name and string
 attributes (``amp_cast``'s DType back to MXNet's dtype name); graph outputs become the
 heads. A variable keeps the attributes it was read with, and its ``__dtype__`` follows
 its value's dtype (a weight stored in bf16 says ``"12"``, as MXNet's own AMP writes it).
@@ -100,7 +100,8 @@ class _Emitter:
         inputs = []
         for value in node.inputs:
             if value is None:
-                raise ConversionError(f"node {node.name!r} ({node.op}) has an omitted input, which MXNet cannot express")
+                raise ConversionError(f"node {node.name!r} ({node.op}) has an omitted input, which MXNet "
+                                      "cannot express")
             version = self.meta.get("versions", {}).get(version_key(node.name, value.name), 0)
             inputs.append(self._entry(value) + [version])
         out: dict[str, Any] = {"op": node.op, "name": name}
@@ -149,7 +150,8 @@ def _attr_text(node: Node, key: str, value: Any) -> str:
 
 
 def _params(model: Model, symbol: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    aux_names = set(model.meta.get(META, {}).get("aux", []))
+    """The constants the symbol reads, as NDArrays: auxiliary states (as the symbol
+    lists them) apart from the other arguments."""
     wanted_args = set(symbol.list_arguments())
     wanted_aux = set(symbol.list_auxiliary_states())
     args: dict[str, Any] = {}
@@ -159,8 +161,7 @@ def _params(model: Model, symbol: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             continue
         if value.data is None:
             raise ConversionError(f"constant %{name} has no data (was the IR parsed from an elided dump?)")
-        array = numpy_to_ndarray(value.data, value.dtype)
-        (aux if name in aux_names or name in wanted_aux else args)[name] = array
+        (aux if name in wanted_aux else args)[name] = numpy_to_ndarray(value.data, value.dtype)
     return args, aux
 
 
