@@ -82,11 +82,15 @@ _SHAPE_KEEPING = frozenset({"amp_cast", "Cast", "_copy", "BlockGrad"})
 # ----------------------------------------------------------------------------- mxnet ---
 def import_mxnet() -> Any:
     """Import mxnet 1.9.1. Its Python code uses ``np.bool``, which numpy >= 1.24 removed,
-    so the alias is restored first (a no-op where numpy still has it)."""
+    so the alias is restored first (a no-op where numpy still has it); the warnings the
+    import itself raises are silenced."""
     if "bool" not in np.__dict__:
         np.bool = np.bool_  # type: ignore[attr-defined]
     try:
-        import mxnet
+        with warnings.catch_warnings():  # mxnet probes numpy names that numpy deprecated
+            warnings.simplefilter("ignore")
+            import mxnet
+            from mxnet.contrib.amp import amp  # noqa: F401  (imported here, under the same filter)
     except ImportError as exc:
         raise MissingDependencyError(f"MXNet models need the mxnet package (pip install mxnet==1.9.1): {exc}") from None
     return mxnet
