@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert a model and write it out")
-    p.add_argument("input", help="model file (.onnx, .pt2)")
+    p.add_argument("input", help="model file: .onnx, .pt2, .pb, .keras, a SavedModel directory, or an MXNet "
+                                 "-symbol.json/.params file")
     p.add_argument("-o", "--output", required=True, help="where to write the converted model")
     p.add_argument("--report", metavar="FILE", help="write the report (.json, or text otherwise)")
     p.add_argument("--no-check", action="store_true", help="skip comparing outputs with the FP32 model")

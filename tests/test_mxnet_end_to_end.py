@@ -291,3 +291,11 @@ def test_cli_dump_of_a_params_file(tmp_path, capsys):
     assert cli_main(["dump", params_file, "--after", "insert-casts"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("graph main<mxnet>(%data: f32[1,20])") and "amp_cast" in text
+
+
+def test_fit_accepts_a_symbol_params_triple():
+    from mixprec.backends.mxnet import emit
+    block, example = mm.mlp()
+    triple = emit(frontend.load(block, example_inputs=example))
+    result = mix_precision.fit(triple, config=MixedPrecisionConfig(example_inputs=example))
+    assert any(n.op == "FullyConnected" and n.meta["precision"] == "bf16" for n in result.ir.graph.all_nodes())

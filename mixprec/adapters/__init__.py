@@ -35,6 +35,8 @@ def framework_of(model: Any) -> str:
         raise UnsupportedModelError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; mixprec reads "
                                     ".onnx files, torch.export .pt2 programs, TensorFlow SavedModel directories, "
                                     "frozen .pb graphs and .keras files, and MXNet -symbol.json/.params pairs")
+    if isinstance(model, tuple) and model:  # MXNet's (symbol, arg_params, aux_params)
+        model = model[0]
     for cls in type(model).__mro__:
         root = (cls.__module__ or "").split(".")[0]
         if root in _MODULE_PREFIXES:

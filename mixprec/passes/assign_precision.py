@@ -111,7 +111,7 @@ class _Painter:
                 if value is None or value.dtype not in self.floats or self.policy.is_pinned(node.qualified_op, j):
                     continue
                 prod = value.producer
-                if prod is not None:
+                if prod is not None and not self.policy.is_output_pinned(prod.qualified_op, value.producer_index):
                     p = index.get(id(prod))
                     if p is not None:
                         fanin[i].append(p)
@@ -220,7 +220,8 @@ class _Painter:
         return static
 
     def _is_candidate(self, node: Node) -> bool:
-        if any(v.dtype in self.floats for v in node.outputs):
+        if any(v.dtype in self.floats and not self.policy.is_output_pinned(node.qualified_op, j)
+               for j, v in enumerate(node.outputs)):
             return True
         return any(v is not None and v.dtype in self.floats and not self.policy.is_pinned(node.qualified_op, j)
                    for j, v in enumerate(node.inputs))

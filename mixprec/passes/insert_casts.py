@@ -1,7 +1,7 @@
 """insert-casts: make the dtypes follow the decisions.
 
 A node decided low precision reads its FP32 inputs (pins aside) through casts and its
-FP32 outputs become the target dtype; a node that is not, reads values this pass
+FP32 outputs become the target dtype (outputs the policy pins aside); a node that is not, reads values this pass
 retyped through casts back to FP32 (shape sources such as Shape read any dtype and get
 no cast); graph outputs (nested graphs' included) keep their
 name and dtype: the retyped producer output is renamed ``<name>.<dtype>`` and a cast
@@ -74,8 +74,8 @@ class _CastInserter:
             elif value.dtype == target and id(value) in self.retyped and (pinned or not lowered):
                 node.set_input(index, self._cast(value, DType.FLOAT32, node))
         if lowered:
-            for value in node.outputs:
-                if value.dtype == DType.FLOAT32:
+            for index, value in enumerate(node.outputs):
+                if value.dtype == DType.FLOAT32 and not self.policy.is_output_pinned(node.qualified_op, index):
                     value.dtype = target
                     self.retyped.add(id(value))
                     self.changed = True

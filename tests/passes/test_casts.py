@@ -200,3 +200,17 @@ def test_infer_dtypes_fills_unknown_outputs_only(run):
           return %c
         }
         """)
+
+
+def test_output_pins_keep_side_outputs_in_fp32(run, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('framework = "generic"\nallow = ["MatMul", "Norm"]\n\n[output_pins]\nNorm = [1, 2]\n')
+    out = run("""
+        graph main(%x: f32[2,2], %w: f32[2,2]) -> (%y: f32[2,2], %mean: f32[2], %var: f32[2]) {
+          %m: f32[2,2] = MatMul(%x, %w)
+          %n: f32[2,2], %mean: f32[2], %var: f32[2] = Norm(%m)
+          %y: f32[2,2] = MatMul(%n, %w)
+          return %y, %mean, %var
+        }""", DEFAULT_PIPELINE, policy=str(policy))
+    assert "%n: bf16[2,2], %mean: f32[2], %var: f32[2] = Norm(%m)  # bf16 allow: allow list" in out
+    assert "Cast(%mean)" not in out and "Cast(%var)" not in out

@@ -297,8 +297,10 @@ def test_mxnet_policy_matches_installed_amp_lists():
              if policy.base_category(op) != lst}
     assert not wrong, f"op: (expected, found) {wrong}"
     extra = set(policy.known_ops) - set(expected)
-    assert extra == {"amp_cast", "amp_multicast", "Activation", "LeakyReLU"}
-    assert all(policy.base_category(op) == "clear" for op in extra)
+    assert extra == {"amp_cast", "amp_multicast", "Activation", "LeakyReLU", "_contrib_BatchNormWithReLU"}
+    # the extras are dtype-agnostic, or (the contrib op's registered name) follow their AMP twin
+    assert all(policy.base_category(op) == "clear" for op in extra - {"_contrib_BatchNormWithReLU"})
+    assert policy.base_category("_contrib_BatchNormWithReLU") == policy.base_category("BatchNormWithReLU")
     rules = {(r.op, r.attr, r.values, r.list) for r in policy.conditional}
     assert rules == {(op, attr, tuple(values), "deny") for op, attr, values in amp.CONDITIONAL_FP32_FUNCS}
     assert policy.category("Activation", {"act_type": "softrelu"})[0] == "deny"

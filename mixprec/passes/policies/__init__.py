@@ -7,6 +7,8 @@ A policy file has these keys and no others:
 - ``shape_sources``: ops whose outputs depend only on their input's shape (Shape, Size);
   mark-shape-subgraphs stops walking there;
 - ``[pins]``: op -> input indices that keep their dtype (never cast, e.g. Resize scales);
+- ``[output_pins]``: op -> output indices that keep their dtype when the op runs in low
+  precision (BatchNorm's running mean/variance outputs);
 - ``[shape_inputs]``: op -> input indices that carry shapes, indices, axes or bounds; the
   subgraph feeding them stays in its dtype. ``-1`` means every input;
 - ``[[conditional]]`` tables ``{op, attr, values, list}``: the op moves to ``list`` when
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 LISTS = ("allow", "infer", "clear", "deny")
 UNLISTED = "unlisted"
-_KEYS = {"framework", "reference", *LISTS, "shape_sources", "pins", "shape_inputs", "conditional"}
+_KEYS = {"framework", "reference", *LISTS, "shape_sources", "pins", "output_pins", "shape_inputs", "conditional"}
 _RULE_KEYS = {"op", "attr", "values", "list"}
 POLICY_DIR = Path(__file__).parent
 
@@ -48,6 +50,7 @@ class Policy:
     lists: dict[str, frozenset[str]] = field(default_factory=dict)
     shape_sources: frozenset[str] = frozenset()
     pins: dict[str, frozenset[int]] = field(default_factory=dict)
+    output_pins: dict[str, frozenset[int]] = field(default_factory=dict)
     shape_inputs: dict[str, frozenset[int]] = field(default_factory=dict)
     conditional: tuple[ConditionalRule, ...] = ()
     _category: dict[str, str] = field(default_factory=dict, repr=False)
@@ -92,6 +95,10 @@ class Policy:
     def is_pinned(self, op: str, index: int) -> bool:
         """True when input ``index`` of ``op`` keeps its dtype (never cast)."""
         return _has_index(_lookup(self.pins, op), index)
+
+    def is_output_pinned(self, op: str, index: int) -> bool:
+        """True when output ``index`` of ``op`` keeps its dtype in a low-precision node."""
+        return _has_index(_lookup(self.output_pins, op), index)
 
     def is_shape_input(self, op: str, index: int) -> bool:
         """True when input ``index`` of ``op`` carries a shape, index, axis or bound."""
@@ -158,6 +165,7 @@ def parse_policy(data: dict[str, Any], where: str) -> Policy:
         lists=lists,
         shape_sources=frozenset(data.get("shape_sources", [])),
         pins=_index_table(data.get("pins", {}), "pins", where),
+        output_pins=_index_table(data.get("output_pins", {}), "output_pins", where),
         shape_inputs=_index_table(data.get("shape_inputs", {}), "shape_inputs", where),
         conditional=tuple(rules),
     )
