@@ -59,13 +59,10 @@ def _config(args: argparse.Namespace, **extra):
                                 keep_io_types=not args.no_keep_io_types, dump_dir=args.dump_dir, **extra)
 
 
-def _same_path(a: str, b: str) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b) or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
     from mixprec.mix_precision import fit
-    if _same_path(args.input, args.output):
+    from mixprec.fileio import same_file
+    if same_file(args.input, args.output):
         raise ConfigError(f"the output path {args.output} is the input model; choose another output path")
     config = _config(args, check_outputs=not args.no_check)
     converted = fit(args.input, config=config, progress=_progress_bar())

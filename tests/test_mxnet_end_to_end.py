@@ -21,6 +21,7 @@ except Exception as exc:  # MissingDependencyError, or mxnet failing to import
     pytest.skip(f"the MXNet end-to-end tests need mxnet 1.9.1 importable: {exc}", allow_module_level=True)
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
+from tests.fresh_process import BLOCK_MIXPREC  # noqa: E402
 from mixprec.adapters.mxnet import BF16_CPU  # noqa: E402
 from mixprec.cli import main as cli_main  # noqa: E402
 from mixprec.errors import ConfigError  # noqa: E402
@@ -35,16 +36,9 @@ LOW_PRECISION_OPS = {"Convolution", "FullyConnected"}
 # Runs in a fresh interpreter (python -I, cwd a temp dir) where mixprec cannot be
 # imported: loads the saved pair twice (SymbolBlock.imports, load_checkpoint + bind),
 # runs it on the saved input and saves both outputs.
-FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, sys, warnings
+FRESH_PROCESS = BLOCK_MIXPREC + textwrap.dedent("""
+    import sys, warnings
 
-    class _Blocked(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("mixprec", "tests"):
-                raise ImportError(name + " is not available here")
-            return None
-
-    sys.meta_path.insert(0, _Blocked())
     import numpy as np
     np.bool = np.bool_
     import mxnet as mx

@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow", reason="the TensorFlow end-to-end tests need tensorflow")
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
+from tests.fresh_process import BLOCK_MIXPREC  # noqa: E402
 from mixprec.adapters.tensorflow import TensorflowAdapter, has_cpu_kernel, make_sample_inputs  # noqa: E402
 from mixprec.backends import tensorflow as backend  # noqa: E402
 from mixprec.cli import main as cli_main  # noqa: E402
@@ -39,17 +40,10 @@ LOW_OPS = {"Conv2D", "MatMul", "BatchMatMulV2", "Einsum"}
 # Runs in a fresh interpreter (python -I, cwd a temp dir) where mixprec cannot be
 # imported: loads each saved .pb (import_graph_def) and SavedModel (serving_default),
 # runs them on the given inputs and pickles the outputs.
-FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, os, pickle, sys
+FRESH_PROCESS = BLOCK_MIXPREC + textwrap.dedent("""
+    import os, pickle, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
-    class _Blocked(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("mixprec", "tests"):
-                raise ImportError(name + " is not available here")
-            return None
-
-    sys.meta_path.insert(0, _Blocked())
     import tensorflow as tf
 
     def run_pb(case):

@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the PyTorch end-to-end tests need torch")
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
+from tests.fresh_process import BLOCK_MIXPREC  # noqa: E402
 from mixprec.backends.torch import save as save_fp32_program  # noqa: E402
 from mixprec.cli import main as cli_main  # noqa: E402
 from mixprec.errors import MixprecError, UnsupportedModelError  # noqa: E402
@@ -45,16 +46,9 @@ FP32_BLOCK = "bert.encoder.layer.1"
 
 # Runs in a fresh interpreter (python -I, cwd a temp dir) where mixprec cannot be
 # imported: loads every saved program, runs it on the given inputs and saves the outputs.
-FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, sys
+FRESH_PROCESS = BLOCK_MIXPREC + textwrap.dedent("""
+    import sys
 
-    class _Blocked(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("mixprec", "tests"):
-                raise ImportError(name + " is not available here")
-            return None
-
-    sys.meta_path.insert(0, _Blocked())
     import torch
     from torch.utils import _pytree
 

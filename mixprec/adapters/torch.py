@@ -15,6 +15,7 @@ from mixprec.adapters.base import Adapter
 from mixprec.backends import torch as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.errors import ConfigError, ConversionError
+from mixprec.fileio import same_file
 from mixprec.frontends import torch as frontend
 from mixprec.ir.graph import Model
 
@@ -63,7 +64,7 @@ class TorchAdapter(Adapter):
 
     def save(self, converted: Any, path: str, ir_model: Model, config: MixedPrecisionConfig,
              input_path: str | None) -> None:
-        if input_path is not None and os.path.exists(path) and os.path.samefile(path, input_path):
+        if input_path is not None and same_file(path, input_path):
             raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
         backend.save(converted, path, config.example_inputs,
                      dynamic_batch=bool(ir_model.meta.get(frontend.FRAMEWORK, {}).get("dynamic_batch")))

@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from mixprec.errors import ConfigError, ConversionError
+from mixprec.fileio import same_file
 from mixprec.frontends.mxnet import (CAST_OP, DTYPE_TO_FLAG, DTYPE_TO_NAME, META, dtype_to_mx, mx,
                                      numpy_to_ndarray, quiet, version_key)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
+
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +232,7 @@ def save(model: Model, path: str | os.PathLike, *, protected: Sequence[str | os.
     symbol_path, params_path = output_files(path)
     for target in (symbol_path, params_path):
         for guarded in protected:
-            if _same_file(target, Path(guarded)):
+            if same_file(target, Path(guarded)):
                 raise ConfigError(f"refusing to overwrite the input model file {guarded}; choose another output path")
     symbol, args, aux = emit(model)
     text = symbol.tojson(remove_amp_cast=False)
@@ -265,13 +267,6 @@ def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
         raise
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
 
 
 def _oneline(exc: BaseException, limit: int = 300) -> str:

@@ -26,11 +26,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mixprec.errors import ConfigError, ConversionError
+from mixprec.fileio import same_file
 from mixprec.frontends.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx,
                                     _oneline, graph_key, onnx_type_string, sparse_to_dense,
                                     type_from_proto)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
+
 
 logger = logging.getLogger(__name__)
 
@@ -461,7 +463,7 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     ``external_data`` is True, or when None and the model is near 2 GiB; ``proto`` is
     left as it was. Refuses (ConfigError) to overwrite ``input_path``."""
     path = Path(path)
-    if input_path is not None and _same_file(path, Path(input_path)):
+    if input_path is not None and same_file(path, Path(input_path)):
         raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give the output .onnx file name")
@@ -476,13 +478,6 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     return path
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
 
 
 def _save_single_file(proto: onnx.ModelProto, path: Path, directory: Path) -> None:

@@ -39,6 +39,7 @@ import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, versions_pb2
 
 from mixprec.errors import ConfigError, ConversionError, UnsupportedModelError
+from mixprec.fileio import same_file
 from mixprec.frontends.tensorflow import (CONTROL_INPUTS, TF_META, RawAttr, arg_ranges, op_def, parse_input, sanitize,
                                          tf_dtype)
 from mixprec.ir.dtypes import DType
@@ -467,7 +468,7 @@ def save(model: GraphModel, path: str | os.PathLike, input_path: str | os.PathLi
     (``serving_default`` signature) for a path without suffix; atomically, and never over
     ``input_path`` (ConfigError)."""
     path = Path(path)
-    if input_path is not None and _same_path(path, Path(input_path)):
+    if input_path is not None and same_file(path, Path(input_path)):
         raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
     if path.suffix.lower() == ".pb":
         if path.is_dir():
@@ -480,10 +481,6 @@ def save(model: GraphModel, path: str | os.PathLike, input_path: str | os.PathLi
                           "(SavedModel)")
 
 
-def _same_path(a: Path, b: Path) -> bool:
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def _write_bytes_atomically(path: Path, data: bytes) -> None:
