@@ -45,3 +45,8 @@ class ConversionError(MixprecError):
 
 class MissingDependencyError(MixprecError):
     """An optional framework needed for this model is not installed."""
+
+
+class OutputCheckUnavailable(MixprecError):
+    """No available runtime can run the converted model to compare its outputs (for ONNX:
+    onnxruntime has no kernel and the reference evaluator fails on the model)."""

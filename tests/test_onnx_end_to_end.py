@@ -222,3 +222,25 @@ def test_huge_running_variance_and_mask_sentinel_survive(precision):
     assert all(c.cosine >= 0.99 for c in result.report.checks)
     out = (run_onnxruntime if precision == "fp16" else run_reference)(result.model, feeds)[0]
     assert np.allclose(out[:, 2], 0.0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_bf16_check_falls_back_to_a_float_emulation_when_the_reference_evaluator_fails():
+    proto = onnx_models.control_flow()  # the evaluator fails on its Loop (no cond input)
+    feeds = onnx_models.feeds("control_flow", proto)
+    result = mix_precision.fit(proto, config=MixedPrecisionConfig(sample_inputs=feeds))
+    assert result.report.checks and all(c.cosine >= 0.99 for c in result.report.checks)
+    assert any("float32 emulation" in note for note in result.report.notes)
+
+
+def test_float_emulation_matches_the_reference_evaluator():
+    from mixprec.backends.onnx_runtime import emulate_in_float
+    proto, feeds = _model("torch_cnn")
+    bf16 = mix_precision.fit(proto, config=MixedPrecisionConfig(check_outputs=False)).model
+    emulated = emulate_in_float(bf16)
+    assert not any(t.data_type == TensorProto.BFLOAT16 for t in emulated.graph.initializer)
+    casts_to_bf16 = [n for n in emulated.graph.node if n.op_type == "Cast" and n.attribute[0].i == TensorProto.BFLOAT16]
+    assert casts_to_bf16  # every bf16 value is rounded where it is produced
+    got = run_onnxruntime(emulated, feeds)[0].astype(np.float64).ravel()
+    ref = run_reference(bf16, feeds)[0].astype(np.float64).ravel()
+    assert float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref))) > 0.9999
+    assert not np.array_equal(got, run_onnxruntime(proto, feeds)[0].astype(np.float64).ravel())

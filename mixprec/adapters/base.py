@@ -29,6 +29,9 @@ class Adapter(ABC):
     atomically and refuses to overwrite the file the model was read from."""
 
     name: str = ""
+    #: how the last ``run_converted`` ran the model when it could not use the framework's
+    #: own runtime directly (fit puts it in the report); None otherwise
+    last_check_note: str | None = None
 
     @abstractmethod
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:

@@ -414,3 +414,62 @@ def _random(rng: np.random.Generator, dtype: DType, dims: tuple[int, ...]) -> np
     else:
         data = rng.integers(0, 4, size=dims)
     return np.asarray(data).astype(dtype.to_numpy()).reshape(dims)
+
+
+# ------------------------------------------------------------- bf16 emulation ---
+def emulate_in_float(proto: onnx.ModelProto, low: DType = DType.BFLOAT16) -> onnx.ModelProto:
+    """A float32 copy of ``proto`` that onnxruntime's CPU provider can run: every tensor of
+    type ``low`` becomes float32, and every node output of that type is rounded to ``low``
+    and back (``Cast(to=low) -> Cast(to=float)``) where it is produced. Values are
+    therefore exactly the low-precision values; only the arithmetic inside each op runs
+    in float32 (as CPU bf16 kernels accumulate in float32 anyway). Used to check outputs
+    when neither onnxruntime nor the reference evaluator runs the model itself."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    low_elem, f32 = dtype_to_onnx(low), onnx.TensorProto.FLOAT
+    types: dict[str, int] = {}
+    for graph in _graphs(model.graph):
+        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+            if vi.type.HasField("tensor_type"):
+                types[vi.name] = vi.type.tensor_type.elem_type
+        for init in graph.initializer:
+            types[init.name] = init.data_type
+    for graph in _graphs(model.graph):
+        _emulate_graph(graph, types, low_elem, f32)
+    return model
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32: int) -> None:
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == low:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float32), init.name))
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type == low:
+            vi.type.tensor_type.elem_type = f32
+    nodes = []
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == low:
+                attr.i = f32
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == low:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+        nodes.append(node)
+        for k, name in enumerate(node.output):
+            if name and types.get(name) == low:
+                raw = f"{name}__computed"
+                node.output[k] = raw
+                nodes.append(helper.make_node("Cast", [raw], [f"{name}__rounded"], to=low))
+                nodes.append(helper.make_node("Cast", [f"{name}__rounded"], [name], to=f32))
+    del graph.node[:]
+    graph.node.extend(nodes)
