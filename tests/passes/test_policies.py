@@ -363,3 +363,11 @@ def test_good_policy_dict_parses():
     assert policy.base_category("MatMul") == "allow"
     assert policy.base_category("Relu") == "unlisted"
     assert policy.category("Resize", {"mode": "cubic"}) == ("deny", "deny list because mode='cubic'")
+
+
+def test_domain_aliases_map_ai_onnx_to_the_default_domain():
+    policy = load_policy("onnx")
+    assert policy.category("ai.onnx::Conv") == ("allow", "allow list")
+    assert policy.is_pinned("ai.onnx::Resize", 2) and policy.is_shape_input("ai.onnx::Reshape", 1)
+    with pytest.raises(PolicyError, match="domain_aliases"):
+        parse_policy({"domain_aliases": {"ai.onnx": 1}}, "t")

@@ -11,6 +11,7 @@ A policy file has these keys and no others:
   precision (BatchNorm's running mean/variance outputs);
 - ``[shape_inputs]``: op -> input indices that carry shapes, indices, axes or bounds; the
   subgraph feeding them stays in its dtype. ``-1`` means every input;
+- ``[domain_aliases]``: op-set domain -> the domain the lists use (``"ai.onnx" = ""``);
 - ``[[conditional]]`` tables ``{op, attr, values, list}``: the op moves to ``list`` when
   attribute ``attr`` has one of ``values``.
 Loading rejects unknown keys, an op in two lists and a bad conditional rule."""
@@ -29,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 LISTS = ("allow", "infer", "clear", "deny")
 UNLISTED = "unlisted"
-_KEYS = {"framework", "reference", *LISTS, "shape_sources", "pins", "output_pins", "shape_inputs", "conditional"}
+_KEYS = {"framework", "reference", *LISTS, "shape_sources", "pins", "output_pins", "shape_inputs", "conditional",
+         "domain_aliases"}
 _RULE_KEYS = {"op", "attr", "values", "list"}
 POLICY_DIR = Path(__file__).parent
 
@@ -53,6 +55,7 @@ class Policy:
     output_pins: dict[str, frozenset[int]] = field(default_factory=dict)
     shape_inputs: dict[str, frozenset[int]] = field(default_factory=dict)
     conditional: tuple[ConditionalRule, ...] = ()
+    domain_aliases: dict[str, str] = field(default_factory=dict)
     _category: dict[str, str] = field(default_factory=dict, repr=False)
     _rules: dict[str, list[ConditionalRule]] = field(default_factory=dict, repr=False)
 
@@ -72,9 +75,20 @@ class Policy:
     def known_ops(self) -> frozenset[str]:
         return frozenset(self._category)
 
+    def canonical(self, op: str) -> str:
+        """``op`` with its domain replaced as ``domain_aliases`` says (``ai.onnx::Conv`` ->
+        ``Conv``)."""
+        if "::" in op and self.domain_aliases:
+            domain, name = op.split("::", 1)
+            if domain in self.domain_aliases:
+                alias = self.domain_aliases[domain]
+                return f"{alias}::{name}" if alias else name
+        return op
+
     def base_category(self, op: str) -> str:
         """The list that names ``op``, or 'unlisted'. A dotted name whose full form is not
         listed falls back to its prefix (``aten.conv2d.default`` -> ``aten.conv2d``)."""
+        op = self.canonical(op)
         cat = self._category.get(op)
         while cat is None and "." in op:
             op = op.rsplit(".", 1)[0]
@@ -83,6 +97,7 @@ class Policy:
 
     def category(self, op: str, attrs: dict[str, Any] | None = None) -> tuple[str, str]:
         """(list, why) for an op with these attributes, conditional rules applied."""
+        op = self.canonical(op)
         for rule in _lookup(self._rules, op) or ():
             value = (attrs or {}).get(rule.attr)
             if _matches(value, rule.values):
@@ -94,18 +109,18 @@ class Policy:
 
     def is_pinned(self, op: str, index: int) -> bool:
         """True when input ``index`` of ``op`` keeps its dtype (never cast)."""
-        return _has_index(_lookup(self.pins, op), index)
+        return _has_index(_lookup(self.pins, self.canonical(op)), index)
 
     def is_output_pinned(self, op: str, index: int) -> bool:
         """True when output ``index`` of ``op`` keeps its dtype in a low-precision node."""
-        return _has_index(_lookup(self.output_pins, op), index)
+        return _has_index(_lookup(self.output_pins, self.canonical(op)), index)
 
     def is_shape_input(self, op: str, index: int) -> bool:
         """True when input ``index`` of ``op`` carries a shape, index, axis or bound."""
-        return _has_index(_lookup(self.shape_inputs, op), index)
+        return _has_index(_lookup(self.shape_inputs, self.canonical(op)), index)
 
     def is_shape_source(self, op: str) -> bool:
-        return _lookup({o: True for o in self.shape_sources}, op) is not None
+        return _lookup({o: True for o in self.shape_sources}, self.canonical(op)) is not None
 
 
 def _lookup(table: dict, op: str):
@@ -168,7 +183,14 @@ def parse_policy(data: dict[str, Any], where: str) -> Policy:
         output_pins=_index_table(data.get("output_pins", {}), "output_pins", where),
         shape_inputs=_index_table(data.get("shape_inputs", {}), "shape_inputs", where),
         conditional=tuple(rules),
+        domain_aliases=_aliases(data.get("domain_aliases", {}), where),
     )
+
+
+def _aliases(data: Any, where: str) -> dict[str, str]:
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise PolicyError(f"{where}: [domain_aliases] must map domain names to domain names")
+    return dict(data)
 
 
 def load_policy_file(path: str | Path) -> Policy:
