@@ -23,7 +23,7 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model
 from mixprec.numerics import compare_outputs
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
-from mixprec.passes.pipeline import split_items as parse_spec_items
+from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
 from mixprec.tuning import Candidate, fallback_search
 
@@ -157,10 +157,10 @@ def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig
     limits = adapter.runtime_limits(ir_model, config)
     spec = config.pipeline or DEFAULT_PIPELINE
     if stop_after is not None:
-        names = [item.split("{")[0].strip() for item in parse_spec_items(spec)]
+        names = [item.split("{")[0].strip() for item in split_items(spec)]
         if stop_after not in names:
             raise ConfigError(f"--after {stop_after!r}: the pipeline has no such pass; its passes: {', '.join(names)}")
-        spec = ",".join(parse_spec_items(spec)[: names.index(stop_after) + 1])
+        spec = ",".join(split_items(spec)[: names.index(stop_after) + 1])
     manager = build_pipeline(spec, dump_dir=config.dump_dir, precision=config.precision, policy=config.policy,
                              keep=config.keep_io_types, runtime_fp32_ops=limits.ops,
                              runtime_fp32_nodes=limits.nodes, runtime=limits.runtime,

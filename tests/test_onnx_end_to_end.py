@@ -244,3 +244,11 @@ def test_float_emulation_matches_the_reference_evaluator():
     ref = run_reference(bf16, feeds)[0].astype(np.float64).ravel()
     assert float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref))) > 0.9999
     assert not np.array_equal(got, run_onnxruntime(proto, feeds)[0].astype(np.float64).ravel())
+
+
+def test_fit_does_not_modify_the_users_model():
+    proto, feeds = _model("torch_transformer")
+    before = proto.SerializeToString()
+    mix_precision.fit(proto, config=MixedPrecisionConfig(sample_inputs=feeds))
+    mix_precision.fit(proto, config=MixedPrecisionConfig(precisions="fp16", sample_inputs=feeds))
+    assert proto.SerializeToString() == before
