@@ -123,6 +123,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixprec", description="Convert FP32 models to BF16/FP16 mixed precision.")
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage (load, passes, check, save)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert a model and write it out")
     p.add_argument("input", help="model file: .onnx, .pt2, .pb, .keras, a SavedModel directory, or an MXNet "
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
                         format="mixprec: %(levelname)s: %(message)s")
     if not args.debug:  # TensorFlow's C++ info lines would bury the summary
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -86,9 +86,12 @@ def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Calla
 
 def _convert(adapter: Adapter, model: Any, config: MixedPrecisionConfig, fallback_ops: list[str],
              fallback_nodes: list[str], progress: Progress | None) -> tuple[Any, Model, Report]:
+    logger.info("loading the %s model", adapter.name)
     ir_model = adapter.load(model, config)
+    logger.info("running the pipeline on %d nodes", sum(1 for _ in ir_model.graph.all_nodes()))
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
                           fallback_nodes=fallback_nodes)
+    logger.info("emitting and validating the converted model")
     return adapter.emit(ir_model, config), ir_model, report
 
 
@@ -188,6 +191,7 @@ def _refuse_converted(graph: Graph, precision: str) -> None:
 
 def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Model,
                    config: MixedPrecisionConfig, report: Report) -> None:
+    logger.info("comparing outputs with the FP32 model")
     inputs = adapter.sample_inputs(original, ir_model, config)
     reference = adapter.run_original(original, inputs)
     adapter.last_check_note = None
