@@ -72,15 +72,34 @@ def _snapshot(node: Node) -> tuple:
 class _Painter:
     def __init__(self, graph: Graph, policy: Policy, target: DType, runtime_fp32: set[str], runtime: str,
                  runtime_nodes: dict[str, str]) -> None:
-        self.runtime_nodes = runtime_nodes
         self.graph = graph
         self.policy = policy
         self.target = target
         self.runtime_fp32 = runtime_fp32
         self.runtime = runtime
+        self.runtime_nodes = runtime_nodes
         self.floats = {DType.FLOAT32, target}
+        self.deny: set[int] = set()
+        self.allow: set[int] = set()
 
     def paint(self) -> None:
+        self.cands = self._select_candidates()
+        self.index = {id(n): i for i, n in enumerate(self.cands)}
+        self._build_edges()
+        self._categorize()
+        self.allow = {i for i, c in enumerate(self.cat) if c == "allow"}
+        self.reason = {i: self.why[i] for i in self.allow}
+        self.deny_reason: dict[int, str] = {}
+        self._step2_deny_forward()
+        self._step3_between_allow()
+        self._step4_infer_after_allow()
+        self._step5_clear_next_to_allow()
+        self._step6_runtime()
+        self._record()
+        self._retarget_casts(self.allow, self.index)
+
+    def _select_candidates(self) -> list[Node]:
+        """Painting candidates; every other node gets its decision here."""
         nodes = list(self.graph.all_nodes())
         static = self._static_nodes(nodes)
         cands: list[Node] = []
@@ -95,34 +114,39 @@ class _Painter:
             if id(node) in static and category not in ("allow", "clear") and _override(node) is None:
                 decide(node, FP32 if self._is_candidate(node) else KEEP, category,
                        "computes from constants and shapes only (no input data): kept in its dtype")
-                continue
-            if self._is_candidate(node):
+            elif self._is_candidate(node):
                 cands.append(node)
             else:
-                decide(node, KEEP, self.policy.base_category(node.qualified_op),
-                       "reads and writes no float32 tensor")
-        self.cands = cands
-        index = {id(n): i for i, n in enumerate(cands)}
-        n = len(cands)
-        fanin: list[list[int]] = [[] for _ in range(n)]
-        fanout: list[list[int]] = [[] for _ in range(n)]
-        for i, node in enumerate(cands):
+                decide(node, KEEP, category, "reads and writes no float32 tensor")
+        return cands
+
+    def _build_edges(self) -> None:
+        """fanin/fanout over float values between candidates (pins cut edges)."""
+        n = len(self.cands)
+        self.fanin: list[list[int]] = [[] for _ in range(n)]
+        self.fanout: list[list[int]] = [[] for _ in range(n)]
+        for i, node in enumerate(self.cands):
             for j, value in enumerate(node.inputs):
                 if value is None or value.dtype not in self.floats or self.policy.is_pinned(node.qualified_op, j):
                     continue
                 prod = value.producer
-                if prod is not None and not self.policy.is_output_pinned(prod.qualified_op, value.producer_index):
-                    p = index.get(id(prod))
-                    if p is not None:
-                        fanin[i].append(p)
-                        fanout[p].append(i)
-        cat: list[str] = []
-        why: list[str] = []
+                if prod is None or self.policy.is_output_pinned(prod.qualified_op, value.producer_index):
+                    continue
+                p = self.index.get(id(prod))
+                if p is not None:
+                    self.fanin[i].append(p)
+                    self.fanout[p].append(i)
+
+    def _categorize(self) -> None:
+        """``listed``: each candidate's policy list; ``cat``: the list painting uses
+        (overrides and out-of-range constants applied); ``why``: the reason for ``cat``."""
         out_of_range = self._out_of_range_constants()
-        listed: list[str] = []
-        for node in cands:
+        self.listed: list[str] = []
+        self.cat: list[str] = []
+        self.why: list[str] = []
+        for node in self.cands:
             c, reason = self.policy.category(node.qualified_op, node.attrs)
-            listed.append(c)
+            self.listed.append(c)
             override = _override(node)
             bad = next((v for j, v in enumerate(node.inputs) if v is not None and id(v) in out_of_range
                         and not self.policy.is_pinned(node.qualified_op, j)), None)
@@ -131,13 +155,17 @@ class _Painter:
                 reason = node.meta["reason"]
             elif bad is not None and c != "deny":
                 c, reason = "deny", f"constant %{bad.name} holds values outside the {self.target.value} range"
-            cat.append(c)
-            why.append(reason)
+            self.cat.append(c)
+            self.why.append(reason)
 
-        allow = {i for i in range(n) if cat[i] == "allow"}
-        reason = {i: why[i] for i in allow}
-        # step 2: deny spreads forward through infer/clear nodes upstream of deny/infer nodes
-        upstream = {i for i in range(n) if cat[i] in ("deny", "infer")}
+    def _free(self, i: int) -> bool:
+        return self.cat[i] in ("infer", "clear") and i not in self.deny and i not in self.allow
+
+    def _step2_deny_forward(self) -> None:
+        """DENY spreads forward through infer/clear nodes that lie upstream of a deny or
+        infer node."""
+        cat, fanin, fanout = self.cat, self.fanin, self.fanout
+        upstream = {i for i, c in enumerate(cat) if c in ("deny", "infer")}
         stack = list(upstream)
         while stack:
             i = stack.pop()
@@ -145,61 +173,70 @@ class _Painter:
                 if p not in upstream and cat[p] == "clear":
                     upstream.add(p)
                     stack.append(p)
-        deny = {i for i in range(n) if cat[i] == "deny"}
-        deny_reason = {i: why[i] for i in deny}
-        stack = list(deny)
+        self.deny = {i for i, c in enumerate(cat) if c == "deny"}
+        self.deny_reason.update({i: self.why[i] for i in self.deny})
+        stack = list(self.deny)
         while stack:
             i = stack.pop()
             for c in fanout[i]:
-                if c not in deny and c in upstream:
-                    deny.add(c)
-                    deny_reason[c] = f"downstream of deny node {cands[i].name!r} on a path to a deny or infer op (step 2)"
+                if c not in self.deny and c in upstream:
+                    self.deny.add(c)
+                    self.deny_reason[c] = (f"downstream of deny node {self.cands[i].name!r} on a path to a deny "
+                                           "or infer op (step 2)")
                     stack.append(c)
 
-        def free(i: int) -> bool:
-            return cat[i] in ("infer", "clear") and i not in deny and i not in allow
-
-        # step 3: infer/clear nodes between allow nodes
-        down = self._reach(allow, fanout, free)
-        up = self._reach(allow, fanin, free)
+    def _step3_between_allow(self) -> None:
+        """infer/clear nodes both downstream and upstream of ALLOW become ALLOW."""
+        down = self._reach(self.allow, self.fanout, self._free)
+        up = self._reach(self.allow, self.fanin, self._free)
         for i in down.keys() & up.keys():
-            reason[i] = f"between allow nodes {cands[down[i]].name!r} and {cands[up[i]].name!r} (step 3)"
-        allow |= down.keys() & up.keys()
-        # step 4: infer nodes fed by allow and not by deny, to a fixed point
-        work = deque(sorted(i for i in range(n) if cat[i] == "infer" and free(i)))
+            self.reason[i] = (f"between allow nodes {self.cands[down[i]].name!r} and "
+                              f"{self.cands[up[i]].name!r} (step 3)")
+        self.allow |= down.keys() & up.keys()
+
+    def _step4_infer_after_allow(self) -> None:
+        """An infer node with an ALLOW input and no DENY input becomes ALLOW, to a fixed point."""
+        cat, fanin = self.cat, self.fanin
+        work = deque(sorted(i for i, c in enumerate(cat) if c == "infer" and self._free(i)))
         while work:
             i = work.popleft()
-            if not free(i) or any(f in deny for f in fanin[i]):
+            if not self._free(i) or any(f in self.deny for f in fanin[i]):
                 continue
-            src = next((f for f in fanin[i] if f in allow), None)
+            src = next((f for f in fanin[i] if f in self.allow), None)
             if src is None:
                 continue
-            allow.add(i)
-            reason[i] = f"infer op fed by allow node {cands[src].name!r} (step 4)"
-            work.extend(c for c in fanout[i] if cat[c] == "infer" and free(c))
-        # step 5: allow spreads through connected clear nodes, both directions
-        both = [fanin[i] + fanout[i] for i in range(n)]
-        clear_reach = self._reach(allow, both, lambda i: cat[i] == "clear" and free(i))
-        for i, src in clear_reach.items():
-            reason[i] = f"clear op connected to allow node {cands[src].name!r} (step 5)"
-        allow |= clear_reach.keys()
-        # step 6: runtime capability
-        for i in sorted(allow):
-            op = cands[i].qualified_op
-            if op in self.runtime_fp32 or cands[i].op in self.runtime_fp32:
-                allow.discard(i)
-                deny_reason[i] = f"{self.runtime} has no {self.target.value} kernel for {op} (step 6)"
-            elif cands[i].name in self.runtime_nodes:
-                allow.discard(i)
-                deny_reason[i] = f"{self.runtime_nodes[cands[i].name]} (step 6)"
-        for i, node in enumerate(cands):
-            if i in allow:
-                precision, text = self.target.value, reason[i]
+            self.allow.add(i)
+            self.reason[i] = f"infer op fed by allow node {self.cands[src].name!r} (step 4)"
+            work.extend(c for c in self.fanout[i] if cat[c] == "infer" and self._free(c))
+
+    def _step5_clear_next_to_allow(self) -> None:
+        """ALLOW spreads through connected clear nodes in both directions."""
+        both = [self.fanin[i] + self.fanout[i] for i in range(len(self.cands))]
+        reach = self._reach(self.allow, both, lambda i: self.cat[i] == "clear" and self._free(i))
+        for i, src in reach.items():
+            self.reason[i] = f"clear op connected to allow node {self.cands[src].name!r} (step 5)"
+        self.allow |= reach.keys()
+
+    def _step6_runtime(self) -> None:
+        """What the target runtime cannot run in the target dtype is taken back out."""
+        for i in sorted(self.allow):
+            node = self.cands[i]
+            if node.qualified_op in self.runtime_fp32 or node.op in self.runtime_fp32:
+                self.allow.discard(i)
+                self.deny_reason[i] = (f"{self.runtime} has no {self.target.value} kernel for "
+                                       f"{node.qualified_op} (step 6)")
+            elif node.name in self.runtime_nodes:
+                self.allow.discard(i)
+                self.deny_reason[i] = f"{self.runtime_nodes[node.name]} (step 6)"
+
+    def _record(self) -> None:
+        for i, node in enumerate(self.cands):
+            if i in self.allow:
+                precision, text = self.target.value, self.reason[i]
             else:
-                precision, text = FP32, deny_reason.get(i) or _why_not(cat[i], why[i])
+                precision, text = FP32, self.deny_reason.get(i) or _why_not(self.cat[i], self.why[i])
             if node.meta.get("precision") != precision or not node.meta.get("reason"):
-                decide(node, precision, listed[i], text)
-        self._retarget_casts(allow, index)
+                decide(node, precision, self.listed[i], text)
 
     def _static_nodes(self, nodes: list[Node]) -> set[int]:
         """ids of nodes whose inputs are all constants, shape-source outputs or outputs
