@@ -32,6 +32,7 @@ from mixprec.frontends.mxnet import (CAST_OP, DTYPE_TO_FLAG, DTYPE_TO_NAME, META
                                      numpy_to_ndarray, quiet, version_key)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
+from mixprec.naming import claim
 
 
 logger = logging.getLogger(__name__)
@@ -130,12 +131,7 @@ class _Emitter:
     def _node_name(self, name: str) -> str:
         """Op node names stay as they are unless they collide (with a variable or an
         earlier node: a collision would confuse MXNet's argument and output names)."""
-        candidate, counter = name, 0
-        while candidate in self.names:
-            counter += 1
-            candidate = f"{name}_{counter}"
-        self.names.add(candidate)
-        return candidate
+        return claim(name, self.names)
 
 
 def _attr_text(node: Node, key: str, value: Any) -> str:

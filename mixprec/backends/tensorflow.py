@@ -44,6 +44,7 @@ from mixprec.frontends.tensorflow import (CONTROL_INPUTS, TF_META, RawAttr, arg_
                                          tf_dtype)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
+from mixprec.naming import claim, identifier
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +163,7 @@ class _Names:
             self.by_ir_name.setdefault(node.name, name)
 
     def _claim(self, base: str) -> str:
-        name = sanitize(base)
-        candidate, counter = name, 0
-        while candidate in self.taken:
-            counter += 1
-            candidate = f"{name}_{counter}"
-        self.taken.add(candidate)
-        return candidate
+        return claim(sanitize(base), self.taken)
 
     def value(self, value: Value) -> str:
         """The NodeDef name of a graph input or constant."""
@@ -498,7 +493,7 @@ def _write_bytes_atomically(path: Path, data: bytes) -> None:
 def serving_function(model: GraphModel) -> Any:
     """A tf.function whose signature takes the inputs by key and returns {key: output};
     its body imports the GraphDef (so it needs nothing but TensorFlow)."""
-    specs = [tf.TensorSpec(_dims(shape), dtype, name=_signature_key(key))
+    specs = [tf.TensorSpec(_dims(shape), dtype, name=identifier(key))
              for shape, dtype, key in zip(model.input_shapes, model.input_dtypes, model.input_keys)]
     graph_def, inputs, outputs = model.graph_def, list(model.inputs), list(model.outputs)
     keys = _unique_keys(model.output_keys)
@@ -515,21 +510,9 @@ def _dims(shape: tuple | None) -> list | None:
     return None if shape is None else [d if isinstance(d, int) and d >= 0 else None for d in shape]
 
 
-def _signature_key(key: str) -> str:
-    text = re.sub(r"\W", "_", key)
-    return text if text and not text[0].isdigit() else f"input_{text}"
-
-
 def _unique_keys(keys: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for key in keys:
-        base = _signature_key(key)
-        candidate, counter = base, 0
-        while candidate in out:
-            counter += 1
-            candidate = f"{base}_{counter}"
-        out.append(candidate)
-    return out
+    taken: set[str] = set()
+    return [claim(identifier(key), taken) for key in keys]
 
 
 def save_saved_model(model: GraphModel, path: Path) -> None:

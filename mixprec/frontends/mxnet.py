@@ -45,6 +45,7 @@ import numpy as np
 from mixprec.errors import MissingDependencyError, ModelLoadError
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
+from mixprec.naming import claim
 
 logger = logging.getLogger(__name__)
 
@@ -621,7 +622,7 @@ class _Lowerer:
                 self.meta["versions"][version_key(name, value.name)] = int(entry[2])
         outputs = []
         for out_name, dtype, shape in info:
-            unique = _unique(out_name, used)
+            unique = claim(out_name, used, sep=".")
             outputs.append(Value(unique, dtype_from_mx(dtype), _shape(shape)))
         attrs: dict[str, Any] = dict(node.get("attrs", {}))
         if node["op"] == CAST_OP and "dtype" in attrs:
@@ -687,11 +688,3 @@ def _shape(shape: Any) -> tuple | None:
     return tuple(int(d) if d > 0 else None for d in shape)
 
 
-def _unique(name: str, used: set[str]) -> str:
-    """``name``, or ``name.1``, ``name.2``, ... when taken; the result is marked taken."""
-    candidate, counter = name, 0
-    while candidate in used:
-        counter += 1
-        candidate = f"{name}.{counter}"
-    used.add(candidate)
-    return candidate

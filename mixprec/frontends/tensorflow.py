@@ -70,6 +70,7 @@ from tensorflow.python.framework import op_def_registry
 from mixprec.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Shape, Value
+from mixprec.naming import claim, identifier
 
 logger = logging.getLogger(__name__)
 
@@ -343,22 +344,11 @@ def keras_input_specs(model: Any, input_signature: Sequence[Any] | None = None) 
     taken: set[str] = set()
 
     def spec(tensor: Any) -> tf.TensorSpec:
-        name = _unique_identifier(getattr(tensor, "name", None) or "input", taken)
+        name = claim(identifier(getattr(tensor, "name", None) or "input"), taken)
         return tf.TensorSpec((None,) + tuple(tensor.shape[1:]), tf.as_dtype(tensor.dtype), name=name)
 
     return tf.nest.map_structure(spec, structure)
 
-
-def _unique_identifier(name: str, taken: set[str]) -> str:
-    """``name`` as a python identifier (the Placeholder and signature key), unique in ``taken``."""
-    base = re.sub(r"\W", "_", name) or "input"
-    base = base if not base[0].isdigit() else f"input_{base}"
-    candidate, counter = base, 0
-    while candidate in taken:
-        counter += 1
-        candidate = f"{base}_{counter}"
-    taken.add(candidate)
-    return candidate
 
 
 def _keras_source(model: Any, input_signature: Sequence[Any] | None) -> GraphSource:
