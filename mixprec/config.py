@@ -69,6 +69,9 @@ class _Options:
     dynamic_batch: bool = False
     fallback_fx: bool = False
     sample_inputs: Any = None
+    input_shapes: dict[str, Any] | None = None
+    inputs: list[str] | None = None
+    outputs: list[str] | None = None
     check_outputs: bool = True
     min_cosine: float = 0.99
     accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
@@ -95,7 +98,11 @@ class MixedPrecisionConfig(_Options):
       ``fallback_fx``: when torch.export cannot capture the module, trace it on the
       example inputs instead (control flow specialized to them);
     - ``sample_inputs``: inputs for the FP32-vs-converted output check (generated from the
-      input types when not given); ``check_outputs``, ``min_cosine``: that check;
+      input types when not given); ``input_shapes``: ``{input name: dims}`` for the
+      generated ones (unknown dims are otherwise resolved from the model or a ladder of
+      conventional sizes); ``check_outputs``, ``min_cosine``: that check;
+    - ``inputs`` / ``outputs``: for graphs (TensorFlow GraphDef/.pb), the tensor names
+      to treat as the graph's inputs and outputs (INC's spelling);
     - ``accuracy_criterion`` / ``tuning_criterion``: used when ``fit`` gets an evaluation
       function: ops fall back to FP32 until the criterion holds, within the budget.
     """

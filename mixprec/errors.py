@@ -50,3 +50,20 @@ class MissingDependencyError(MixprecError):
 class OutputCheckUnavailable(MixprecError):
     """No available runtime can run the converted model to compare its outputs (for ONNX:
     onnxruntime has no kernel and the reference evaluator fails on the model)."""
+
+
+class SampleInputError(MixprecError):
+    """No sample input could be made or found that the FP32 model runs on with finite
+    outputs; the message names ``--input-shape`` / ``--sample-inputs``. ``fit`` turns it
+    into a note (the check is skipped, the conversion still returned)."""
+
+
+class AccuracyCheckError(ConversionError):
+    """The converted model's outputs are too far from the FP32 model's on the sample
+    inputs (cosine below ``min_cosine``). ``converted`` is the ConvertedModel (so a caller
+    can still save or inspect it) and ``report`` its report."""
+
+    def __init__(self, message: str, converted: object = None, report: object = None) -> None:
+        super().__init__(message)
+        self.converted = converted
+        self.report = report

@@ -18,3 +18,9 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     except OSError:
         pass
     return a.resolve() == b.resolve()
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed), shortened to ``limit``
+    characters; the exception type's name when the message is empty."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__

@@ -48,6 +48,8 @@ class Report:
     checks: list[OutputCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tuning: dict[str, Any] | None = None
+    #: why the output check failed (cosine below min_cosine, non-finite outputs); None when it passed or was skipped
+    failed_check: str | None = None
 
     @classmethod
     def from_graph(cls, graph: Graph, precision: str, target: str = "spec") -> "Report":
@@ -113,6 +115,8 @@ class Report:
                          f"{len(self.tuning['trials'])} trials; FP32 fallbacks: op types "
                          f"{self.tuning['fallback_ops'] or 'none'}, nodes {self.tuning['fallback_nodes'] or 'none'}")
         lines.extend(f"note: {n}" for n in self.notes)
+        if self.failed_check:
+            lines.append(f"FAILED output check: {self.failed_check}")
         return "\n".join(lines)
 
     def to_text(self) -> str:

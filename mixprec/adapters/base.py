@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -52,6 +52,14 @@ class Adapter(ABC):
     @abstractmethod
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         """Inputs for the output check: the user's, or generated from the input types."""
+
+    def candidate_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Iterator[Any]:
+        """Sample inputs to try for the output check, most likely first (the first on
+        which the FP32 model runs with finite outputs is used). The user's
+        ``sample_inputs`` are the only candidate when given. Frameworks whose inputs can
+        have unknown dims override this with ``mixprec.sample_inputs.shape_ladder``;
+        raising SampleInputError says why no candidate can be made."""
+        yield self.sample_inputs(original, ir_model, config)
 
     @abstractmethod
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:

@@ -1,0 +1,172 @@
+"""Sample inputs that fit a model, framework-free.
+
+A frontend or adapter describes each graph input as an ``InputSpec`` (its dtype, its dims
+as far as the model says — ints, symbolic names, or None for unknown/-1 — and, for integer
+inputs that index a table, the table size). ``shape_ladder`` turns the specs into a short
+sequence of concrete shape assignments to try, in order: the user's ``input_shapes`` win;
+dims the model fixes stay; a symbolic name gets one value everywhere it appears; unknown
+dims follow a ladder of conventional sizes (batch 1; image sides 224, 320, 640, 32;
+sequence lengths 16, 128). ``make_arrays`` fills one assignment with seeded values in the
+range each input's consumers accept. The caller runs the FP32 model on each candidate
+until one runs with finite outputs.
+
+Invariants: every candidate respects the bytes bound (``input_bytes_limit``), derived from
+the model's own weights so a declared ``[1000, 1000000]`` input cannot make the check
+allocate gigabytes; a spec whose fixed dims alone exceed it raises ``SampleInputError``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from mixprec.errors import SampleInputError
+from mixprec.ir.dtypes import DType
+
+logger = logging.getLogger(__name__)
+
+SEED = 0
+#: conventional sizes for an unknown image side (the first that the FP32 model runs on wins)
+IMAGE_SIDES = (224, 320, 640, 32)
+#: conventional sizes for an unknown sequence length
+SEQUENCE_LENGTHS = (16, 128)
+#: the smallest bound on all sample inputs together, whatever the weights
+MIN_INPUT_BYTES = 64 << 20
+
+Dim = int | str | None
+
+
+@dataclass
+class InputSpec:
+    """One graph input as the model declares it. ``shape`` is None when even the rank is
+    unknown; a dim is an int (fixed, >= 0), a str (a symbolic name shared with other
+    inputs), or None (unknown, e.g. ONNX ``dim_value: -1`` or a TF ``None``). ``high``
+    bounds integer values (exclusive), e.g. the rows of the embedding table the input
+    indexes; ``image`` says the input is an image batch (NCHW or NHWC) when known."""
+    name: str
+    dtype: DType
+    shape: tuple[Dim, ...] | None
+    high: int | None = None
+    image: bool | None = None
+
+    def is_image(self) -> bool:
+        if self.image is not None:
+            return self.image
+        if self.shape is None or len(self.shape) != 4 or not self.dtype.is_float:
+            return False
+        return self.shape[1] in (1, 3, 4) or self.shape[3] in (1, 3, 4)
+
+
+def input_bytes_limit(weight_bytes: int) -> int:
+    """The most bytes all sample inputs together may take: 4x the model's weights, at
+    least ``MIN_INPUT_BYTES``."""
+    return max(MIN_INPUT_BYTES, 4 * int(weight_bytes))
+
+
+def shape_ladder(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int]] | None = None,
+                 limit_bytes: int | None = None) -> Iterator[dict[str, tuple[int, ...]]]:
+    """Concrete shapes to try, most conventional first (see the module docstring).
+    Raises SampleInputError for an input whose rank is unknown and that ``given`` does
+    not name, or whose smallest candidate is over ``limit_bytes``."""
+    given = {k: tuple(int(d) for d in v) for k, v in (given or {}).items()}
+    unknown = [s.name for s in specs if s.shape is None and s.name not in given]
+    if unknown:
+        raise SampleInputError(f"the rank of input {unknown[0]!r} is unknown, so no sample input can be made; "
+                               f"give its shape with --input-shape {unknown[0]}=1,3,224,224 (input_shapes=) or "
+                               "the inputs with --sample-inputs FILE.npz (sample_inputs=)")
+    steps = max(len(IMAGE_SIDES), len(SEQUENCE_LENGTHS))
+    seen: list[dict[str, tuple[int, ...]]] = []
+    too_big: int | None = None
+    for step in range(steps):
+        named: dict[str, int] = {}
+        for spec in specs:  # symbolic names fixed by a given shape bind everywhere
+            if spec.name in given and spec.shape is not None and len(spec.shape) == len(given[spec.name]):
+                for dim, value in zip(spec.shape, given[spec.name]):
+                    if isinstance(dim, str):
+                        named.setdefault(dim, value)
+        shapes = {spec.name: given.get(spec.name) or _fill(spec, step, named) for spec in specs}
+        if shapes in seen:
+            continue
+        seen.append(shapes)
+        total = sum(_nbytes(spec.dtype, shapes[spec.name]) for spec in specs)
+        if limit_bytes is not None and total > limit_bytes:
+            too_big = total if too_big is None else min(too_big, total)
+            continue
+        yield shapes
+    if not seen or (too_big is not None and len(seen) == 1):
+        raise SampleInputError(f"the model's declared inputs need {_human(too_big or 0)} for one sample, more than "
+                               f"the {_human(limit_bytes or 0)} the output check allows for a model of this size; "
+                               "give smaller inputs with --input-shape NAME=DIMS or --sample-inputs FILE.npz, "
+                               "or skip the check with --no-check")
+
+
+def _fill(spec: InputSpec, step: int, named: dict[str, int]) -> tuple[int, ...]:
+    assert spec.shape is not None
+    image = spec.is_image()
+    out = []
+    for axis, dim in enumerate(spec.shape):
+        if isinstance(dim, int) and dim >= 0:
+            out.append(dim)
+            continue
+        if isinstance(dim, str) and dim in named:
+            out.append(named[dim])
+            continue
+        if axis == 0 and len(spec.shape) >= 2:
+            value = 1
+        elif image and axis == _channel_axis(spec):
+            value = 3
+        elif image:
+            value = IMAGE_SIDES[step % len(IMAGE_SIDES)]
+        else:
+            value = SEQUENCE_LENGTHS[step % len(SEQUENCE_LENGTHS)]
+        if isinstance(dim, str):
+            named[dim] = value
+        out.append(value)
+    return tuple(out)
+
+
+def _channel_axis(spec: InputSpec) -> int:
+    assert spec.shape is not None
+    return 1 if spec.shape[1] in (1, 3, 4) else 3
+
+
+def make_arrays(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]],
+                seed: int = SEED) -> dict[str, np.ndarray]:
+    """Seeded arrays for one shape assignment: floats standard normal; integers in
+    ``[0, high)`` (``high`` defaults to 2, safe for masks and type ids); bools True."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        dims = tuple(int(d) for d in shapes[spec.name])
+        out[spec.name] = random_array(rng, spec.dtype, dims, spec.high)
+    return out
+
+
+def random_array(rng: np.random.Generator, dtype: DType, dims: tuple[int, ...], high: int | None = None) -> np.ndarray:
+    """One seeded array of ``dtype``: see ``make_arrays``."""
+    np_dtype = dtype.to_numpy()
+    if dtype.is_float:
+        return rng.standard_normal(dims).astype(np_dtype)
+    if dtype == DType.BOOL:
+        return np.ones(dims, dtype=bool)
+    if np.issubdtype(np_dtype, np.integer):
+        return rng.integers(0, max(1, int(high or 2)), size=dims).astype(np_dtype)
+    return np.zeros(dims, dtype=np_dtype)
+
+
+def _nbytes(dtype: DType, dims: Sequence[int]) -> int:
+    try:
+        item = np.dtype(dtype.to_numpy()).itemsize
+    except (TypeError, ValueError):
+        item = 8
+    return int(np.prod([max(0, int(d)) for d in dims], dtype=np.float64)) * item
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
