@@ -73,6 +73,7 @@ class _Options:
     inputs: list[str] | None = None
     outputs: list[str] | None = None
     check_outputs: bool = True
+    check_runtime: str = "auto"
     min_cosine: float = 0.99
     accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
     tuning_criterion: TuningCriterion = field(default_factory=TuningCriterion)
@@ -101,6 +102,9 @@ class MixedPrecisionConfig(_Options):
       input types when not given); ``input_shapes``: ``{input name: dims}`` for the
       generated ones (unknown dims are otherwise resolved from the model or a ladder of
       conventional sizes); ``check_outputs``, ``min_cosine``: that check;
+      ``check_runtime``: ONNX only, ``"auto"`` (onnxruntime, on an exact emulation of
+      the low-precision rounding where it has no kernel) or ``"reference"``
+      (onnx.reference.ReferenceEvaluator, slow);
     - ``inputs`` / ``outputs``: for graphs (TensorFlow GraphDef/.pb), the tensor names
       to treat as the graph's inputs and outputs (INC's spelling);
     - ``accuracy_criterion`` / ``tuning_criterion``: used when ``fit`` gets an evaluation
