@@ -356,8 +356,49 @@ class Graph:
             yield from graph.iter_nodes()
 
 
+    # ---- copying ------------------------------------------------------------------------
+    def clone(self) -> "Graph":
+        """An independent copy of this graph and the graphs nested in it: new Values and
+        Nodes with the same names, dtypes, shapes, attrs and meta (shallow copies of the
+        dicts), use-lists rebuilt. Constant data is shared, not copied: passes must treat
+        ``Value.data`` as read-only and assign a new array instead of writing into it.
+        Outer-scope reads of a nested graph map to the copy's values."""
+        return self._clone_into(None, {})
+
+    def _clone_into(self, parent: "Graph | None", mapping: dict[int, Value]) -> "Graph":
+        copy = Graph(self.name, self.framework, parent)
+        for value in self.inputs:
+            mapping[id(value)] = copy.add_input(_copy_value(value))
+        for value in self.constants.values():
+            mapping[id(value)] = copy.add_constant(_copy_value(value))
+        for node in self.iter_nodes():
+            attrs = {key: _clone_attr(attr, copy, mapping) for key, attr in node.attrs.items()}
+            outputs = [_copy_value(v) for v in node._outputs]
+            for old, new in zip(node._outputs, outputs):
+                mapping[id(old)] = new
+            twin = Node(node.op, [mapping[id(v)] if v is not None else None for v in node._inputs], outputs,
+                        attrs, node.domain, node.name)
+            twin.meta = dict(node.meta)
+            copy.append(twin)
+        copy.outputs = [mapping[id(v)] for v in self.outputs]
+        copy._names |= self._names
+        copy._name_counter.update(self._name_counter)
+        return copy
+
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {self.framework}, {self._count} nodes)"
+
+
+def _copy_value(value: Value) -> Value:
+    return Value(value.name, value.dtype, value.shape, value.data)
+
+
+def _clone_attr(attr: Any, parent: Graph, mapping: dict[int, Value]) -> Any:
+    if isinstance(attr, Graph):
+        return attr._clone_into(parent, mapping)
+    if isinstance(attr, list) and any(isinstance(item, Graph) for item in attr):
+        return [_clone_attr(item, parent, mapping) for item in attr]
+    return attr
 
 
 class Model:
@@ -370,6 +411,14 @@ class Model:
     @property
     def framework(self) -> str:
         return self.graph.framework
+
+    def clone(self) -> "Model":
+        """A copy whose graph is ``graph.clone()`` (constant data shared read-only) and
+        whose meta is a copy of the dict and of each dict or list directly in it; other
+        meta values (framework objects, protos) are shared and must not be mutated."""
+        meta = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                for k, v in self.meta.items()}
+        return Model(self.graph.clone(), meta)
 
     def __repr__(self) -> str:
         return f"Model({self.graph!r})"
