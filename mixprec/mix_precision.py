@@ -79,10 +79,12 @@ def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Calla
         raise ConfigError(f"config must be a MixedPrecisionConfig, not {type(config).__name__}")
     adapter = adapter_for(model)
     evaluate = _evaluator(adapter, config, eval_func, eval_dataloader, eval_metric)
+    logger.info("loading the %s model", adapter.name)
+    loaded = adapter.load(model, config)
     if evaluate is None:
-        converted, ir_model, report = _convert(adapter, model, config, [], [], progress)
+        converted, ir_model, report = _convert(adapter, loaded, config, [], [], progress)
     else:
-        converted, ir_model, report = _tune(adapter, model, config, evaluate, progress)
+        converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
     if config.check_outputs:
         _check_outputs(adapter, model, converted, ir_model, config, report)
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
@@ -92,10 +94,9 @@ def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Calla
     return result
 
 
-def _convert(adapter: Adapter, model: Any, config: MixedPrecisionConfig, fallback_ops: list[str],
+def _convert(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, fallback_ops: list[str],
              fallback_nodes: list[str], progress: Progress | None) -> tuple[Any, Model, Report]:
-    logger.info("loading the %s model", adapter.name)
-    ir_model = adapter.load(model, config)
+    """Run the pipeline on ``ir_model`` in place and emit it."""
     logger.info("running the pipeline on %d nodes", sum(1 for _ in ir_model.graph.all_nodes()))
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
                           fallback_nodes=fallback_nodes)
@@ -142,12 +143,14 @@ def _score(value: Any) -> float:
     return score
 
 
-def _tune(adapter: Adapter, model: Any, config: MixedPrecisionConfig, evaluate: Evaluate,
+def _tune(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionConfig, evaluate: Evaluate,
           progress: Progress | None) -> tuple[Any, Model, Report]:
+    """The fallback search; the model was loaded once (``loaded``) and every trial runs the
+    pipeline on a clone of it."""
     baseline = evaluate(adapter.native(model), True)
 
     def convert(ops: list[str], nodes: list[str]) -> Candidate:
-        native, ir_model, report = _convert(adapter, model, config, ops, nodes, progress)
+        native, ir_model, report = _convert(adapter, loaded.clone(), config, ops, nodes, progress)
         lowered = [(n.name, n.op, n.meta.get("category", "")) for n in ir_model.graph.all_nodes()
                    if n.meta.get("precision") == config.precision and n.meta.get("category") != "cast"]
         return Candidate(native, lowered, (ir_model, report))
