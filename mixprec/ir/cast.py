@@ -1,4 +1,5 @@
-"""How each framework spells a cast in the IR, and helpers to read and build casts.
+"""How a cast is spelled in the IR (each framework's spec comes from its registration
+record), and helpers to read and build casts.
 
 Frontends lower their cast op with the target dtype as a DType attribute, so that passes
 can create, read and retarget casts without knowing the framework."""
@@ -25,26 +26,23 @@ class CastSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-CAST_SPECS: dict[str, CastSpec] = {
-    "generic": CastSpec("Cast", "to"),
-    "onnx": CastSpec("Cast", "to"),
-    "tensorflow": CastSpec("Cast", "DstT", "SrcT", extra={"Truncate": False}),
-    "torch": CastSpec("aten._to_copy.default", "dtype"),
-    "mxnet": CastSpec("amp_cast", "dtype"),
-}
-
-
-_CAST_OPS = frozenset(spec.op for spec in CAST_SPECS.values())
+#: the cast of hand-built graphs (``graph.framework == "generic"``); each framework's own
+#: comes from its registration record (mixprec.frameworks)
+GENERIC_CAST = CastSpec("Cast", "to")
 
 
 def cast_spec(framework: str) -> CastSpec:
-    return CAST_SPECS.get(framework, CAST_SPECS["generic"])
+    """The cast spec of a registered framework; the generic one for ``generic`` and for
+    names no record claims."""
+    if framework == "generic":
+        return GENERIC_CAST
+    from mixprec.frameworks import frameworks  # the registry imports this module
+    record = frameworks().get(framework)
+    return record.cast if record is not None else GENERIC_CAST
 
 
 def is_cast(node: Node, framework: str | None = None) -> bool:
     """True for a plain cast: one input, one output, a DType target and nothing else."""
-    if node.op not in _CAST_OPS:
-        return False
     spec = cast_spec(framework or (node.graph.root.framework if node.graph else "generic"))
     if node.op != spec.op or node.domain != spec.domain or len(node.outputs) != 1:
         return False

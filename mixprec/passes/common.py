@@ -25,8 +25,13 @@ def target_dtype(precision: str) -> DType:
 
 
 def graph_policy(graph: Graph, policy: str | None) -> Policy:
-    """The policy named by a pass option, or the built-in one of the graph's framework."""
-    return load_policy(policy or graph.root.framework)
+    """The policy named by a pass option, or else the one the graph's framework record
+    names (mixprec.frameworks), or else the built-in policy of that name."""
+    if policy:
+        return load_policy(policy)
+    from mixprec.frameworks import frameworks  # the registry names no framework itself
+    record = frameworks().get(graph.root.framework)
+    return load_policy(record.policy if record is not None else graph.root.framework)
 
 
 def is_lowered(node: Node, target: DType) -> bool:

@@ -85,9 +85,9 @@ class PassManager:
 
     @staticmethod
     def _mixed_input_rule(graph: Graph) -> Callable[[Node, int], bool]:
-        from mixprec.passes.policies import load_policy
+        from mixprec.passes.common import graph_policy
         try:
-            policy = load_policy(graph.framework)
+            policy = graph_policy(graph, None)
         except PolicyError:
             policy = None
         already_mixed = {id(n) for n in graph.all_nodes() if _mixes_floats(n)}
