@@ -1,33 +1,42 @@
 """The fallback search behind ``fit(..., eval_func=...)``.
 
 It knows nothing of frameworks: ``convert(fallback_ops, fallback_nodes)`` builds a
-candidate with those op types and nodes kept in FP32, ``evaluate(candidate)`` scores it.
+candidate with those op types and nodes kept in FP32 and reports which nodes it painted
+low (``Candidate.lowered``); ``evaluate(candidate.model)`` scores it.
 
-Order of trials (each one a full conversion and one evaluation):
+The search finds a small set of nodes whose fallback to FP32 meets the criterion, in
+O(k log n) evaluations for k nodes that matter among n converted ones (group testing):
 1. the default conversion; done if it meets the criterion;
-2. op types fall back one at a time, cumulatively (infer ops first, then clear, then allow
-   ops, which carry the speed), until the criterion holds; if it never does the search
-   fails: the model cannot meet the criterion even with every converted op type in FP32;
-3. refinement: the op type that tipped the balance is put back and its nodes fall back
-   instead: one node alone, else a growing prefix in graph order, so that only the nodes
-   that matter stay FP32;
-4. each earlier op type is put back if the criterion still holds without it.
-Invariants: a returned candidate met the criterion when it was evaluated; the search stops
-at ``max_trials`` evaluations or ``timeout`` seconds and then returns the best candidate
-that met the criterion (or fails when none did)."""
+2. every converted node in FP32 (if even that misses, the model cannot meet the
+   criterion: a clear error);
+3. the shortest prefix of the candidate order whose fallback meets the criterion:
+   galloping (1, 2, 4, ... nodes) when the order is a ranking of likely culprits (error
+   attribution puts them first), a binary search over the graph order otherwise; the last
+   node of that prefix is needed;
+4. the other needed nodes inside the prefix, one at a time: if the nodes found so far
+   suffice, stop; else binary-search the shortest sub-prefix that, with them, meets it.
+Assuming that falling back more nodes never hurts, the result is minimal: no node in it can
+go back to low precision alone.
+
+Invariants: a configuration that paints the same as one already evaluated (the same set of
+low-precision nodes after painting) is never evaluated again; a returned candidate met the
+criterion when it was evaluated; when ``max_trials`` or ``timeout`` stops the search, the
+candidate with the fewest FP32 fallbacks that met the criterion is returned (or the search
+fails when none did)."""
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mixprec.config import AccuracyCriterion, TuningCriterion
 from mixprec.errors import ConversionError
 
 logger = logging.getLogger(__name__)
 
-_CATEGORY_ORDER = {"infer": 0, "clear": 1, "unlisted": 2, "deny": 3, "allow": 4}
+#: called after each evaluated trial: (trial, number of nodes in FP32 by the search)
+TrialCallback = Callable[["Trial", int], None]
 
 
 @dataclass
@@ -41,11 +50,13 @@ class Candidate:
 
 @dataclass
 class Trial:
+    """One evaluated configuration; ``reason`` says which search step asked for it."""
     index: int
     fallback_ops: list[str]
     fallback_nodes: list[str]
     accuracy: float
     meets: bool
+    reason: str = ""
 
 
 @dataclass
@@ -55,90 +66,138 @@ class TuningResult:
     trials: list[Trial] = field(default_factory=list)
     fallback_ops: list[str] = field(default_factory=list)
     fallback_nodes: list[str] = field(default_factory=list)
+    #: configurations that painted like an earlier one and were not evaluated again
+    duplicates_skipped: int = 0
+    exhausted: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "fallback_ops": self.fallback_ops, "fallback_nodes": self.fallback_nodes,
-                "trials": [t.__dict__ for t in self.trials]}
+                "trials": [t.__dict__ for t in self.trials], "duplicates_skipped": self.duplicates_skipped,
+                "budget_exhausted": self.exhausted}
+
+    def op_name_dict(self) -> dict[str, Any]:
+        """The result as INC-style ``op_name_dict`` entries: a config with them replays the
+        tuned conversion without searching again."""
+        fp32 = {"activation": {"dtype": ["fp32"]}}
+        return {name: fp32 for name in self.fallback_nodes}
 
 
 class _OutOfBudget(Exception):
     pass
 
 
-def fallback_search(convert: Callable[[list[str], list[str]], Candidate], evaluate: Callable[[Any], float],
-                    baseline: float, accuracy: AccuracyCriterion, budget: TuningCriterion) -> TuningResult:
-    """Run the search described in the module docstring."""
-    start = time.monotonic()
-    trials: list[Trial] = []
-    best: tuple[Candidate, list[str], list[str]] | None = None
+class _Search:
+    """State of one search: the trials, the configurations seen, the best result."""
 
-    def attempt(ops: list[str], nodes: list[str]) -> tuple[Candidate, bool]:
-        nonlocal best
-        if len(trials) >= budget.max_trials or (budget.timeout > 0 and time.monotonic() - start > budget.timeout):
+    def __init__(self, convert: Callable[[list[str], list[str]], Candidate], evaluate: Callable[[Any], float],
+                 baseline: float, accuracy: AccuracyCriterion, budget: TuningCriterion,
+                 on_trial: TrialCallback | None) -> None:
+        self.convert, self.evaluate, self.baseline = convert, evaluate, baseline
+        self.accuracy, self.budget, self.on_trial = accuracy, budget, on_trial
+        self.start = time.monotonic()
+        self.trials: list[Trial] = []
+        self.seen: dict[frozenset[str], bool] = {}
+        self.duplicates = 0
+        self.best: tuple[Candidate, list[str]] | None = None
+
+    def meets(self, nodes: Sequence[str], reason: str) -> bool:
+        """Convert with ``nodes`` in FP32 and evaluate, unless that paints like a
+        configuration already evaluated (then its answer is reused)."""
+        if len(self.trials) >= self.budget.max_trials or (
+                self.budget.timeout > 0 and time.monotonic() - self.start > self.budget.timeout):
             raise _OutOfBudget()
-        candidate = convert(list(ops), list(nodes))
-        score = float(evaluate(candidate.model))
-        ok = accuracy.meets(baseline, score)
-        trials.append(Trial(len(trials) + 1, list(ops), list(nodes), score, ok))
-        logger.info("tuning trial %d: fp32 ops %s, fp32 nodes %d -> %.6g (%s)", len(trials), ops, len(nodes),
-                    score, "meets" if ok else "misses")
-        if ok:
-            best = (candidate, list(ops), list(nodes))
-        return candidate, ok
+        candidate = self.convert([], list(nodes))
+        signature = frozenset(name for name, _, _ in candidate.lowered)
+        if signature in self.seen:
+            self.duplicates += 1
+            logger.info("tuning: %d FP32 nodes paint like an earlier trial; not evaluated again", len(nodes))
+            self._keep_if_smaller(self.seen[signature], candidate, nodes)
+            return self.seen[signature]
+        score = float(self.evaluate(candidate.model))
+        ok = self.accuracy.meets(self.baseline, score)
+        trial = Trial(len(self.trials) + 1, [], list(nodes), score, ok, reason)
+        self.trials.append(trial)
+        self.seen[signature] = ok
+        logger.info("tuning trial %d (%s): %d FP32 nodes -> %.6g (%s)", trial.index, reason, len(nodes), score,
+                    "meets" if ok else "misses")
+        if self.on_trial is not None:
+            self.on_trial(trial, len(nodes))
+        self._keep_if_smaller(ok, candidate, nodes)
+        return ok
 
+    def _keep_if_smaller(self, ok: bool, candidate: Candidate, nodes: Sequence[str]) -> None:
+        if ok and (self.best is None or len(nodes) < len(self.best[1])):
+            self.best = (candidate, list(nodes))
+
+
+def fallback_search(convert: Callable[[list[str], list[str]], Candidate], evaluate: Callable[[Any], float],
+                    baseline: float, accuracy: AccuracyCriterion, budget: TuningCriterion,
+                    ranking: Sequence[str] | None = None, on_trial: TrialCallback | None = None) -> TuningResult:
+    """Run the search described in the module docstring. ``ranking`` lists node names
+    most likely to blame first (nodes it leaves out follow in graph order)."""
+    search = _Search(convert, evaluate, baseline, accuracy, budget, on_trial)
+    exhausted = False
     try:
-        first, ok = attempt([], [])
-        if not ok:
-            _search(first, attempt)
+        first = search.convert([], [])
+        if not search.meets([], "default conversion"):
+            order = _candidate_order(first, ranking)
+            if not search.meets(order, "every converted node in FP32"):
+                raise ConversionError(
+                    f"accuracy tuning: even with all {len(order)} converted nodes in FP32 the model scores "
+                    f"{search.trials[-1].accuracy:.6g} against the FP32 baseline {baseline:.6g}; the evaluation "
+                    "may not be deterministic, or the criterion is too strict (tolerable_loss)")
+            _find_needed(search, order, gallop=ranking is not None)
     except _OutOfBudget:
+        exhausted = True
         logger.warning("tuning stopped: budget of %d trials / %ss spent", budget.max_trials, budget.timeout)
-    if best is None:
-        last = trials[-1].accuracy if trials else float("nan")
+    if search.best is None:
+        last = search.trials[-1].accuracy if search.trials else float("nan")
         raise ConversionError(f"accuracy tuning found no conversion within {baseline:.6g} "
-                              f"({accuracy.criterion} loss {accuracy.tolerable_loss}) in {len(trials)} trials "
-                              f"(last: {last:.6g}); raise max_trials or tolerable_loss, or the model loses too "
-                              f"much even with every converted op type in FP32")
-    candidate, ops, nodes = best
-    return TuningResult(baseline, candidate, trials, ops, nodes)
+                              f"({accuracy.criterion} loss {accuracy.tolerable_loss}) in {len(search.trials)} trials "
+                              f"(last: {last:.6g}); raise max_trials or tolerable_loss")
+    candidate, nodes = search.best
+    return TuningResult(baseline, candidate, search.trials, [], nodes, search.duplicates, exhausted)
 
 
-def _search(first: Candidate, attempt: Callable[[list[str], list[str]], tuple[Candidate, bool]]) -> None:
-    types = sorted({(_CATEGORY_ORDER.get(cat, 2), op) for _, op, cat in first.lowered})
-    order = [op for _, op in types]
-    ops: list[str] = []
-    tipped = None
-    for op in order:
-        ops.append(op)
-        _, ok = attempt(ops, [])
-        if ok:
-            tipped = op
-            break
-    if tipped is None:
-        return
-    kept = ops[:-1]
-    names = [name for name, op, _ in first.lowered if op == tipped]
-    nodes = _refine_nodes(kept, names, attempt)
-    if not nodes:
-        kept = ops
-    for op in list(kept):
-        if op == tipped:
-            continue
-        trial_ops = [o for o in kept if o != op]
-        _, ok = attempt(trial_ops, nodes)
-        if ok:
-            kept = trial_ops
+def _candidate_order(first: Candidate, ranking: Sequence[str] | None) -> list[str]:
+    """The converted nodes of the default conversion, ranked ones first."""
+    lowered = [name for name, _, category in first.lowered if category != "cast"]
+    if not ranking:
+        return lowered
+    present = set(lowered)
+    ranked = [name for name in dict.fromkeys(ranking) if name in present]
+    chosen = set(ranked)
+    return ranked + [name for name in lowered if name not in chosen]
 
 
-def _refine_nodes(ops: list[str], names: list[str],
-                  attempt: Callable[[list[str], list[str]], tuple[Candidate, bool]]) -> list[str]:
-    """The fewest of ``names`` found to fall back (one alone, else a growing prefix in
-    graph order) so that the criterion holds with ``ops``; [] when only all of them do."""
-    if len(names) < 2:
-        return []
-    for name in names:
-        if attempt(ops, [name])[1]:
-            return [name]
-    for end in range(2, len(names)):
-        if attempt(ops, names[:end])[1]:
-            return names[:end]
-    return []
+def _find_needed(search: _Search, order: list[str], gallop: bool) -> list[str]:
+    """Steps 3 and 4 of the module docstring; returns the needed nodes."""
+    end = _shortest_prefix(search, order, [], gallop, "shortest meeting prefix")
+    needed = [order[end - 1]]
+    rest = order[:end - 1]
+    while rest and not search.meets(needed, "do the nodes found suffice?"):
+        end = _shortest_prefix(search, rest, needed, False, f"next needed node besides {len(needed)} found")
+        needed.append(rest[end - 1])
+        rest = rest[:end - 1]
+    return needed
+
+
+def _shortest_prefix(search: _Search, order: list[str], fixed: list[str], gallop: bool, reason: str) -> int:
+    """The smallest p >= 1 such that ``order[:p] + fixed`` meets the criterion, given that
+    ``order + fixed`` does and ``fixed`` alone does not."""
+    low, high = 0, len(order)  # fixed + order[:low] misses, fixed + order[:high] meets
+    if gallop:
+        step = 1
+        while step < high:
+            if search.meets(order[:step] + fixed, reason):
+                high = step
+                break
+            low = step
+            step *= 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if search.meets(order[:mid] + fixed, reason):
+            high = mid
+        else:
+            low = mid
+    return high
