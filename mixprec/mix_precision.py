@@ -30,7 +30,7 @@ from mixprec.numerics import compare_outputs
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
-from mixprec.tuning import Candidate, fallback_search
+from mixprec.tuning import Candidate, Trial, attribution, fallback_search
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Calla
     logger.info("loading the %s model", adapter.name)
     loaded = adapter.load(model, config)
     if evaluate is None:
-        converted, ir_model, report = _convert(adapter, loaded, config, [], [], progress)
+        converted, ir_model, report = _convert(adapter, loaded.clone(), config, [], [], progress)
     else:
         converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
     if config.check_outputs:
@@ -146,20 +146,56 @@ def _score(value: Any) -> float:
 def _tune(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionConfig, evaluate: Evaluate,
           progress: Progress | None) -> tuple[Any, Model, Report]:
     """The fallback search; the model was loaded once (``loaded``) and every trial runs the
-    pipeline on a clone of it."""
+    pipeline on a clone of it. Error attribution on sample inputs ranks the culprits."""
     baseline = evaluate(adapter.native(model), True)
+    convert = _trial_converter(adapter, loaded, config, progress)
+    ranking = _ranking(adapter, model, loaded, config, convert([], []))
+
+    def on_trial(trial: Trial, fp32_nodes: int) -> None:
+        if progress is not None:
+            progress(trial.index, config.tuning_criterion.max_trials,
+                     f"trial {trial.index}: {trial.accuracy:.4g}, {fp32_nodes} fp32")
+
+    result = fallback_search(convert, lambda native: evaluate(native, False), baseline, config.accuracy_criterion,
+                             config.tuning_criterion, ranking=ranking, on_trial=on_trial)
+    ir_model, report = result.best.payload
+    report.tuning = result.summary()
+    report.tuning["ranked"] = ranking is not None
+    return result.best.model, ir_model, report
+
+
+def _trial_converter(adapter: Adapter, loaded: Model, config: MixedPrecisionConfig,
+                     progress: Progress | None) -> Callable[[list[str], list[str]], Candidate]:
+    """``convert(fallback_ops, fallback_nodes)`` on clones of ``loaded``; the default
+    conversion is made once and reused."""
+    memo: dict[tuple, Candidate] = {}
 
     def convert(ops: list[str], nodes: list[str]) -> Candidate:
+        key = (tuple(ops), tuple(nodes))
+        if key in memo:
+            return memo[key]
         native, ir_model, report = _convert(adapter, loaded.clone(), config, ops, nodes, progress)
         lowered = [(n.name, n.op, n.meta.get("category", "")) for n in ir_model.graph.all_nodes()
                    if n.meta.get("precision") == config.precision and n.meta.get("category") != "cast"]
-        return Candidate(native, lowered, (ir_model, report))
+        candidate = Candidate(native, lowered, (ir_model, report))
+        if not key[0] and not key[1]:
+            memo[key] = candidate
+        return candidate
+    return convert
 
-    result = fallback_search(convert, lambda native: evaluate(native, False), baseline,
-                             config.accuracy_criterion, config.tuning_criterion)
-    ir_model, report = result.best.payload
-    report.tuning = result.summary()
-    return result.best.model, ir_model, report
+
+def _ranking(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionConfig,
+             default: Candidate) -> list[str] | None:
+    """Converted nodes most likely to blame first, from the intermediate errors of the
+    default conversion on sample inputs; None (graph order) when they cannot be measured."""
+    lowered = [name for name, _, _ in default.lowered]
+    try:
+        inputs, _ = reference_run(adapter, model, loaded, config)
+        errors = attribution.measure(adapter, loaded, default.payload[0], lowered, inputs, config)
+    except (SampleInputError, attribution.AttributionUnavailable) as exc:
+        logger.info("no error attribution (%s); tuning searches in graph order", first_line(exc))
+        return None
+    return attribution.rank(errors, loaded, lowered) or None
 
 
 def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, stop_after: str | None = None,

@@ -16,6 +16,8 @@ allocate gigabytes; a spec whose fixed dims alone exceed it raises ``SampleInput
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
@@ -36,6 +38,20 @@ SEQUENCE_LENGTHS = (16, 128)
 MIN_INPUT_BYTES = 64 << 20
 
 Dim = int | str | None
+#: which draw of sample values ``make_arrays`` makes: 0 for the check's own inputs, others
+#: for held-out inputs (``held_out``)
+_VARIANT: contextvars.ContextVar[int] = contextvars.ContextVar("mixprec_sample_variant", default=0)
+
+
+@contextlib.contextmanager
+def held_out(variant: int = 1) -> Iterator[None]:
+    """Within the block, ``make_arrays`` draws other values (same shapes and ranges) than
+    the output check's: inputs a search on the sample inputs has not seen."""
+    token = _VARIANT.set(variant)
+    try:
+        yield
+    finally:
+        _VARIANT.reset(token)
 
 
 @dataclass
@@ -135,8 +151,10 @@ def _channel_axis(spec: InputSpec) -> int:
 def make_arrays(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]],
                 seed: int = SEED) -> dict[str, np.ndarray]:
     """Seeded arrays for one shape assignment: floats standard normal; integers in
-    ``[0, high)`` (``high`` defaults to 2, safe for masks and type ids); bools True."""
-    rng = np.random.default_rng(seed)
+    ``[0, high)`` (``high`` defaults to 2, safe for masks and type ids); bools True.
+    Inside ``held_out`` the values come from another draw."""
+    variant = _VARIANT.get()
+    rng = np.random.default_rng([seed, variant] if variant else seed)
     out = {}
     for spec in specs:
         dims = tuple(int(d) for d in shapes[spec.name])

@@ -11,8 +11,8 @@ O(k log n) evaluations for k nodes that matter among n converted ones (group tes
    criterion: a clear error);
 3. the shortest prefix of the candidate order whose fallback meets the criterion:
    galloping (1, 2, 4, ... nodes) when the order is a ranking of likely culprits (error
-   attribution puts them first), a binary search over the graph order otherwise; the last
-   node of that prefix is needed;
+   attribution puts them first), a binary search otherwise (over the policy categories,
+   allow ops last, then graph order); the last node of that prefix is needed;
 4. the other needed nodes inside the prefix, one at a time: if the nodes found so far
    suffice, stop; else binary-search the shortest sub-prefix that, with them, meets it.
 Assuming that falling back more nodes never hurts, the result is minimal: no node in it can
@@ -159,9 +159,16 @@ def fallback_search(convert: Callable[[list[str], list[str]], Candidate], evalua
     return TuningResult(baseline, candidate, search.trials, [], nodes, search.duplicates, exhausted)
 
 
+#: without a ranking, allow ops (where low precision pays) come last, so that a fallback of
+#: their cheaper neighbours is found first
+_CATEGORY_ORDER = {"infer": 0, "clear": 1, "unlisted": 2, "deny": 3, "allow": 4}
+
+
 def _candidate_order(first: Candidate, ranking: Sequence[str] | None) -> list[str]:
-    """The converted nodes of the default conversion, ranked ones first."""
-    lowered = [name for name, _, category in first.lowered if category != "cast"]
+    """The converted nodes of the default conversion: ranked ones first, the rest by
+    policy category (allow ops last), then in graph order."""
+    converted = [(name, category) for name, _, category in first.lowered if category != "cast"]
+    lowered = [name for name, _ in sorted(converted, key=lambda item: _CATEGORY_ORDER.get(item[1], 2))]
     if not ranking:
         return lowered
     present = set(lowered)
