@@ -42,7 +42,13 @@ class OnnxAdapter(Adapter):
         return RuntimeLimits(sorted(missing), nodes, "onnxruntime (CPUExecutionProvider)")
 
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
-        proto = backend.emit(ir_model)
+        """The validated ModelProto, every node legal at its opset (``backend.emit_legal``:
+        the opset raised, or a node kept in float32). What was done is logged and kept in
+        ``ir_model.meta["notes"]`` for the report."""
+        proto, notes = backend.emit_legal(ir_model)
+        for note in notes:
+            logger.warning(note)
+        ir_model.meta.setdefault("notes", []).extend(notes)
         backend.validate(proto)
         return proto
 

@@ -335,7 +335,7 @@ def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are raised, with onnxruntime's message
     try:
         if _size(proto) >= LARGE_MODEL_BYTES:
             from mixprec.backends.onnx import save
