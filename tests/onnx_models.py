@@ -336,8 +336,21 @@ def feeds(name: str, proto: "onnx.ModelProto") -> dict[str, np.ndarray]:
         pad = np.zeros((BATCH, 6), dtype=bool)
         pad[1, 4:] = True
         return {"x": _f32(rng, BATCH, 6, 16), "pad": pad}
-    from mixprec.backends.onnx_runtime import make_sample_inputs
-    return make_sample_inputs(proto, seed=SEED, batch=BATCH)
+    return generated_feeds(proto)
+
+
+def generated_feeds(proto: "onnx.ModelProto", batch: int = BATCH) -> dict[str, np.ndarray]:
+    """The output check's first generated sample inputs for ``proto``
+    (``mixprec.backends.onnx_runtime.candidate_feeds``), with ``batch`` on every dynamic
+    leading dim."""
+    from mixprec.backends.onnx_runtime import candidate_feeds, input_specs
+    from mixprec.frontends.onnx import load
+
+    model = load(proto)
+    first = next(candidate_feeds(model))
+    shapes = {s.name: (batch, *first[s.name].shape[1:]) for s in input_specs(model)
+              if s.shape and not isinstance(s.shape[0], int)}
+    return next(candidate_feeds(model, shapes))
 
 
 def graphs_attribute() -> "onnx.ModelProto":
