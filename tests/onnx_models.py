@@ -409,7 +409,7 @@ def detector_model(stride: int = 32) -> "onnx.ModelProto":
     nodes[-1].output[0] = "boxes"
     graph = helper.make_graph(nodes, "detector",
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
-                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None)], inits)
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", 6, "out_h", "out_w"])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
