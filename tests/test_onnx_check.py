@@ -372,3 +372,22 @@ def test_constant_of_shape_retyped_to_bf16_gets_a_bf16_value():
     node = next(n for n in result.model.graph.node if n.op_type == "ConstantOfShape")
     assert node.attribute[0].t.data_type == TensorProto.BFLOAT16
     assert min(_checked(result)) > 0.999
+
+
+def test_raising_an_opset_9_model_retypes_the_dropout_mask():
+    """Regression (onnx's light_squeezenet/vgg19/alexnet/inception_v1, opset 9): raising
+    the opset for bf16 Conv made Dropout's mask bool (opset 10+) but its value_info stayed
+    float and the checker failed ('Inferred elem type differs ... (9) vs (1)')."""
+    rng = np.random.default_rng(0)
+    inits: list = []
+    nodes = [onnx_models._conv(rng, "conv", "x", 3, 4, inits),
+             helper.make_node("Dropout", ["conv"], ["drop", "mask"], name="drop", ratio=0.5),
+             helper.make_node("Relu", ["drop"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "drop9", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    proto.ir_version = 4
+    result = _fit(proto)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert {o.domain: o.version for o in result.model.opset_import}[""] == 22
+    assert min(_checked(result)) > 0.999

@@ -472,6 +472,7 @@ def _convert_opset(proto: onnx.ModelProto, current: int, target: int, reason: st
     finally:
         _unstash_data(proto, stash)
         _restore_sparse(proto, sparse)
+    _retype_from_inference(converted)
     _unstash_data(converted, stash)
     _restore_sparse(converted, sparse)
     for field in ("functions", "training_info", "metadata_props"):
@@ -482,6 +483,31 @@ def _convert_opset(proto: onnx.ModelProto, current: int, target: int, reason: st
             setattr(converted, field, getattr(proto, field))
     converted.ir_version = max(converted.ir_version, proto.ir_version, _min_ir_version(converted))
     return converted
+
+
+def _retype_from_inference(proto: onnx.ModelProto) -> None:
+    """Correct declared element types that the opset conversion made stale (the version
+    converter changes op signatures, e.g. Dropout's mask from T to bool at opset 10, but
+    not the value_info it copied): where ONNX type inference, run without the declared
+    types, derives another element type for an intermediate value, that type wins."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    for graph in _all_graphs(bare.graph):
+        graph.ClearField("value_info")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(bare, check_type=False, strict_mode=False)
+    except Exception as exc:  # inference gaps leave the declared types as they are
+        logger.debug("type inference after the opset conversion failed: %s", _oneline(exc, 200))
+        return
+    types = {vi.name: vi.type.tensor_type.elem_type for graph in _all_graphs(inferred.graph)
+             for vi in graph.value_info if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    for graph in _all_graphs(proto.graph):
+        for vi in graph.value_info:
+            elem = types.get(vi.name)
+            if elem and vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type != elem:
+                logger.debug("value %s: type %d after the opset conversion, not %d", vi.name, elem,
+                             vi.type.tensor_type.elem_type)
+                vi.type.tensor_type.elem_type = elem
 
 
 def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
