@@ -336,8 +336,21 @@ def feeds(name: str, proto: "onnx.ModelProto") -> dict[str, np.ndarray]:
         pad = np.zeros((BATCH, 6), dtype=bool)
         pad[1, 4:] = True
         return {"x": _f32(rng, BATCH, 6, 16), "pad": pad}
-    from mixprec.backends.onnx_runtime import make_sample_inputs
-    return make_sample_inputs(proto, seed=SEED, batch=BATCH)
+    return generated_feeds(proto)
+
+
+def generated_feeds(proto: "onnx.ModelProto", batch: int = BATCH) -> dict[str, np.ndarray]:
+    """The output check's first generated sample inputs for ``proto``
+    (``mixprec.backends.onnx_runtime.candidate_feeds``), with ``batch`` on every dynamic
+    leading dim."""
+    from mixprec.backends.onnx_runtime import candidate_feeds, input_specs
+    from mixprec.frontends.onnx import load
+
+    model = load(proto)
+    first = next(candidate_feeds(model))
+    shapes = {s.name: (batch, *first[s.name].shape[1:]) for s in input_specs(model)
+              if s.shape and not isinstance(s.shape[0], int)}
+    return next(candidate_feeds(model, shapes))
 
 
 def graphs_attribute() -> "onnx.ModelProto":
@@ -352,5 +365,103 @@ def graphs_attribute() -> "onnx.ModelProto":
     graph = helper.make_graph([node], "graphs_attr", [helper.make_tensor_value_info("x", f32, [2])],
                               [helper.make_tensor_value_info("y", f32, [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("test.ops", 1)])
+    model.ir_version = 8
+    return model
+
+
+# ---------------------------------------------------- shapes real exporters produce ---
+def _conv(rng: np.random.Generator, name: str, x: str, cin: int, cout: int, inits: list, stride: int = 1,
+          k: int = 3, scale: float = 1.0) -> "onnx.NodeProto":
+    """A Conv node reading ``x`` (He-scaled weights times ``scale``), weights in ``inits``."""
+    w = rng.standard_normal((cout, cin, k, k)).astype(np.float32) * np.float32(scale * np.sqrt(2.0 / (cin * k * k)))
+    inits += [numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(_f32(rng, cout) / 10, f"{name}.b")]
+    return helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [name], name=name, pads=[k // 2] * 4,
+                            strides=[stride, stride])
+
+
+def negative_dim_model() -> "onnx.ModelProto":
+    """``y = x @ w``, input ``x`` declared ``[-1, 8]`` (``dim_value: -1``, as PaddlePaddle
+    exports write an unknown dim), opset 17."""
+    model = matmul_model(8, 4)
+    model.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    return model
+
+
+def detector_model(stride: int = 32) -> "onnx.ModelProto":
+    """A YOLO-style detector: input ``images`` [batch,3,H,W] (dynamic H/W); Conv stride-2
+    stages down to ``stride``, the last feature map upsampled x2 (Resize) and concatenated
+    with the one before, so H and W must be multiples of ``stride`` (H=W=1 fails in
+    Concat). Outputs ``boxes`` [batch,6,H/(stride/2),W/(stride/2)]. Opset 17."""
+    rng = np.random.default_rng(SEED)
+    inits: list = []
+    nodes, x, cin = [], "images", 3
+    stages = int(np.log2(stride))
+    for i in range(stages):
+        cout = 8 * (i + 1)
+        nodes += [_conv(rng, f"down{i}", x, cin, cout, inits, stride=2),
+                  helper.make_node("Relu", [f"down{i}"], [f"act{i}"], name=f"act{i}")]
+        x, cin = f"act{i}", cout
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up.scales"))
+    nodes += [helper.make_node("Resize", [x, "", "up.scales"], ["up"], name="up", mode="nearest"),
+              helper.make_node("Concat", ["up", f"act{stages - 2}"], ["fused"], name="fuse", axis=1),
+              _conv(rng, "head", "fused", cin + 8 * (stages - 1), 6, inits, k=1)]
+    nodes[-1].output[0] = "boxes"
+    graph = helper.make_graph(nodes, "detector",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", 6, "out_h", "out_w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def bn_opset12_model() -> "onnx.ModelProto":
+    """Conv -> BatchNormalization -> Relu -> GlobalAveragePool -> Flatten -> Gemm at
+    opset 12, where BatchNormalization has one type parameter for X, scale, B, mean and
+    var. Input ``x`` [batch,3,16,16], output ``logits``; calibrated running statistics."""
+    rng = np.random.default_rng(SEED)
+    inits: list = []
+    nodes = [_conv(rng, "conv", "x", 3, 8, inits)]
+    inits += [numpy_helper.from_array((1 + _f32(rng, 8) / 10), "bn.scale"),
+              numpy_helper.from_array(_f32(rng, 8) / 10, "bn.bias"),
+              numpy_helper.from_array(_f32(rng, 8) / 10, "bn.mean"),
+              numpy_helper.from_array((1 + np.abs(_f32(rng, 8))), "bn.var"),
+              numpy_helper.from_array(_f32(rng, 4, 8), "fc.w"), numpy_helper.from_array(_f32(rng, 4), "fc.b")]
+    nodes += [helper.make_node("BatchNormalization", ["conv", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["bn"],
+                               name="bn", epsilon=1e-5),
+              helper.make_node("Relu", ["bn"], ["relu"], name="relu"),
+              helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="pool"),
+              helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "bn12", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    return model
+
+
+def deep_residual_model(blocks: int = 158, channels: int = 8, side: int = 8) -> "onnx.ModelProto":
+    """A deep residual CNN: a stem Conv, then ``blocks`` blocks ``x + Conv(Relu(Conv(x)))``,
+    then GlobalAveragePool and Gemm. Input ``x`` [1,3,side,side], output ``logits``
+    [1,10]. Activations grow along the residual path to ~1e3-1e5, where one bf16 ulp is
+    large, as in deep real networks. Opset 17."""
+    rng = np.random.default_rng(SEED)
+    inits: list = []
+    nodes = [_conv(rng, "stem", "x", 3, channels, inits)]
+    x = "stem"
+    for i in range(blocks):
+        nodes += [_conv(rng, f"b{i}.c1", x, channels, channels, inits, scale=0.5),
+                  helper.make_node("Relu", [f"b{i}.c1"], [f"b{i}.r"], name=f"b{i}.relu"),
+                  _conv(rng, f"b{i}.c2", f"b{i}.r", channels, channels, inits, scale=0.5),
+                  helper.make_node("Add", [x, f"b{i}.c2"], [f"b{i}.out"], name=f"b{i}.add")]
+        x = f"b{i}.out"
+    inits += [numpy_helper.from_array(_f32(rng, 10, channels), "fc.w"), numpy_helper.from_array(_f32(rng, 10), "fc.b")]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"),
+              helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "deep_residual",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

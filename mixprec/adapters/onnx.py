@@ -1,13 +1,15 @@
 """ONNX adapter: .onnx files and ModelProtos.
 
-The converted model is checked with onnx.checker (full_check). Its outputs come from
-onnxruntime when it can run the model (FP16, or target=onnxruntime) and otherwise from
-onnx.reference.ReferenceEvaluator, which runs BF16; the FP32 model runs in onnxruntime."""
+The converted model is checked with onnx.checker (full_check). The output check feeds
+sample inputs fitted to the model (``runtime.candidate_feeds``) and runs the converted
+model in onnxruntime: directly where it has the kernels (FP16, target=onnxruntime), else
+on an exact float32 emulation of the low-precision model; the reference evaluator only
+with ``check_runtime="reference"``. The FP32 model runs in onnxruntime."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -17,6 +19,7 @@ from mixprec.backends import onnx as backend
 from mixprec.backends import onnx_runtime as runtime
 from mixprec.config import MixedPrecisionConfig
 from mixprec.errors import ConversionError, OutputCheckUnavailable
+from mixprec.fileio import first_line
 from mixprec.frontends import onnx as frontend
 from mixprec.ir.graph import Model
 from mixprec.passes.common import target_dtype
@@ -39,51 +42,69 @@ class OnnxAdapter(Adapter):
         return RuntimeLimits(sorted(missing), nodes, "onnxruntime (CPUExecutionProvider)")
 
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
-        proto = backend.emit(ir_model)
+        """The validated ModelProto, every node legal at its opset (``backend.emit_legal``:
+        the opset raised, or a node kept in float32). What was done is logged and kept in
+        ``ir_model.meta["notes"]`` for the report."""
+        proto, notes = backend.emit_legal(ir_model)
+        for note in notes:
+            logger.warning(note)
+        ir_model.meta.setdefault("notes", []).extend(notes)
         backend.validate(proto)
         return proto
 
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        return next(iter(self.candidate_inputs(original, ir_model, config)))
+
+    def candidate_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Iterator[Any]:
+        """The user's ``sample_inputs`` alone (checked against the model's inputs), else
+        ``runtime.candidate_feeds``: the shape ladder over the model's inputs with their
+        unknown dims resolved from the model, ``input_shapes`` first."""
         if config.sample_inputs is not None:
-            return dict(config.sample_inputs)
-        return runtime.make_sample_inputs(ir_model)
+            yield runtime.check_feeds(ir_model, config.sample_inputs)
+            return
+        yield from runtime.candidate_feeds(ir_model, config.input_shapes)
 
     def native(self, model: Any) -> Any:
         return onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
+        """onnxruntime; a model that already holds bf16/f16 values (mixprec's own output)
+        runs on its exact float32 emulation; the reference evaluator only as a fallback."""
         proto = self.native(original)
         try:
             return runtime.run_onnxruntime(proto, inputs)
-        except ConversionError:
-            return runtime.run_reference(proto, inputs)
+        except ConversionError as exc:
+            ort_error = first_line(exc)
+        if runtime.low_precision_dtypes(proto):
+            try:
+                return runtime.run_emulated(proto, inputs)
+            except ConversionError:
+                pass
+        logger.info("onnxruntime cannot run the FP32 model (%s); using the reference evaluator", ort_error)
+        return runtime.run_reference(proto, inputs)
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
-        """onnxruntime when it runs the model; else the reference evaluator; else (BF16/FP16)
-        onnxruntime on a float32 emulation that rounds every low-precision value."""
-        try:
-            return runtime.run_onnxruntime(converted, inputs)
-        except ConversionError as exc:
-            if config.target == "onnxruntime":
-                raise ConversionError(f"the converted model does not run in onnxruntime although "
-                                      f"target='onnxruntime': {exc}") from None
-            ort_error = _first_line(exc)
-        logger.info("onnxruntime cannot run the converted model (%s); using the reference evaluator", ort_error)
-        try:
-            return runtime.run_reference(converted, inputs)
-        except Exception as exc:  # the evaluator's own gaps (Loop without cond, GatherElements, ...)
-            ref_error = f"{type(exc).__name__}: {_first_line(exc)}"
-        logger.info("the reference evaluator fails (%s); using onnxruntime on a float emulation", ref_error)
-        try:
-            outputs = runtime.run_onnxruntime(runtime.emulate_in_float(converted, target_dtype(config.precision)),
-                                              inputs)
-        except ConversionError as exc:
-            raise OutputCheckUnavailable(f"onnxruntime cannot run the converted model ({ort_error}), the reference "
-                                         f"evaluator fails on it ({ref_error}) and so does the float emulation "
-                                         f"({_first_line(exc)})") from None
-        self.last_check_note = ("outputs checked in onnxruntime on a float32 emulation that rounds every "
-                                f"{config.precision} value (the reference evaluator fails on this model: {ref_error})")
-        return outputs
+        """The converted model's outputs, by ``config.check_runtime``: ``"reference"`` runs
+        onnx.reference.ReferenceEvaluator; ``"auto"`` runs onnxruntime directly where it
+        has the kernels (FP16, or target='onnxruntime') and otherwise onnxruntime on the
+        exact emulation (``runtime.emulate_in_float``). Any failure of the runtime is
+        OutputCheckUnavailable with a one-line reason."""
+        if config.check_runtime == "reference":
+            self.last_check_note = "outputs checked with onnx.reference.ReferenceEvaluator (check_runtime='reference')"
+            return _unavailable_on_error("the reference evaluator", runtime.run_reference, converted, inputs)
+        if config.precision == "fp16" or config.target == "onnxruntime":
+            try:
+                return runtime.run_onnxruntime(converted, inputs)
+            except ConversionError as exc:
+                if config.target == "onnxruntime":
+                    raise OutputCheckUnavailable(f"the converted model does not run in onnxruntime although "
+                                                 f"target='onnxruntime' ({first_line(exc)})") from None
+                logger.info("onnxruntime cannot run the fp16 model (%s); checking its emulation", first_line(exc))
+        self.last_check_note = (f"outputs checked in onnxruntime on an exact float32 emulation of the "
+                                f"{config.precision} model (every {config.precision} value rounded where it "
+                                "is produced)")
+        return _unavailable_on_error("onnxruntime on the float32 emulation", runtime.run_emulated, converted,
+                                     inputs, [target_dtype(config.precision)])
 
     def output_names(self, ir_model: Model) -> list[str]:
         return [frontend.onnx_name(ir_model, v) for v in ir_model.graph.outputs]
@@ -109,6 +130,10 @@ def _onnxruntime_crashers(ir_model: Model) -> dict[str, str]:
     return out
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:limit]
+def _unavailable_on_error(what: str, run: Callable[..., list[np.ndarray]], *args: Any) -> list[np.ndarray]:
+    """``run(*args)``; any failure is OutputCheckUnavailable naming ``what`` in one line."""
+    try:
+        return run(*args)
+    except Exception as exc:  # a runtime's own gap on this model, never a conversion failure
+        reason = first_line(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {first_line(exc)}"
+        raise OutputCheckUnavailable(f"{what} cannot run the converted model ({reason})") from None

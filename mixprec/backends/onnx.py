@@ -26,11 +26,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mixprec.errors import ConfigError, ConversionError
-from mixprec.fileio import same_file
+from mixprec.fileio import first_line, same_file
 from mixprec.frontends.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx,
                                     _oneline, graph_key, onnx_type_string, sparse_to_dense,
                                     type_from_proto)
 from mixprec.ir.dtypes import DType
+from mixprec.ir.cast import make_cast
 from mixprec.ir.graph import Graph, Model, Node, Value
 
 
@@ -55,9 +56,7 @@ def emit(model: Model, opset: int | None = None) -> onnx.ModelProto:
     if model.framework not in ("onnx", "generic"):
         raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
                           f"{model.framework} backend")
-    proto = onnx.ModelProto()
-    _Emitter(model).fill_graph(proto.graph, model.graph, "")
-    _fill_model_fields(proto, model.meta)
+    proto = _emit_proto(model)
     current = _default_opset(proto)
     needed, reason = required_opset(model.graph, current)
     target = needed if opset is None else opset
@@ -66,6 +65,97 @@ def emit(model: Model, opset: int | None = None) -> onnx.ModelProto:
     if target != current:
         logger.info("converting the model from opset %d to %d (%s)", current, target, reason or "requested")
         proto = _convert_opset(proto, current, target, reason or "requested")
+    return proto
+
+
+def emit_legal(model: Model) -> tuple[onnx.ModelProto, list[str]]:
+    """``emit``, making every node legal at the emitted opset: a node whose tensor types
+    its schema at the model's opset rejects (bf16 Conv before opset 22, a f16
+    BatchNormalization with f32 statistics before opset 15, ...) raises the opset when a
+    newer schema accepts it and ``onnx.version_converter`` can convert the model; else
+    the node is kept in float32 (``keep_in_float32``; ``model`` is changed in place).
+    Returns the proto and report notes naming what was done."""
+    if model.framework not in ("onnx", "generic"):
+        raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
+                          f"{model.framework} backend")
+    opsets = model.meta.get("opset_import") or {}
+    current = int(next((v for d, v in opsets.items() if d in _DEFAULT_DOMAINS), DEFAULT_OPSET))
+    notes: list[str] = []
+    stuck = [n for n in illegal_nodes(model.graph, current) if _lowest_opset_for(n, current) is None]
+    if stuck:
+        keep_in_float32(stuck)
+        notes.append(_kept_note(stuck, f"no opset of their op accepts their mixed types"))
+    needed, reason = required_opset(model.graph, current)
+    if needed == current:
+        return emit(model), notes
+    try:
+        proto = emit(model)
+    except ConversionError as exc:
+        nodes = illegal_nodes(model.graph, current)
+        if not nodes:
+            raise
+        keep_in_float32(nodes)
+        notes.append(_kept_note(nodes, f"the model cannot be converted from opset {current} to {needed} "
+                                       f"({first_line(exc, 160)})"))
+        return emit(model), notes
+    notes.append(f"opset raised from {current} to {needed}: {reason}")
+    return proto, notes
+
+
+def _kept_note(nodes: list[Node], why: str) -> str:
+    names = ", ".join(f"{n.name!r} ({n.op})" for n in nodes[:8]) + (f" and {len(nodes) - 8} more" if len(nodes) > 8
+                                                                     else "")
+    return f"kept in float32 because {why}: {names}"
+
+
+def illegal_nodes(graph: Graph, opset: int) -> list[Node]:
+    """Standard-domain nodes of the graph tree whose schema at ``opset`` does not accept
+    their tensor types (see ``_accepts``)."""
+    out = []
+    for node in graph.all_nodes():
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        versions = [s for s in _schema_table().get(("", node.op), []) if s.since_version <= opset]
+        if versions and not _node_accepted_by(versions[-1], node):
+            out.append(node)
+    return out
+
+
+def keep_in_float32(nodes: list[Node]) -> None:
+    """Run each node in float32: its bf16/f16 inputs are cast to float32, its bf16/f16
+    outputs become float32 and are cast back for their readers (and graph outputs), so
+    the rest of the graph sees the types it had. The node's precision meta says f32."""
+    for node in nodes:
+        graph = node.graph
+        assert graph is not None
+        for index, value in enumerate(node.inputs):
+            if value is not None and value.dtype.is_low_precision:
+                cast = make_cast(graph, value, DType.FLOAT32)
+                graph.insert_before(node, cast)
+                node.set_input(index, cast.outputs[0])
+        for value in node.outputs:
+            if not value.dtype.is_low_precision:
+                continue
+            low = value.dtype
+            readers = value.uses()
+            value.dtype = DType.FLOAT32
+            cast = make_cast(graph, value, low)
+            graph.insert_after(node, cast)
+            rounded = cast.outputs[0]
+            value.name, rounded.name = rounded.name, value.name  # readers keep the name they read
+            for reader, index in readers:
+                reader.set_input(index, rounded)
+            if value in graph.outputs:
+                graph.replace_output(value, rounded)
+        node.meta["precision"] = DType.FLOAT32.value
+        node.meta["reason"] = "kept f32: its op's schema rejects its mixed types at the model's opset"
+
+
+def _emit_proto(model: Model) -> onnx.ModelProto:
+    """The model as a ModelProto at its own opset (no conversion)."""
+    proto = onnx.ModelProto()
+    _Emitter(model).fill_graph(proto.graph, model.graph, "")
+    _fill_model_fields(proto, model.meta)
     return proto
 
 
@@ -211,6 +301,7 @@ class _Emitter:
         proto.output.extend(self.name(v) for v in node.outputs)
         attr_types = meta.get("attr_types", {})
         for attr_name, value in node.attrs.items():
+            value = _typed_attr(node, attr_name, value)
             proto.attribute.append(self.attribute(attr_name, value, node, key, attr_types.get(attr_name)))
         return proto
 
@@ -237,6 +328,28 @@ class _Emitter:
         except (TypeError, ValueError) as exc:
             raise ConversionError(f"node {node.name!r} ({node.op}): attribute {name}={value!r} cannot be "
                                   f"written to ONNX ({exc})") from None
+
+
+#: ops whose output element type an attribute sets: op -> (attribute, kind)
+_TYPE_SETTING_ATTRS = {"ConstantOfShape": ("value", "tensor"), "EyeLike": ("dtype", "dtype"),
+                       "RandomNormalLike": ("dtype", "dtype"), "RandomUniformLike": ("dtype", "dtype")}
+
+
+def _typed_attr(node: Node, name: str, value: Any) -> Any:
+    """An attribute that sets the output element type (ConstantOfShape's ``value``,
+    EyeLike's ``dtype``) follows the output's dtype when a pass retyped the output, so
+    the model stays consistent (shape inference derives the output type from it)."""
+    spec = _TYPE_SETTING_ATTRS.get(node.op)
+    if node.domain or spec is None or spec[0] != name or not node.outputs:
+        return value
+    out = node.outputs[0].dtype
+    if not out.is_float:
+        return value
+    if spec[1] == "tensor" and isinstance(value, np.ndarray) and value.dtype != out.to_numpy():
+        return value.astype(out.to_numpy())
+    if spec[1] == "dtype" and isinstance(value, (DType, int)) and value != out:
+        return out
+    return value
 
 
 def _attr_value(value: Any) -> Any:
@@ -278,26 +391,40 @@ def _schema_table() -> dict[tuple[str, str], list[Any]]:
     return table
 
 
-def _accepts(schema: Any, formals: list[Any], values: tuple[Value | None, ...]) -> bool:
-    """True when every typed value is allowed by its formal parameter of ``schema``."""
+def _accepts(schema: Any, node: Node) -> bool:
+    """True when ``node``'s typed inputs and outputs satisfy ``schema``'s type constraints:
+    each value's type is one its formal parameter allows, and every occurrence of a type
+    parameter (``T`` of BatchNormalization's X, scale, B, mean and var before opset 15)
+    binds to one type (heterogeneous variadics, as Loop's carried values, excepted)."""
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
-    for index, value in enumerate(values):
-        if value is None or value.dtype == DType.UNKNOWN:
-            continue
-        if index < len(formals):
-            formal = formals[index]
-        elif formals and formals[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
-            formal = formals[-1]
-        else:
-            continue  # arity problems are the checker's to report
-        allowed = constraints.get(formal.type_str, {formal.type_str})
-        if onnx_type_string(value.dtype) not in allowed:
-            return False
+    bound: dict[str, str] = {}
+    for formals, values in ((list(schema.inputs), node.inputs), (list(schema.outputs), node.outputs)):
+        for index, value in enumerate(values):
+            if value is None or value.dtype == DType.UNKNOWN:
+                continue
+            formal = _formal_at(formals, index)
+            if formal is None:
+                continue  # arity problems are the checker's to report
+            type_str = onnx_type_string(value.dtype)
+            if type_str not in constraints.get(formal.type_str, {formal.type_str}):
+                return False
+            variadic = formal.option == onnx.defs.OpSchema.FormalParameterOption.Variadic
+            if formal.type_str in constraints and (not variadic or formal.is_homogeneous):
+                if bound.setdefault(formal.type_str, type_str) != type_str:
+                    return False
     return True
 
 
+def _formal_at(formals: list[Any], index: int) -> Any:
+    if index < len(formals):
+        return formals[index]
+    if formals and formals[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+        return formals[-1]
+    return None
+
+
 def _node_accepted_by(schema: Any, node: Node) -> bool:
-    return _accepts(schema, list(schema.inputs), node.inputs) and _accepts(schema, list(schema.outputs), node.outputs)
+    return _accepts(schema, node)
 
 
 def _lowest_opset_for(node: Node, current: int) -> int | None:
@@ -345,6 +472,7 @@ def _convert_opset(proto: onnx.ModelProto, current: int, target: int, reason: st
     finally:
         _unstash_data(proto, stash)
         _restore_sparse(proto, sparse)
+    _retype_from_inference(converted)
     _unstash_data(converted, stash)
     _restore_sparse(converted, sparse)
     for field in ("functions", "training_info", "metadata_props"):
@@ -355,6 +483,31 @@ def _convert_opset(proto: onnx.ModelProto, current: int, target: int, reason: st
             setattr(converted, field, getattr(proto, field))
     converted.ir_version = max(converted.ir_version, proto.ir_version, _min_ir_version(converted))
     return converted
+
+
+def _retype_from_inference(proto: onnx.ModelProto) -> None:
+    """Correct declared element types that the opset conversion made stale (the version
+    converter changes op signatures, e.g. Dropout's mask from T to bool at opset 10, but
+    not the value_info it copied): where ONNX type inference, run without the declared
+    types, derives another element type for an intermediate value, that type wins."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    for graph in _all_graphs(bare.graph):
+        graph.ClearField("value_info")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(bare, check_type=False, strict_mode=False)
+    except Exception as exc:  # inference gaps leave the declared types as they are
+        logger.debug("type inference after the opset conversion failed: %s", _oneline(exc, 200))
+        return
+    types = {vi.name: vi.type.tensor_type.elem_type for graph in _all_graphs(inferred.graph)
+             for vi in graph.value_info if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    for graph in _all_graphs(proto.graph):
+        for vi in graph.value_info:
+            elem = types.get(vi.name)
+            if elem and vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type != elem:
+                logger.debug("value %s: type %d after the opset conversion, not %d", vi.name, elem,
+                             vi.type.tensor_type.elem_type)
+                vi.type.tensor_type.elem_type = elem
 
 
 def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
