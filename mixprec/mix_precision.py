@@ -101,7 +101,9 @@ def _convert(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, fa
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
                           fallback_nodes=fallback_nodes)
     logger.info("emitting and validating the converted model")
-    return adapter.emit(ir_model, config), ir_model, report
+    native = adapter.emit(ir_model, config)
+    report.notes.extend(ir_model.meta.pop("notes", []))  # what emitting changed (opset raised, nodes kept f32)
+    return native, ir_model, report
 
 
 Evaluate = Callable[[Any, bool], float]

@@ -321,7 +321,7 @@ def test_fp16_batchnorm_at_opset_12_is_made_legal_by_raising_the_opset():
     assert min(_checked(result)) > 0.999
     bn = next(n for n in result.ir.graph.all_nodes() if n.op == "BatchNormalization")
     assert bn.inputs[0].dtype.value == "f16" and bn.inputs[3].dtype.value == "f32"
-    assert any("opset raised from 12 to 14" in note for note in result.ir.meta["notes"])
+    assert any("opset raised from 12 to 14" in note for note in result.report.notes)
 
 
 def test_a_node_the_opset_converter_cannot_legalize_is_kept_in_float32(monkeypatch):
@@ -338,7 +338,7 @@ def test_a_node_the_opset_converter_cannot_legalize_is_kept_in_float32(monkeypat
     types.update({t.name: t.data_type for t in result.model.graph.initializer})
     assert {types[name] for name in list(bn.input) + list(bn.output)} == {TensorProto.FLOAT}
     assert min(_checked(result)) > 0.999
-    note = next(n for n in result.ir.meta["notes"] if n.startswith("kept in float32"))
+    note = next(n for n in result.report.notes if n.startswith("kept in float32"))
     assert "'bn' (BatchNormalization)" in note and "opset 12 to 14" in note
 
 
