@@ -199,3 +199,20 @@ def embedding_lm(vocab: int = 200, seed: int = 0) -> Built:
     net = EmbeddingLstmLm(vocab, prefix="lm_")
     net.initialize(mx.init.Xavier(magnitude=2.0))
     return net, mx.nd.array(rng.randint(0, vocab, size=(12, 2)).astype(np.float32))
+
+
+def batchnorm_stem(offset: float = 0.0, head: bool = True, seed: int = 0) -> Built:
+    """A ``resnet*_v2``-style stem: BatchNorm(scale=False, center=False) normalizes the
+    raw image first, then Conv(8, 3x3) -> relu and, with ``head``, GlobalAvgPool ->
+    Dense(10); without it the per-pixel feature map is the output. The BatchNorm's
+    statistics are those of images with mean ``offset`` (its inputs)."""
+    rng = _seed(seed)
+    net = nn.HybridSequential(prefix="stem_")
+    with net.name_scope():
+        net.add(nn.BatchNorm(scale=False, center=False), nn.Conv2D(8, 3, padding=1), nn.Activation("relu"))
+        if head:
+            net.add(nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    images = mx.nd.array(rng.normal(size=(8, 3, 16, 16)).astype(np.float32) + offset)
+    calibrate_all_batchnorms(net, images)
+    return net, images[:2]
