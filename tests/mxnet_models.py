@@ -139,3 +139,80 @@ def export(block: Any, example: Any, prefix: str) -> tuple[str, str]:
     block(example)
     block.export(prefix)
     return f"{prefix}-symbol.json", f"{prefix}-0000.params"
+
+
+def calibrate_all_batchnorms(net: Any, batch: Any) -> None:
+    """Set every BatchNorm's running mean/variance (nested blocks included) to the
+    statistics of its input on ``batch``, in one inference pass: a forward pre-hook sets
+    them just before each BatchNorm runs, so later layers see normalized activations.
+    (MXNet's oneDNN BatchNorm does not update them in a forward pass.) Model-zoo
+    networks built with random weights are otherwise degenerate."""
+    handles = [b.register_forward_pre_hook(_set_statistics) for b in _blocks(net) if isinstance(b, nn.BatchNorm)]
+    with mx.autograd.predict_mode():
+        net(batch)
+    for handle in handles:
+        handle.detach()
+
+
+def _set_statistics(block: Any, inputs: Any) -> None:
+    data = inputs[0].asnumpy()
+    axes = (0,) + tuple(range(2, data.ndim))
+    block.running_mean.set_data(mx.nd.array(data.mean(axis=axes)))
+    block.running_var.set_data(mx.nd.array(data.var(axis=axes) + 1e-3))
+
+
+def _blocks(block: Any) -> list[Any]:
+    out = [block]
+    for child in block._children.values():
+        out.extend(_blocks(child))
+    return out
+
+
+def model_zoo(name: str, side: int = 64, seed: int = 0) -> Built:
+    """A Gluon model-zoo network (``pretrained=False``: random Xavier weights, BatchNorm
+    statistics calibrated on a seeded batch of ``side``-pixel images)."""
+    rng = _seed(seed)
+    net = mx.gluon.model_zoo.vision.get_model(name, pretrained=False, classes=10)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    calibrate_all_batchnorms(net, _input(rng, 4, 3, side, side))
+    return net, _input(rng, 1, 3, side, side)
+
+
+class EmbeddingLstmLm(mx.gluon.HybridBlock):
+    """A word-level language model as Gluon's examples build it: Embedding -> LSTM (TNC
+    layout) -> Dense decoder over the vocabulary. Its input is token ids (float32, as
+    MXNet stores them) of shape (seq, batch)."""
+
+    def __init__(self, vocab: int = 200, embed: int = 32, hidden: int = 32, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embedding = nn.Embedding(vocab, embed)
+            self.lstm = mx.gluon.rnn.LSTM(hidden, num_layers=1, layout="TNC", input_size=embed)
+            self.decoder = nn.Dense(vocab, flatten=False, in_units=hidden)
+
+    def hybrid_forward(self, F: Any, tokens: Any) -> Any:
+        return self.decoder(self.lstm(self.embedding(tokens)))
+
+
+def embedding_lm(vocab: int = 200, seed: int = 0) -> Built:
+    rng = _seed(seed)
+    net = EmbeddingLstmLm(vocab, prefix="lm_")
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    return net, mx.nd.array(rng.randint(0, vocab, size=(12, 2)).astype(np.float32))
+
+
+def batchnorm_stem(offset: float = 0.0, head: bool = True, seed: int = 0) -> Built:
+    """A ``resnet*_v2``-style stem: BatchNorm(scale=False, center=False) normalizes the
+    raw image first, then Conv(8, 3x3) -> relu and, with ``head``, GlobalAvgPool ->
+    Dense(10); without it the per-pixel feature map is the output. The BatchNorm's
+    statistics are those of images with mean ``offset`` (its inputs)."""
+    rng = _seed(seed)
+    net = nn.HybridSequential(prefix="stem_")
+    with net.name_scope():
+        net.add(nn.BatchNorm(scale=False, center=False), nn.Conv2D(8, 3, padding=1), nn.Activation("relu"))
+        if head:
+            net.add(nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    images = mx.nd.array(rng.normal(size=(8, 3, 16, 16)).astype(np.float32) + offset)
+    calibrate_all_batchnorms(net, images)
+    return net, images[:2]

@@ -8,6 +8,7 @@ overrides, uncapturable modules and the ``mixprec convert`` CLI on a ``.pt2`` be
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 import textwrap
@@ -342,3 +343,81 @@ def test_dynamic_batch_and_fallback_fx_through_fit(tmp_path):
         mix_precision.fit(branchy, config=MixedPrecisionConfig(example_inputs=branch_inputs))
     traced = mix_precision.fit(branchy, config=MixedPrecisionConfig(example_inputs=branch_inputs, fallback_fx=True))
     assert all(c.cosine >= 0.99 for c in traced.report.checks)
+
+
+# ---------------------------------------------------------- gather tables (issue 7) ---
+def test_embedding_table_is_stored_bf16_in_the_saved_program(tmp_path):
+    """Embedding -> LayerNorm -> Linear: the table used to stay FP32 (a LayerNorm reads
+    the rows). Now the .pt2 stores it in bf16, and the outputs equal those of the FP32
+    model whose table (and Linear) are rounded, up to bf16 rounding of the Linear."""
+    module, inputs = tm.embedding_norm_head()
+    converted = mix_precision.fit(module, config=MixedPrecisionConfig(example_inputs=inputs))
+    path = converted.save(tmp_path / "m.pt2")
+    program = torch.export.load(str(path))
+    assert program.state_dict["embed.weight"].dtype == torch.bfloat16
+    assert program.state_dict["norm.weight"].dtype == torch.float32
+    table = program.state_dict["embed.weight"]
+    torch.testing.assert_close(table.float(), module.embed.weight.detach().to(torch.bfloat16).float(), rtol=0, atol=0)
+    rounded = copy.deepcopy(module)
+    with torch.no_grad():
+        rounded.embed.weight.copy_(rounded.embed.weight.to(torch.bfloat16).float())
+    got = _run(program.module(), inputs)
+    want = _run(rounded, inputs)
+    assert _cosine(got[0], want[0]) >= 0.9999
+    torch.testing.assert_close(got[0].float(), want[0], rtol=0.02, atol=0.05)
+    fp32_path = save_fp32_program(module, tmp_path / "fp32.pt2", inputs)
+    assert Path(path).stat().st_size / Path(fp32_path).stat().st_size < 0.6
+
+
+def test_candidate_inputs_follow_the_example_then_the_ladder():
+    """The example inputs come first; with a dynamic batch, generated inputs of the same
+    structure follow, with token ids below the embedding's rows."""
+    from mixprec.adapters.torch import TorchAdapter
+    module, inputs = tm.embedding_norm_head(batch=3)
+    config = MixedPrecisionConfig(example_inputs=inputs, dynamic_batch=True)
+    adapter = TorchAdapter()
+    ir_model = adapter.load(module, config)
+    candidates = list(adapter.candidate_inputs(module, ir_model, config))
+    assert candidates[0] is inputs
+    assert len(candidates) >= 2
+    ids = candidates[1][0]
+    assert ids.dtype == torch.int64 and ids.shape == (1, 12)
+    assert int(ids.max()) < 1000 and int(ids.max()) >= 2
+
+
+def _transformers_case(name: str):
+    import transformers
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    if name == "bert":
+        return tm.bert_model(seq=16)
+    if name == "gpt2":
+        config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=256, n_positions=32,
+                                         use_cache=False, bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2Model(config).eval(), {"input_ids": torch.randint(0, 256, (2, 16), generator=gen)}
+    config = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1],
+                                       layer_type="basic")
+    model = transformers.ResNetModel(config)
+    tm.calibrate_batchnorm(model, lambda: torch.randn(4, 3, 64, 64, generator=gen))
+    return model.eval(), {"pixel_values": torch.randn(1, 3, 64, 64, generator=gen)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "gpt2", "resnet"])
+def test_transformers_models_through_the_default_cli_path(name, tmp_path):
+    """transformers BertModel, GPT2Model and ResNetModel (small configs, random weights,
+    calibrated BatchNorm) saved as FP32 .pt2, converted by ``mixprec convert`` with no
+    shapes given: the check runs, the output reloads with plain torch and matches FP32;
+    the embedding tables are stored bf16."""
+    module, inputs = _transformers_case(name)
+    source = save_fp32_program(module, tmp_path / "fp32.pt2", inputs)
+    out = tmp_path / "bf16.pt2"
+    assert cli_main(["convert", str(source), "-o", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["checks"] and min(c["cosine"] for c in report["checks"]) >= 0.999
+    program = torch.export.load(str(out))
+    got = _run(program.module(), inputs)
+    want = _run(torch.export.load(str(source)).module(), inputs)
+    assert min(_cosine(g.float(), w.float()) for g, w in zip(got, want)) >= 0.999
+    tables = [v.dtype for k, v in program.state_dict.items() if "embeddings.weight" in k or k in ("wte.weight", "wpe.weight")]
+    assert all(d == torch.bfloat16 for d in tables)

@@ -273,3 +273,24 @@ def cosine(a: Any, b: Any) -> float:
     x = torch.cat([t.detach().double().flatten() for t in flat_tensors(a)])
     y = torch.cat([t.detach().double().flatten() for t in flat_tensors(b)])
     return float(torch.nn.functional.cosine_similarity(x, y, dim=0))
+
+
+# ------------------------------------------------------------------- embedding first ---
+class EmbeddingNormHead(nn.Module):
+    """Embedding -> LayerNorm -> Linear, the start of every sentence transformer: the
+    embedding reads a table that a deny op (layer_norm) consumes."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 64, out: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.embed(input_ids)))
+
+
+def embedding_norm_head(batch: int = 2, seq: int = 12, vocab: int = 1000, seed: int = 0) -> Built:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    return EmbeddingNormHead(vocab).eval(), (torch.randint(0, vocab, (batch, seq), generator=gen),)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from mixprec.frontends import mxnet as frontend
 from mixprec.frontends.mxnet import mx
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node
+from mixprec.sample_inputs import InputSpec, input_bytes_limit, make_arrays, shape_ladder
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,11 @@ class MxnetAdapter(Adapter):
 
     # ---- loading ------------------------------------------------------------------------
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
-        if isinstance(model, mx.gluon.HybridBlock) and config.example_inputs is None:
+        if isinstance(model, mx.gluon.HybridBlock) and config.example_inputs is None and not config.input_shapes:
             raise ConfigError("an MXNet Gluon block needs example inputs to be traced: "
                               "MixedPrecisionConfig(example_inputs=(mx.nd.array(...),))")
-        return frontend.load(model, example_inputs=config.example_inputs)
+        shapes = config.input_shapes if config.example_inputs is None and config.input_shapes else None
+        return frontend.load(model, example_inputs=config.example_inputs, input_shapes=shapes)
 
     def native(self, model: Any) -> Any:
         """A callable gluon block: the block itself, or a SymbolBlock for files and triples."""
@@ -160,11 +162,22 @@ class MxnetAdapter(Adapter):
 
     # ---- running ------------------------------------------------------------------------
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        return next(iter(self.candidate_inputs(original, ir_model, config)))
+
+    def candidate_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Iterator[Any]:
+        """The user's sample inputs alone when given; else the example inputs, then
+        generated inputs along ``shape_ladder`` (see :func:`input_specs`)."""
         if config.sample_inputs is not None:
-            return config.sample_inputs
+            yield config.sample_inputs
+            return
         if config.example_inputs is not None:
-            return config.example_inputs
-        return generate_inputs(ir_model)
+            yield config.example_inputs
+        graph = ir_model.graph
+        specs = input_specs(ir_model)
+        weights = sum(v.data.nbytes for v in graph.constants.values() if v.data is not None)
+        for shapes in shape_ladder(specs, given=config.input_shapes, limit_bytes=input_bytes_limit(weights)):
+            arrays = make_arrays(specs, shapes, seed=SAMPLE_SEED)
+            yield tuple(frontend.numpy_to_ndarray(arrays[v.name], _array_dtype(v.dtype)) for v in graph.inputs)
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
         return run_block(self.native(original), inputs)
@@ -182,18 +195,25 @@ class MxnetAdapter(Adapter):
         backend.save(ir_model, path, protected=protected)
 
 
-def generate_inputs(ir_model: Model) -> tuple[Any, ...]:
-    """One standard-normal float32 array per graph input (seeded); ConfigError when an
-    input's shape is unknown."""
-    rng = np.random.RandomState(SAMPLE_SEED)
-    arrays = []
+def input_specs(ir_model: Model) -> list[InputSpec]:
+    """One InputSpec per graph input: the shape the model declares, except where the
+    frontend guessed it (``meta["mxnet"]["input_specs"]``: guessed dims are None, so the
+    ladder of conventional sizes fills them; token ids that an Embedding reads are
+    integers below its table's row count, whatever dtype the input has)."""
+    guessed = ir_model.meta.get(frontend.META, {}).get("input_specs", {})
+    specs = []
     for value in ir_model.graph.inputs:
-        if value.shape is None or not all(isinstance(d, int) for d in value.shape):
-            raise ConfigError(f"the shape of input {value.name!r} is unknown, so no sample input can be made; pass "
-                              "MixedPrecisionConfig(example_inputs=(mx.nd.array(...),)) or sample_inputs")
-        data = rng.normal(size=value.shape).astype(np.float32)
-        arrays.append(mx.nd.array(data, dtype=np.float32))
-    return tuple(arrays)
+        hint = guessed.get(value.name)
+        if hint is None:
+            specs.append(InputSpec(value.name, _array_dtype(value.dtype), value.shape))
+            continue
+        dtype = DType.INT32 if hint.get("high") is not None else _array_dtype(value.dtype)
+        specs.append(InputSpec(value.name, dtype, tuple(hint["dims"]), high=hint.get("high"), image=hint.get("image")))
+    return specs
+
+
+def _array_dtype(dtype: DType) -> DType:
+    return DType.FLOAT32 if dtype == DType.UNKNOWN else dtype
 
 
 def run_block(block: Any, inputs: Any, dtypes: Mapping[str, DType] | None = None) -> list[np.ndarray]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ from mixprec.config import MixedPrecisionConfig
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import same_file
 from mixprec.frontends import torch as frontend
-from mixprec.ir.graph import Model
+from mixprec.ir.graph import Graph, Model, Value
+from mixprec.sample_inputs import InputSpec, input_bytes_limit, make_arrays, shape_ladder
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,31 @@ class TorchAdapter(Adapter):
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         return config.sample_inputs if config.sample_inputs is not None else config.example_inputs
 
+    def candidate_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Iterator[Any]:
+        """The user's sample inputs alone when given; else the example inputs (a .pt2's
+        own), then, for a graph with symbolic dims, inputs of the same structure along
+        ``shape_ladder`` (token ids below the rows of the embedding that reads them)."""
+        if config.sample_inputs is not None:
+            yield config.sample_inputs
+            return
+        example = config.example_inputs
+        if example is None:
+            return
+        yield example
+        leaves, spec = torch.utils._pytree.tree_flatten(example)
+        graph = ir_model.graph
+        tensors = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        if len(tensors) != len(graph.inputs) or all(_static(v.shape) for v in graph.inputs):
+            return
+        specs = input_specs(graph)
+        weights = sum(v.data.nbytes for v in graph.constants.values() if v.data is not None)
+        for shapes in shape_ladder(specs, given=config.input_shapes, limit_bytes=input_bytes_limit(weights)):
+            arrays = make_arrays(specs, shapes)
+            filled = list(leaves)
+            for position, value in zip(tensors, graph.inputs):
+                filled[position] = torch.from_numpy(arrays[value.name]).to(leaves[position].dtype)
+            yield torch.utils._pytree.tree_unflatten(filled, spec)
+
     def native(self, model: Any) -> Any:
         return frontend.read_program(model).module() if isinstance(model, (str, os.PathLike)) else model
 
@@ -68,6 +94,23 @@ class TorchAdapter(Adapter):
             raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
         backend.save(converted, path, config.example_inputs,
                      dynamic_batch=bool(ir_model.meta.get(frontend.FRAMEWORK, {}).get("dynamic_batch")))
+
+
+def input_specs(graph: Graph) -> list[InputSpec]:
+    """One InputSpec per graph input: its IR dtype and dims (symbolic names kept), and
+    for integer inputs that an embedding reads, the rows of its table as ``high``."""
+    return [InputSpec(v.name, v.dtype, v.shape, high=_table_rows(v)) for v in graph.inputs]
+
+
+def _table_rows(value: Value) -> int | None:
+    rows = [reader.inputs[0].shape[0] for reader, index in value.uses()
+            if reader.op.startswith("aten.embedding") and index == 1 and reader.inputs[0] is not None
+            and reader.inputs[0].shape and isinstance(reader.inputs[0].shape[0], int)]
+    return min(rows) if rows else None
+
+
+def _static(shape: Any) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape)
 
 
 def _program_inputs(program) -> Any:

@@ -109,6 +109,7 @@ class _Emitter:
             inputs.append(self._entry(value) + [version])
         out: dict[str, Any] = {"op": node.op, "name": name}
         attrs = {key: _attr_text(node, key, val) for key, val in node.attrs.items()}
+        _set_output_dtype(node, attrs)
         if attrs:
             out["attrs"] = attrs
         out["inputs"] = inputs
@@ -132,6 +133,21 @@ class _Emitter:
         """Op node names stay as they are unless they collide (with a variable or an
         earlier node: a collision would confuse MXNet's argument and output names)."""
         return claim(name, self.names)
+
+
+#: ops whose ``dtype`` attribute is the type of their output (and of their table)
+_DTYPE_ATTR_OPS = frozenset({"Embedding", "_contrib_SparseEmbedding", "_sparse_Embedding"})
+
+
+def _set_output_dtype(node: Node, attrs: dict[str, str]) -> None:
+    """An Embedding whose output a pass retyped (a bf16 table) says so in its ``dtype``
+    attribute, which MXNet's type inference reads; an unchanged one is left as read."""
+    if node.op not in _DTYPE_ATTR_OPS or not node.outputs:
+        return
+    dtype = node.outputs[0].dtype
+    name = DTYPE_TO_NAME.get(dtype)
+    if name is not None and ("dtype" in attrs or dtype != DType.FLOAT32):
+        attrs["dtype"] = name
 
 
 def _attr_text(node: Node, key: str, value: Any) -> str:

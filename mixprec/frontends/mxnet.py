@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -57,6 +58,8 @@ FRAMEWORK = "mxnet"
 #:   versions:    {"<node name>\x00<value name>": version} of non-zero input versions
 #:   subgraphs:   {node name: the node's raw "subgraphs" list} (control-flow ops)
 #:   shapes_from: where the input shapes came from (example inputs, __shape__, guessed, ...)
+#:   input_specs: {input name: {"dims", "high", "image"}} for inputs whose shape was
+#:                guessed: dims None where guessed, high the table rows token ids index
 META = "mxnet"
 CAST_OP = "amp_cast"
 
@@ -517,23 +520,28 @@ class _Lowerer:
                            ", ".join(f"{n}={list(s)}" for n, s in guessed.items()))
 
     def _guess_shapes(self, missing: list[str]) -> dict[str, tuple]:
-        """Batch 1, channels/features from the weight of the Convolution or
-        FullyConnected that reads the input first, and the first spatial size in
-        :data:`_GUESS_SIZES` for which shape inference succeeds. {} when that fails."""
-        templates: dict[str, tuple[int, int]] = {}
+        """Shapes for inputs the model does not declare, from the first layer that reads
+        each (see :class:`_Template`): the first combination of layouts and the first
+        size in :data:`_GUESS_SIZES` for which shape inference succeeds. What was a guess
+        goes to ``meta["input_specs"]`` (guessed dims None, the index bound of token ids)
+        so that sample inputs can follow the conventional ladder instead. {} on failure."""
+        templates: dict[str, _Template] = {}
         for name in missing:
             template = self._shape_template(name)
             if template is None:
                 return {}
             templates[name] = template
-        for size in _GUESS_SIZES:
-            shapes = {n: (1, channels) + (size,) * spatial for n, (channels, spatial) in templates.items()}
-            if self._shapes_work({**self.source.shapes, **shapes}):
-                return shapes
+        for layouts in itertools.product(*(t.layouts for t in templates.values())):
+            for size in _GUESS_SIZES:
+                shapes = {n: t.shape(layout, size) for (n, t), layout in zip(templates.items(), layouts)}
+                if self._shapes_work({**self.source.shapes, **shapes}):
+                    self.meta["input_specs"] = {n: t.spec(layout) for (n, t), layout in
+                                                zip(templates.items(), layouts)}
+                    return shapes
         return {}
 
-    def _shape_template(self, name: str) -> tuple[int, int] | None:
-        """(channels, number of spatial dims) of input ``name`` from its first reader."""
+    def _shape_template(self, name: str) -> "_Template | None":
+        """What the first reader of input ``name`` says about its shape."""
         same = {next(i for i, n in enumerate(self.nodes) if n["op"] == "null" and n["name"] == name)}
         for nid, node in enumerate(self.nodes):
             inputs = node.get("inputs", [])
@@ -547,13 +555,7 @@ class _Lowerer:
             weight = self._param(self.nodes[inputs[1][0]]["name"])
             if weight is None:
                 return None
-            attrs = node.get("attrs", {})
-            if node["op"] == "Convolution":
-                groups = int(attrs.get("num_group", "1"))
-                return int(weight.shape[1]) * groups, len(weight.shape) - 2
-            if node["op"] == "FullyConnected":
-                return int(weight.shape[1]), 0
-            return None
+            return _template(node["op"], node.get("attrs", {}), tuple(int(d) for d in weight.shape))
         return None
 
     def _shapes_work(self, shapes: dict[str, tuple]) -> bool:
@@ -643,6 +645,50 @@ class _Lowerer:
         """Graph inputs in the block's argument order (for a traced block) or the symbol's."""
         order = {n: i for i, n in enumerate(self.source.input_names)}
         self.graph.inputs.sort(key=lambda v: order.get(v.name, len(order)))
+
+
+@dataclass(frozen=True)
+class _Template:
+    """An undeclared input's shape as its first reader implies it: ``features`` at axis
+    1 (channels or features; None for token ids), then one of ``layouts`` (the number of
+    spatial dims after the features, or for token ids the rank), each guessed dim of one
+    size. ``high``: the rows of the table that token ids index."""
+    features: int | None
+    layouts: tuple[int, ...]
+    high: int | None = None
+
+    def shape(self, layout: int, size: int) -> tuple[int, ...]:
+        if self.features is None:
+            return (1,) * (layout - 1) + (size,)
+        return (1, self.features) + (size,) * layout
+
+    def spec(self, layout: int) -> dict[str, Any]:
+        """The input as ``mixprec.sample_inputs.InputSpec`` fields: dims (None where
+        guessed), high and image."""
+        if self.features is None:
+            return {"dims": [None] * layout, "high": self.high, "image": False}
+        return {"dims": [None, self.features] + [None] * layout, "high": None, "image": layout == 2}
+
+
+#: first layers whose weight (input 1) gives the channels of their data input: op -> how
+#: many spatial dims to try, most likely first
+_CHANNEL_FIRST_LAYERS = {"BatchNorm": (2, 0, 1, 3), "_contrib_BatchNormWithReLU": (2, 0, 1, 3),
+                         "InstanceNorm": (2, 1, 3)}
+#: ranks tried for token ids read by an Embedding
+_TOKEN_RANKS = (2, 1, 3)
+
+
+def _template(op: str, attrs: Mapping[str, Any], weight: tuple[int, ...]) -> _Template | None:
+    """The template a first layer with this weight shape implies, or None."""
+    if op == "Convolution" and len(weight) >= 3:
+        return _Template(weight[1] * int(attrs.get("num_group", "1")), (len(weight) - 2,))
+    if op == "FullyConnected" and len(weight) == 2:
+        return _Template(weight[1], (0,))
+    if op in _CHANNEL_FIRST_LAYERS and len(weight) == 1 and str(attrs.get("axis", "1")) == "1":
+        return _Template(weight[0], _CHANNEL_FIRST_LAYERS[op])
+    if op == "Embedding" and len(weight) == 2:
+        return _Template(None, _TOKEN_RANKS, high=weight[0])
+    return None
 
 
 def visible_outputs(node: Mapping[str, Any]) -> int:

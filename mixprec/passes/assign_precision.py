@@ -11,7 +11,8 @@ becomes ALLOW (to a fixed point); 5 ALLOW spreads through connected clear nodes 
 A node that apply-overrides pinned paints as allow (low precision) or deny (FP32), so
 its neighbours follow it. 6 ops the target runtime cannot run in the target dtype, and nodes reading constants
 outside its range, are taken back out; 7 an existing cast to FP32 whose readers are all
-ALLOW is retargeted. Nodes that compute only from constants and shapes (not allow or
+ALLOW is retargeted; 8 a gather/embedding node whose table is a float constant runs low
+so that its table is stored low (see ``_step8_gather_tables``). Nodes that compute only from constants and shapes (not allow or
 clear ops) are left out of painting and keep FP32. Every node gets meta precision/category/reason; a node that already
 carries a decision with the same precision keeps its reason (on a converted graph the
 casts cut edges, so the first run's explanation is the informative one)."""
@@ -25,7 +26,7 @@ import numpy as np
 
 from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType, finite_max
-from mixprec.ir.graph import Graph, Node
+from mixprec.ir.graph import Graph, Node, Value
 from mixprec.passes.base import Pass, PassResult
 from mixprec.passes.common import FP32, KEEP, decide, graph_policy, target_dtype
 from mixprec.passes.policies import Policy
@@ -34,7 +35,9 @@ from mixprec.passes.registry import register_pass
 logger = logging.getLogger(__name__)
 
 SHAPE = "shape"
-OVERRIDE_PREFIXES = ("user override", "accuracy tuning")
+#: reasons of pins set before painting: apply-overrides, accuracy tuning, policy rules
+#: (pin-input-norms); a pinned node paints as allow or deny
+OVERRIDE_PREFIXES = ("user override", "accuracy tuning", "policy rule")
 
 
 @register_pass
@@ -95,6 +98,7 @@ class _Painter:
         self._step4_infer_after_allow()
         self._step5_clear_next_to_allow()
         self._step6_runtime()
+        self._step8_gather_tables()
         self._record()
         self._retarget_casts(self.allow, self.index)
 
@@ -140,7 +144,7 @@ class _Painter:
     def _categorize(self) -> None:
         """``listed``: each candidate's policy list; ``cat``: the list painting uses
         (overrides and out-of-range constants applied); ``why``: the reason for ``cat``."""
-        out_of_range = self._out_of_range_constants()
+        out_of_range = self.out_of_range = self._out_of_range_constants()
         self.listed: list[str] = []
         self.cat: list[str] = []
         self.why: list[str] = []
@@ -220,14 +224,55 @@ class _Painter:
     def _step6_runtime(self) -> None:
         """What the target runtime cannot run in the target dtype is taken back out."""
         for i in sorted(self.allow):
-            node = self.cands[i]
-            if node.qualified_op in self.runtime_fp32 or node.op in self.runtime_fp32:
+            why = self._runtime_limit(self.cands[i])
+            if why is not None:
                 self.allow.discard(i)
-                self.deny_reason[i] = (f"{self.runtime} has no {self.target.value} kernel for "
-                                       f"{node.qualified_op} (step 6)")
-            elif node.name in self.runtime_nodes:
-                self.allow.discard(i)
-                self.deny_reason[i] = f"{self.runtime_nodes[node.name]} (step 6)"
+                self.deny_reason[i] = f"{why} (step 6)"
+
+    def _runtime_limit(self, node: Node) -> str | None:
+        """Why the target runtime cannot run ``node`` in the target dtype, or None."""
+        if node.qualified_op in self.runtime_fp32 or node.op in self.runtime_fp32:
+            return f"{self.runtime} has no {self.target.value} kernel for {node.qualified_op}"
+        return self.runtime_nodes.get(node.name)
+
+    def _step8_gather_tables(self) -> None:
+        """A gather/embedding node (policy ``gather_tables``) left FP32 whose table is a
+        float constant runs in the target dtype: the table is then stored low (a lookup
+        is exact, so the rows equal the rounded table's) and insert-casts casts the rows
+        up for FP32 readers. Only where a low-precision weight is acceptable anyway: some
+        allow-list node runs low, the node carries no user/tuning/rule pin, the runtime
+        can run it, the table fits the target's range, and every reader of the table
+        reads it low (otherwise the table would be cast on every run)."""
+        if not any(self.listed[i] == "allow" for i in self.allow):
+            return
+        tables: dict[int, Value] = {}
+        for i, node in enumerate(self.cands):
+            table = self._gather_table(node)
+            if i not in self.allow and table is not None:
+                tables[i] = table
+        changed = True
+        while changed:  # drop tables that a node outside allow or the gathers also reads
+            changed = False
+            for i, table in list(tables.items()):
+                if not all(self.index.get(id(r)) in self.allow or self.index.get(id(r)) in tables
+                           for r, _ in table.uses()):
+                    del tables[i]
+                    changed = True
+        for i, table in sorted(tables.items()):
+            self.allow.add(i)
+            self.reason[i] = (f"gather table %{table.name} stored in {self.target.value} (a lookup is exact); "
+                              "the rows are cast up for f32 readers (step 8)")
+
+    def _gather_table(self, node: Node) -> Value | None:
+        """The float constant table a gather node reads, if the table rule may apply."""
+        index = self.policy.gather_table(node.qualified_op)
+        if index is None or index >= len(node.inputs) or _override(node) is not None:
+            return None
+        table = node.inputs[index]
+        if (table is None or not table.is_constant or table.dtype not in self.floats
+                or id(table) in self.out_of_range or self._runtime_limit(node) is not None):
+            return None
+        return table
 
     def _record(self) -> None:
         for i, node in enumerate(self.cands):

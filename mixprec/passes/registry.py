@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mixprec.passes"
 _BUILTIN_MODULES = (
-    "infer_dtypes", "mark_shape_subgraphs", "assign_precision", "apply_overrides",
+    "infer_dtypes", "mark_shape_subgraphs", "pin_input_normalizations", "assign_precision", "apply_overrides",
     "insert_casts", "fold_casts", "convert_constants", "keep_io_types",
 )
 _registry: dict[str, type[Pass]] = {}

@@ -12,6 +12,14 @@ A policy file has these keys and no others:
 - ``[shape_inputs]``: op -> input indices that carry shapes, indices, axes or bounds; the
   subgraph feeding them stays in its dtype. ``-1`` means every input;
 - ``[domain_aliases]``: op-set domain -> the domain the lists use (``"ai.onnx" = ""``);
+- ``[input_normalizations]``: normalization op -> its data input index; such a node whose
+  data comes from a graph input (directly or through ``input_passthrough`` ops, clear
+  ops and casts) is pinned FP32 by pin-input-norms;
+- ``input_passthrough``: ops (outside the clear list) that move an input's values
+  without computing on them (MXNet's Reshape, transpose), looked through by that rule;
+- ``[gather_tables]``: gather/embedding op -> the index of its table input; a table
+  that is a float constant is stored in low precision and the gathered rows are cast
+  up for FP32 readers (assign-precision, final step);
 - ``[[conditional]]`` tables ``{op, attr, values, list}``: the op moves to ``list`` when
   attribute ``attr`` has one of ``values``.
 Loading rejects unknown keys, an op in two lists and a bad conditional rule."""
@@ -31,7 +39,7 @@ logger = logging.getLogger(__name__)
 LISTS = ("allow", "infer", "clear", "deny")
 UNLISTED = "unlisted"
 _KEYS = {"framework", "reference", *LISTS, "shape_sources", "pins", "output_pins", "shape_inputs", "conditional",
-         "domain_aliases"}
+         "domain_aliases", "input_normalizations", "input_passthrough", "gather_tables"}
 _RULE_KEYS = {"op", "attr", "values", "list"}
 POLICY_DIR = Path(__file__).parent
 
@@ -56,6 +64,9 @@ class Policy:
     shape_inputs: dict[str, frozenset[int]] = field(default_factory=dict)
     conditional: tuple[ConditionalRule, ...] = ()
     domain_aliases: dict[str, str] = field(default_factory=dict)
+    input_normalizations: dict[str, frozenset[int]] = field(default_factory=dict)
+    input_passthrough: frozenset[str] = frozenset()
+    gather_tables: dict[str, frozenset[int]] = field(default_factory=dict)
     _category: dict[str, str] = field(default_factory=dict, repr=False)
     _rules: dict[str, list[ConditionalRule]] = field(default_factory=dict, repr=False)
 
@@ -119,6 +130,17 @@ class Policy:
         """True when input ``index`` of ``op`` carries a shape, index, axis or bound."""
         return _has_index(_lookup(self.shape_inputs, self.canonical(op)), index)
 
+    def normalized_input(self, op: str) -> int | None:
+        """The data input index of a normalization op named in ``input_normalizations``."""
+        return _first(_lookup(self.input_normalizations, self.canonical(op)))
+
+    def gather_table(self, op: str) -> int | None:
+        """The table input index of a gather/embedding op named in ``gather_tables``."""
+        return _first(_lookup(self.gather_tables, self.canonical(op)))
+
+    def is_passthrough(self, op: str) -> bool:
+        return _lookup({o: True for o in self.input_passthrough}, self.canonical(op)) is not None
+
     def is_shape_source(self, op: str) -> bool:
         return _lookup({o: True for o in self.shape_sources}, self.canonical(op)) is not None
 
@@ -130,6 +152,10 @@ def _lookup(table: dict, op: str):
         if hit is not None or "." not in op:
             return hit
         op = op.rsplit(".", 1)[0]
+
+
+def _first(indices: frozenset[int] | None) -> int | None:
+    return min(indices) if indices else None
 
 
 def _has_index(indices: frozenset[int] | None, index: int) -> bool:
@@ -184,6 +210,9 @@ def parse_policy(data: dict[str, Any], where: str) -> Policy:
         shape_inputs=_index_table(data.get("shape_inputs", {}), "shape_inputs", where),
         conditional=tuple(rules),
         domain_aliases=_aliases(data.get("domain_aliases", {}), where),
+        input_normalizations=_index_table(data.get("input_normalizations", {}), "input_normalizations", where),
+        input_passthrough=frozenset(data.get("input_passthrough", [])),
+        gather_tables=_index_table(data.get("gather_tables", {}), "gather_tables", where),
     )
 
 
