@@ -334,14 +334,15 @@ def _probe(directory: Path, what: str, path: Path | None = None) -> None:
     _remove(probe)
 
 
-def check_disjoint(outputs: Iterable[tuple[str, str | os.PathLike]], protected: Sequence[tuple[str, str | os.PathLike]]
-                   ) -> None:
-    """No output (``(what, path)`` pairs) is, holds or lies inside a protected path
-    (the files the input reads, and the other outputs): OutputPathError naming both."""
+def check_disjoint(outputs: Iterable[tuple[str, str | os.PathLike]], protected: Sequence[tuple[str, str | os.PathLike]],
+                   refuse: Sequence[str] = ("is", "contains", "lies inside")) -> None:
+    """No output (``(what, path)`` pairs) is, holds or lies inside (the relations in
+    ``refuse``) a protected path (the files the input reads, and the other outputs):
+    OutputPathError naming both."""
     for what, out in outputs:
         for name, guarded in protected:
             relation = relation_to(out, guarded)
-            if relation:
+            if relation in refuse:
                 raise OutputPathError(f"{what} {out} {relation} {name} {guarded}; choose another path")
 
 
