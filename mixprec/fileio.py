@@ -353,9 +353,9 @@ def relation_to(path: str | os.PathLike, other: str | os.PathLike) -> str | None
     if same_file(path, other):
         return "is"
     a, b = _real(path), _real(other)
-    if a in b.parents:
+    if a in b.parents and not a.is_file():
         return "contains"
-    if b in a.parents:
+    if b in a.parents and not b.is_file():
         return "lies inside"
     return None
 

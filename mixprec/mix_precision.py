@@ -356,17 +356,18 @@ def check_paths(model: Any, output: str | os.PathLike | None = None, report: str
     framework = framework or framework_of(model)
     outputs: list[tuple[str, Path]] = []
     if output is not None:
-        for kind, path in output_targets(framework, output):
-            (check_output_dir if kind == "dir" else check_output_file)(path, "the output")
-            outputs.append(("the output", path))
+        targets = output_targets(framework, output)
+        outputs = [("the output", path) for _, path in targets]
         check_disjoint(outputs, inputs)
+        for kind, path in targets:
+            (check_output_dir if kind == "dir" else check_output_file)(path, "the output")
     if report is not None:
-        check_output_file(report, "the report")
         check_disjoint([("the report", Path(report))], inputs + outputs)
+        check_output_file(report, "the report")
     if dump_dir is not None:
+        others = inputs + outputs + ([("the report", Path(report))] if report is not None else [])
+        check_disjoint([("the dump directory", Path(dump_dir))], others, refuse=("is", "lies inside"))
         check_dump_dir(dump_dir)
-        check_disjoint([("the dump directory", Path(dump_dir))], inputs + outputs + [("the report", Path(report))]
-                       if report is not None else inputs + outputs, refuse=("is", "lies inside"))
 
 
 def _refuse_converted(graph: Graph, precision: str) -> None:
