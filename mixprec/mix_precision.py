@@ -426,13 +426,33 @@ def _skip_check(report: Report, message: str) -> None:
     report.notes.append(message)
 
 
+def _candidates(adapter: Adapter, original: Any, ir_model: Model, config: MixedPrecisionConfig,
+                failures: list[str]) -> Iterator[Any]:
+    """adapter.candidate_inputs, where a failure to make or adapt the user's sample
+    inputs ends the candidates (recorded in ``failures``) instead of escaping as an
+    internal error; generated candidates' errors (SampleInputError) pass through."""
+    iterator = iter(adapter.candidate_inputs(original, ir_model, config))
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except MixprecError:
+            raise
+        except Exception as exc:
+            if config.sample_inputs is None:
+                raise
+            failures.append(f"{type(exc).__name__}: {first_line(exc)}")
+            return
+
+
 def reference_run(adapter: Adapter, original: Any, ir_model: Model,
                   config: MixedPrecisionConfig) -> tuple[Any, list[Any]]:
     """The first candidate sample input on which the FP32 model runs with finite
     outputs, and those outputs. SampleInputError (naming --input-shape/--sample-inputs)
     when there is none; the user's own sample_inputs are tried alone."""
     failures: list[str] = []
-    for inputs in adapter.candidate_inputs(original, ir_model, config):
+    for inputs in _candidates(adapter, original, ir_model, config, failures):
         try:
             reference = adapter.run_original(original, inputs)
         except MixprecError as exc:
@@ -446,7 +466,7 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
             return inputs, reference
         failures.append("the FP32 outputs are not finite")
     given = config.sample_inputs is not None
-    if given:  # a run that failed on the user's inputs: say what the model expects when they cannot fit
+    if given:  # the user's inputs failed: say what the model expects when they cannot fit
         check_sample_inputs(config.sample_inputs, [(name, value.shape) for name, value
                                                    in zip(input_names(ir_model), ir_model.graph.inputs)])
     what = "the given sample inputs" if given else f"{len(failures)} generated sample input(s)"
