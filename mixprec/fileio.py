@@ -189,14 +189,15 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, mode: int | None = 
     _fsync_dir(path.parent)
 
 
-def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], Any], kind: str = "a directory mixprec wrote"
+                     ) -> Path:
     """Write a directory at ``path`` by calling ``write(new_dir)`` (``new_dir`` does not
     exist yet; ``write`` creates it), mark it with OUTPUT_MARKER and swap it into place:
     an existing directory at ``path`` is moved aside, the new one renamed in, the old one
     removed (restored if the rename fails). Refuses an existing ``path`` that is not a
-    directory mixprec wrote (see :func:`check_output_dir`)."""
+    directory mixprec wrote (see :func:`check_output_dir`; ``kind`` names it)."""
     path = Path(path)
-    check_output_dir(path)
+    check_output_dir(path, replaceable=kind)
     holder = make_temp_dir(path)
     try:
         new = holder / "new"
@@ -280,9 +281,11 @@ def check_output_file(path: str | os.PathLike, what: str = "the output") -> None
     check_parent(path, what)
 
 
-def check_output_dir(path: str | os.PathLike, what: str = "the output") -> None:
+def check_output_dir(path: str | os.PathLike, what: str = "the output",
+                     replaceable: str = "a directory mixprec wrote") -> None:
     """``path`` can be written as a directory: nothing is there, an empty directory, or
-    a directory mixprec wrote earlier (it holds OUTPUT_MARKER); its parent is writable."""
+    a directory mixprec wrote earlier (it holds OUTPUT_MARKER); its parent is writable.
+    ``replaceable`` names what may be replaced, for the message."""
     path = Path(path)
     kind = _kind(path)
     if kind == "directory":
@@ -291,7 +294,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "the output") -> None:
         except OSError as exc:
             raise OutputPathError(f"{what} {path} cannot be read: {exc.strerror}") from None
         if entries and OUTPUT_MARKER not in entries:
-            raise OutputPathError(f"{what} {path} is a non-empty directory that mixprec did not write; refusing to "
+            raise OutputPathError(f"{what} {path} is a non-empty directory that is not {replaceable}; refusing to "
                                   "replace it (remove it or choose another path)")
     elif kind is not None:
         raise OutputPathError(f"{what} {path} is {_article(kind)}, not a directory; choose another path")
@@ -343,7 +346,8 @@ def check_disjoint(outputs: Iterable[tuple[str, str | os.PathLike]], protected: 
         for name, guarded in protected:
             relation = relation_to(out, guarded)
             if relation in refuse:
-                raise OutputPathError(f"{what} {out} {relation} {name} {guarded}; choose another path")
+                verb = "refusing to overwrite it" if relation == "is" else "refusing to write there"
+                raise OutputPathError(f"{what} {out} {relation} {name} {guarded}: {verb}; choose another path")
 
 
 def relation_to(path: str | os.PathLike, other: str | os.PathLike) -> str | None:

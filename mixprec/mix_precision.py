@@ -326,6 +326,9 @@ def _onnx_tensors(graph: Any) -> Iterator[Any]:
                 yield from _onnx_tensors(sub)
 
 
+_DIRECTORY_OUTPUTS = {"tensorflow": "SavedModel"}
+
+
 def output_targets(framework: str, path: str | os.PathLike) -> list[tuple[str, Path]]:
     """``(kind, path)`` of everything saving a ``framework`` model to ``path`` writes;
     kind is ``"file"`` or ``"dir"``."""
@@ -360,7 +363,10 @@ def check_paths(model: Any, output: str | os.PathLike | None = None, report: str
         outputs = [("the output", path) for _, path in targets]
         check_disjoint(outputs, inputs)
         for kind, path in targets:
-            (check_output_dir if kind == "dir" else check_output_file)(path, "the output")
+            if kind == "dir":
+                check_output_dir(path, "the output", f"a {_DIRECTORY_OUTPUTS.get(framework, 'model')} mixprec wrote")
+            else:
+                check_output_file(path, "the output")
     if report is not None:
         check_disjoint([("the report", Path(report))], inputs + outputs)
         check_output_file(report, "the report")

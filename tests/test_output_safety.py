@@ -246,7 +246,8 @@ def test_a_non_empty_directory_mixprec_did_not_write_is_never_replaced(tmp_path,
     out = tmp_path / "theirs"
     out.mkdir()
     (out / "saved_model.pb").write_bytes(b"someone else's model")
-    _refused(capsys, ["convert", str(pb), "-o", str(out)], [pb, out / "saved_model.pb"], out, "did not write")
+    _refused(capsys, ["convert", str(pb), "-o", str(out)], [pb, out / "saved_model.pb"], out,
+             "is not a SavedModel mixprec wrote")
 
 
 # ------------------------------------------------------------------------ torch ---

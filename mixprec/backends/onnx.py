@@ -482,7 +482,7 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path
     from onnx import external_data_helper
 
     data_name = f"{path.name}.data"
-    tmp_dir = make_temp_dir(path)
+    tmp_dir = os.fspath(make_temp_dir(path))
     try:
         tmp_model = os.path.join(tmp_dir, path.name)
         onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,

@@ -511,7 +511,7 @@ def save_saved_model(model: GraphModel, path: Path) -> None:
         concrete = module.serve.get_concrete_function()
         tf.saved_model.save(module, os.fspath(new), signatures={"serving_default": concrete})
 
-    atomic_write_dir(path, write)
+    atomic_write_dir(path, write, kind="a SavedModel mixprec wrote")
 
 
 def _oneline(exc: BaseException, limit: int = 300) -> str:
