@@ -348,8 +348,17 @@ def _is_array(value: Any) -> bool:
 
 def _check_array(where: str, array: Any) -> None:
     """An array of numbers or bools: anything with shape and dtype (numpy, torch, TF,
-    MXNet), or a (nested) list of numbers."""
-    if _is_array(array):
+    MXNet), a (nested) list of numbers, a number or None (an optional argument), or a
+    tuple/list/dict of those (a framework's structured input)."""
+    if _is_array(array) or array is None or _is_real(array) or _is_bool(array):
+        return
+    if isinstance(array, dict):
+        for key, item in array.items():
+            _check_array(f"{where}[{key!r}]", item)
+        return
+    if isinstance(array, (list, tuple)) and any(_is_array(x) or isinstance(x, (list, tuple, dict)) for x in array):
+        for index, item in enumerate(array):
+            _check_array(f"{where}[{index}]", item)
         return
     import numpy as np
     try:

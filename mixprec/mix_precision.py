@@ -279,10 +279,10 @@ def _dims_text(dims: Sequence[Any] | None) -> str:
 
 
 # ----------------------------------------------------------------- output paths ---
-def model_files(model: Any) -> list[Path]:
+def model_files(model: Any, external: bool = True) -> list[Path]:
     """The files a model path makes a reader open: the file or SavedModel directory
-    itself, an ONNX model's external data files, an MXNet pair's symbol and params.
-    Empty for an in-memory model."""
+    itself, an ONNX model's external data files (parsed from the model only when
+    ``external``), an MXNet pair's symbol and params. Empty for an in-memory model."""
     if not isinstance(model, (str, os.PathLike)):
         return []
     path = Path(model)
@@ -290,7 +290,7 @@ def model_files(model: Any) -> list[Path]:
     if framework == "mxnet":
         from mixprec.frontends.mxnet import model_files as mxnet_files
         return list(mxnet_files(path))
-    if framework == "onnx":
+    if framework == "onnx" and external:
         return [path, *_onnx_external_files(path)]
     return [path]
 
@@ -355,11 +355,13 @@ def check_paths(model: Any, output: str | os.PathLike | None = None, report: str
     (device, FIFO, symlink, a directory mixprec did not write, a read-only or non-directory
     parent), or when one is, holds or lies inside a file ``model`` reads, or two of them
     collide. ``model`` is the input (a path; an object has no files)."""
-    inputs = [("the input model's file", p) for p in model_files(model)]
     framework = framework or framework_of(model)
+    targets = output_targets(framework, output) if output is not None else []
+    # an input's data file can only collide with an output path that exists already
+    existing = any(os.path.lexists(p) for p in [*(t for _, t in targets), report, dump_dir] if p is not None)
+    inputs = [("the input model's file", p) for p in model_files(model, external=existing)]
     outputs: list[tuple[str, Path]] = []
     if output is not None:
-        targets = output_targets(framework, output)
         outputs = [("the output", path) for _, path in targets]
         check_disjoint(outputs, inputs)
         for kind, path in targets:
