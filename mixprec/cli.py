@@ -1,7 +1,10 @@
 """The ``mixprec`` command line: convert | dump | passes | report.
 
-Every MixprecError becomes one line on stderr and exit status 2; nothing is written
-over the input model, and outputs appear atomically."""
+Exit status: 0 done; 2 a bad input model or option (a MixprecError: one line on stderr);
+3 an internal error (a bug in mixprec); 4 the converted model failed the output check
+(nothing written unless ``--keep-failed``); 130 interrupted. Every output path is checked
+before any work starts; nothing is written over a file the input reads, and outputs
+appear atomically. stderr carries only mixprec's own lines."""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +13,20 @@ import os
 import sys
 from typing import Sequence
 
-from mixprec.errors import ConfigError, MixprecError
+from mixprec.errors import AccuracyCheckError, ConfigError, MixprecError
 
 logger = logging.getLogger(__name__)
 
+EXIT_OK = 0
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3
+EXIT_FAILED_CHECK = 4
+EXIT_INTERRUPTED = 130
+
+SECURITY_NOTE = ("security: loading a model can run code it carries. A TensorFlow SavedModel runs its resource "
+                 "initializers (TensorFlow ops) and a .keras file may name Python classes when loaded; a .pt2 "
+                 "with pickled weights, constants or sample inputs is refused unless --trust-pickle. Convert "
+                 "untrusted models only in a sandbox.")
 
 
 def _progress_bar(stream=sys.stderr):
@@ -46,6 +57,19 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", metavar="FILE.toml", help="precision policy file replacing the built-in one")
     p.add_argument("--no-keep-io-types", action="store_true", help="let graph inputs/outputs become bf16/fp16")
     p.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass that changed it")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="shape of an input for the output check (and for models that need one to load), e.g. "
+                        "image=1,3,224,224; repeatable; bare DIMS for a model with one input")
+    p.add_argument("--sample-inputs", metavar="FILE.npz",
+                   help="inputs for the output check: an .npz of arrays named like the model's inputs")
+    p.add_argument("--inputs", metavar="A,B", help="graph (.pb) tensor names to treat as the inputs")
+    p.add_argument("--outputs", metavar="A,B", help="graph (.pb) tensor names to treat as the outputs")
+    p.add_argument("--check-runtime", choices=["auto", "reference"], default="auto",
+                   help="ONNX output check: onnxruntime with exact low-precision emulation (auto) or "
+                        "onnx.reference.ReferenceEvaluator (slow)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling model data that can run code (.pt2 with pickled parts); "
+                        "only for models from a trusted source")
 
 
 def _config(args: argparse.Namespace, **extra):
@@ -56,30 +80,90 @@ def _config(args: argparse.Namespace, **extra):
     op_names = {**{n: low for n in args.lp_node}, **{n: fp32 for n in args.fp32_node}}
     return MixedPrecisionConfig(precisions=args.precision, target=args.target, op_type_dict=op_types,
                                 op_name_dict=op_names, pipeline=args.pipeline, policy=args.policy,
-                                keep_io_types=not args.no_keep_io_types, dump_dir=args.dump_dir, **extra)
+                                keep_io_types=not args.no_keep_io_types, dump_dir=args.dump_dir,
+                                input_shapes=parse_input_shapes(args.input_shape), sample_inputs=args.sample_inputs,
+                                inputs=_names(args.inputs, "--inputs"), outputs=_names(args.outputs, "--outputs"),
+                                check_runtime=args.check_runtime, trust_pickle=args.trust_pickle, **extra)
+
+
+def parse_input_shapes(items: Sequence[str]) -> dict[str, list[int]] | list[int] | None:
+    """``--input-shape`` values: ``NAME=d1,d2,...`` (repeatable) -> {name: dims}, or one
+    bare ``d1,d2,...`` -> dims (the model's only input). ConfigError on anything else."""
+    if not items:
+        return None
+    shapes: dict[str, list[int]] = {}
+    bare: list[int] | None = None
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        parsed = _dims(dims, item)
+        if not sep:
+            if bare is not None or len(items) > 1:
+                raise ConfigError(f"--input-shape {item}: with more than one --input-shape, write NAME=DIMS each")
+            bare = parsed
+        elif not name.strip():
+            raise ConfigError(f"--input-shape {item}: the input name before '=' is empty")
+        elif name.strip() in shapes:
+            raise ConfigError(f"--input-shape names {name.strip()!r} twice")
+        else:
+            shapes[name.strip()] = parsed
+    return bare if bare is not None else shapes
+
+
+def _dims(text: str, item: str) -> list[int]:
+    try:
+        dims = [int(d) for d in text.replace("x", ",").split(",")]
+    except ValueError:
+        dims = []
+    if not dims or any(d < 1 for d in dims):
+        raise ConfigError(f"--input-shape {item}: give whole numbers >= 1 separated by commas, e.g. "
+                          "image=1,3,224,224")
+    return dims
+
+
+def _names(text: str | None, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"{option} {text!r}: give tensor names separated by commas, e.g. input:0,mask:0")
+    return names
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from mixprec.mix_precision import fit
-    from mixprec.fileio import same_file
-    if same_file(args.input, args.output):
-        raise ConfigError(f"the output path {args.output} is the input model; choose another output path")
-    config = _config(args, check_outputs=not args.no_check)
-    converted = fit(args.input, config=config, progress=_progress_bar())
+    from mixprec.mix_precision import check_paths, fit
+    check_paths(args.input, output=args.output, report=args.report, dump_dir=args.dump_dir)
+    config = _config(args, check_outputs=not args.no_check, min_cosine=args.min_cosine)
+    try:
+        converted = fit(args.input, config=config, progress=_progress_bar())
+    except AccuracyCheckError as exc:
+        if not args.keep_failed or exc.converted is None:
+            print(f"mixprec: failed check: {exc}; nothing written (--keep-failed writes it anyway)", file=sys.stderr)
+            return EXIT_FAILED_CHECK
+        print(f"mixprec: warning: failed check: {exc}; writing it anyway (--keep-failed)", file=sys.stderr)
+        converted = exc.converted
+    _write(converted, args)
+    return EXIT_OK
+
+
+def _write(converted, args: argparse.Namespace) -> None:
     converted.save(args.output)
     if args.report:
         converted.report.save(args.report)
     print(converted.report.summary_table())
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
-    return 0
 
 
 def _load_and_run(args: argparse.Namespace, stop_after: str | None):
     from mixprec.adapters import adapter_for
+    from mixprec.config import pickle_trust
+    from mixprec.fileio import check_dump_dir
     from mixprec.mix_precision import run_pipeline
     config = _config(args)
+    if config.dump_dir is not None:
+        check_dump_dir(config.dump_dir)
     adapter = adapter_for(args.input)
-    ir_model = adapter.load(args.input, config)
+    with pickle_trust(config.trust_pickle):
+        ir_model = adapter.load(args.input, config)
     report = run_pipeline(adapter, ir_model, config, stop_after=stop_after, progress=_progress_bar()) \
         if stop_after != "" else None
     return ir_model, report
@@ -125,12 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage (load, passes, check, save)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("convert", help="convert a model and write it out")
+    p = sub.add_parser("convert", help="convert a model and write it out", epilog=SECURITY_NOTE + " Exit status: "
+                       "0 done, 2 bad input or option, 3 internal error, 4 failed output check, 130 interrupted.")
     p.add_argument("input", help="model file: .onnx, .pt2, .pb, .keras, a SavedModel directory, or an MXNet "
                                  "-symbol.json/.params file")
-    p.add_argument("-o", "--output", required=True, help="where to write the converted model")
+    p.add_argument("-o", "--output", required=True, help="where to write the converted model (missing directories "
+                                                         "are made; never a file the input reads)")
     p.add_argument("--report", metavar="FILE", help="write the report (.json, or text otherwise)")
     p.add_argument("--no-check", action="store_true", help="skip comparing outputs with the FP32 model")
+    p.add_argument("--min-cosine", type=float, default=0.99, metavar="X",
+                   help="the output check fails when an output's cosine to the FP32 output is below X (default 0.99)")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="write the converted model even when its outputs miss --min-cosine (exit 0, with a warning)")
     _add_conversion_options(p)
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("dump", help="print a model's IR, optionally after a pass of the pipeline")
@@ -152,24 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
-                        format="mixprec: %(levelname)s: %(message)s")
-    if not args.debug:  # TensorFlow's C++ info lines would bury the summary
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _configure_logging(args)
     try:
         return args.func(args)
     except MixprecError as exc:
-        print(f"mixprec: error: {exc}", file=sys.stderr)
+        print(f"mixprec: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("mixprec: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug in mixprec: say so, in one line unless --debug
         if args.debug:
             raise
-        print(f"mixprec: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback "
-              "and please report it)", file=sys.stderr)
+        print(f"mixprec: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} (run with --debug "
+              "for the traceback and please report it)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """mixprec's records as ``mixprec: LEVEL: message``; frameworks' loggers only from
+    WARNING on, and a malformed record from any of them is dropped instead of printing
+    ``--- Logging error ---`` with a traceback (logging.raiseExceptions off)."""
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="mixprec: %(levelname)s: %(message)s")
+    logging.raiseExceptions = bool(args.debug)
+    if not args.debug:
+        for name in ("torch", "tensorflow", "absl", "onnx", "onnxruntime", "mxnet", "h5py", "jax"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines would bury the summary
 
 
 if __name__ == "__main__":

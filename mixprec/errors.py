@@ -1,5 +1,14 @@
 """Error types. Every error mixprec raises on bad input is a MixprecError whose message
-says what went wrong and what to do; the CLI prints that message and exits non-zero."""
+says what went wrong and what to do; the CLI prints that message and exits non-zero.
+
+The kinds a caller can tell apart (and the CLI's exit status for each):
+
+- a bad input model: ``ModelLoadError`` (cannot be read, or would need pickle code run;
+  ``UntrustedPickleError``) and ``UnsupportedModelError`` (read, but not convertible): 2;
+- a bad option: ``ConfigError`` (and ``PipelineError``, ``PolicyError``); a bad output
+  path is ``OutputPathError``, a ConfigError: 2;
+- a failed output check: ``AccuracyCheckError`` (a ConversionError): 4;
+- anything else that is not a MixprecError is a bug in mixprec: 3."""
 from __future__ import annotations
 
 
@@ -31,8 +40,21 @@ class ConfigError(MixprecError):
     """A MixedPrecisionConfig or command-line option is wrong."""
 
 
+class OutputPathError(ConfigError):
+    """An output path (``-o``, ``--report``, ``--dump-dir``) cannot or must not be written:
+    it is, holds or lies inside a file the input model reads, it is not a regular file (a
+    device, FIFO, symlink) or a directory mixprec wrote, or its directory is missing or
+    read-only. Raised before any work starts."""
+
+
 class ModelLoadError(MixprecError):
     """A model file or object cannot be read (missing, truncated, wrong format)."""
+
+
+class UntrustedPickleError(ModelLoadError):
+    """Loading the model would unpickle data, which can run arbitrary code (a ``.pt2``
+    whose weights, constants or sample inputs are pickles); pass ``trust_pickle=True``
+    (CLI ``--trust-pickle``) for a model from a trusted source."""
 
 
 class UnsupportedModelError(MixprecError):

@@ -2,28 +2,33 @@
 
     from mixprec import mix_precision
     from mixprec.config import MixedPrecisionConfig
-    converted = mix_precision.fit("model.onnx", config=MixedPrecisionConfig())
+    converted = mix_precision.fit("model.onnx", config=MixedPrecisionConfig())   # or conf= (INC 3.x)
     converted.save("model_bf16.onnx")
 
 Invariants: the user's model is never modified; the returned model passed its framework's
 validation and, unless ``check_outputs=False``, its outputs were compared with the FP32
 model's on sample inputs (the report has the numbers); ``fit`` never returns None and
-never exits the process: every failure is a MixprecError saying what to do."""
+never exits the process: every failure is a MixprecError saying what to do. Nothing is
+unpickled in a way that can run code unless ``config.trust_pickle``; ``save`` and
+:func:`check_paths` refuse an output that is, holds or lies inside a file the input
+reads, or that is not a regular file (or a directory mixprec wrote)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
-from mixprec.adapters import Adapter, adapter_for
-from mixprec.config import MixedPrecisionConfig
 import numpy as np
 
-from mixprec.errors import (AccuracyCheckError, ConfigError, MixprecError, OutputCheckUnavailable, SampleInputError,
-                            UnsupportedModelError)
-from mixprec.fileio import first_line
+from mixprec.adapters import Adapter, adapter_for, framework_of
+from mixprec.config import MixedPrecisionConfig, pickle_trust
+from mixprec.errors import (AccuracyCheckError, ConfigError, MixprecError, OutputCheckUnavailable, OutputPathError,
+                            SampleInputError, UnsupportedModelError)
+from mixprec.fileio import check_disjoint, check_dump_dir, check_output_dir, check_output_file, first_line
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model
 from mixprec.numerics import compare_outputs
@@ -55,8 +60,11 @@ class ConvertedModel:
         return self._adapter.name
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the converted model (atomically; never over the input model)."""
+        """Write the converted model atomically (parent directories made). Refuses
+        (OutputPathError) a path that is, holds or lies inside a file the input model
+        reads, or that is not a regular file (or a directory mixprec wrote)."""
         path = os.fspath(path)
+        check_paths(self._input_path, output=path, framework=self.framework)
         self._adapter.save(self.model, path, self.ir, self._config, self._input_path)
         logger.info("saved the converted model to %s", path)
         return path
@@ -66,18 +74,33 @@ class ConvertedModel:
 
 
 def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Callable[[Any], float] | None = None,
-        eval_dataloader: Any = None, eval_metric: Any = None, progress: Progress | None = None) -> ConvertedModel:
-    """Convert ``model`` (onnx.ModelProto, torch.nn.Module, or a .onnx/.pt2 path) to mixed
-    precision as ``config`` says; see the module docstring.
+        eval_dataloader: Any = None, eval_metric: Any = None, progress: Progress | None = None, *,
+        conf: MixedPrecisionConfig | None = None) -> ConvertedModel:
+    """Convert ``model`` (a model object or a model file path) to mixed precision as
+    ``config`` (or ``conf``, INC 3.x's name for it) says; see the module docstring.
 
     With ``eval_func(model) -> float`` (or ``eval_dataloader`` yielding ``(inputs, labels)``
     plus ``eval_metric`` with ``update(preds, labels)``/``result()``), the FP32 model is
     scored first and ops fall back to FP32 until ``config.accuracy_criterion`` holds
-    (mixprec.tuning); the trials are in ``report.tuning``."""
-    config = config if config is not None else MixedPrecisionConfig()
+    (mixprec.tuning); the trials are in ``report.tuning``.
+
+    Raises AccuracyCheckError (carrying the converted model and its report) when an
+    output misses ``config.min_cosine``."""
+    if conf is not None and config is not None and conf is not config:
+        raise ConfigError("give the configuration once: config= or conf=, not both")
+    config = config if config is not None else conf if conf is not None else MixedPrecisionConfig()
     if not isinstance(config, MixedPrecisionConfig):
         raise ConfigError(f"config must be a MixedPrecisionConfig, not {type(config).__name__}")
+    if config.dump_dir is not None:
+        check_dump_dir(config.dump_dir)
+    with pickle_trust(config.trust_pickle):
+        return _fit(model, config, eval_func, eval_dataloader, eval_metric, progress)
+
+
+def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], float] | None, eval_dataloader: Any,
+         eval_metric: Any, progress: Progress | None) -> ConvertedModel:
     adapter = adapter_for(model)
+    config = _resolve_bare_shape(adapter, model, config)
     evaluate = _evaluator(adapter, config, eval_func, eval_dataloader, eval_metric)
     logger.info("loading the %s model", adapter.name)
     loaded = adapter.load(model, config)
@@ -227,6 +250,175 @@ def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig
     return report
 
 
+def _resolve_bare_shape(adapter: Adapter, model: Any, config: MixedPrecisionConfig) -> MixedPrecisionConfig:
+    """``input_shapes`` given as bare dims (CLI ``--input-shape 1,3,224,224``) name the
+    model's only input: a copy of ``config`` with ``{that input: dims}``; ConfigError
+    naming the inputs when the model has more than one."""
+    if not isinstance(config.input_shapes, list):
+        return config
+    probe = dataclasses.replace(config, input_shapes=None)
+    names = input_names(adapter.load(model, probe))
+    if len(names) != 1:
+        raise ConfigError(f"--input-shape {','.join(map(str, config.input_shapes))} gives no input name, but the "
+                          f"model has {len(names)} inputs ({', '.join(names) or 'none'}); write NAME=DIMS")
+    return dataclasses.replace(config, input_shapes={names[0]: config.input_shapes})
+
+
+def input_names(ir_model: Model) -> list[str]:
+    """The names a user gives the model's inputs by (sample_inputs keys, input_shapes):
+    the frontend's ``input_keys`` when it records them (TensorFlow signature keys), else
+    the framework's own names of the graph inputs."""
+    meta = ir_model.meta.get(ir_model.graph.framework, {}) if isinstance(ir_model.meta, dict) else {}
+    keys = list(meta.get("input_keys") or [])
+    if len(keys) == len(ir_model.graph.inputs):
+        return keys
+    renamed = meta.get("renamed", {})
+    return [renamed.get(v.name, v.name) for v in ir_model.graph.inputs]
+
+
+def check_sample_inputs(given: Any, declared: Sequence[tuple[str, Sequence[Any] | None]]) -> None:
+    """ConfigError when the user's sample inputs cannot be the model's inputs: a dict
+    whose names are not the declared ones, a sequence of the wrong length, or an array
+    whose rank or a fixed dim differs from the declaration. ``declared`` is ``[(name,
+    dims or None)]``; a dim that is not an int is free. The message lists the expected
+    inputs. Adapters may call it with their own names."""
+    expected = "; the model's inputs are " + ", ".join(f"{n} {_dims_text(d)}" for n, d in declared)
+    if isinstance(given, dict):
+        names = [n for n, _ in declared]
+        keys = {_bare_name(k): k for k in given}
+        missing = [n for n in names if _bare_name(n) not in keys]
+        extra = [k for b, k in keys.items() if b not in {_bare_name(n) for n in names}]
+        if missing or extra:
+            what = f"has no {', '.join(map(repr, missing))}" if missing else ""
+            what += (" and " if what else "") + (f"names unknown input(s) {', '.join(map(repr, extra))}" if extra else "")
+            raise ConfigError(f"sample_inputs {what}{expected}")
+        pairs = [(n, given[keys[_bare_name(n)]], d) for n, d in declared]
+    elif isinstance(given, (list, tuple)):
+        if len(given) != len(declared):
+            raise ConfigError(f"sample_inputs has {len(given)} array(s) for {len(declared)} input(s){expected}")
+        pairs = [(n, a, d) for (n, d), a in zip(declared, given)]
+    else:
+        pairs = [(declared[0][0], given, declared[0][1])] if len(declared) == 1 else []
+    for name, array, dims in pairs:
+        shape = tuple(int(d) for d in (array.shape if hasattr(array, "shape") else np.shape(array)))
+        if dims is None:
+            continue
+        if len(shape) != len(dims) or any(isinstance(d, int) and d >= 0 and d != s for d, s in zip(dims, shape)):
+            raise ConfigError(f"sample input {name!r} has shape {list(shape)}, which does not fit {_dims_text(dims)}"
+                              f"{expected}")
+
+
+def _bare_name(name: str) -> str:
+    return name[:-2] if name.endswith(":0") else name
+
+
+def _dims_text(dims: Sequence[Any] | None) -> str:
+    if dims is None:
+        return "[unknown rank]"
+    return "[" + ",".join(str(d) if isinstance(d, int) and d >= 0 else "?" if d is None or isinstance(d, int)
+                          else str(d) for d in dims) + "]"
+
+
+# ----------------------------------------------------------------- output paths ---
+def model_files(model: Any, external: bool = True) -> list[Path]:
+    """The files a model path makes a reader open: the file or SavedModel directory
+    itself, an ONNX model's external data files (parsed from the model only when
+    ``external``), an MXNet pair's symbol and params. Empty for an in-memory model."""
+    if not isinstance(model, (str, os.PathLike)):
+        return []
+    path = Path(model)
+    framework = framework_of(path)
+    if framework == "mxnet":
+        from mixprec.frontends.mxnet import model_files as mxnet_files
+        return list(mxnet_files(path))
+    if framework == "onnx" and external:
+        return [path, *_onnx_external_files(path)]
+    return [path]
+
+
+def _onnx_external_files(path: Path) -> list[Path]:
+    import onnx
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # not readable: the loader says why; nothing else is read
+        return []
+    found: set[Path] = set()
+    for tensor in _onnx_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location:
+                found.add(path.parent / location)
+    return sorted(found)
+
+
+def _onnx_tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _onnx_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _onnx_tensors(sub)
+
+
+_DIRECTORY_OUTPUTS = {"tensorflow": "SavedModel"}
+
+
+def output_targets(framework: str, path: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(kind, path)`` of everything saving a ``framework`` model to ``path`` writes;
+    kind is ``"file"`` or ``"dir"``."""
+    path = Path(path)
+    if framework == "onnx":
+        return [("file", path), ("file", path.with_name(path.name + ".data"))]
+    if framework == "mxnet":
+        from mixprec.backends.mxnet import output_files
+        return [("file", p) for p in output_files(path)]
+    if framework == "tensorflow":
+        if path.suffix.lower() == ".pb":
+            return [("file", path)]
+        if path.suffix == "":
+            return [("dir", path)]
+        raise OutputPathError(f"{path}: TensorFlow output must be a .pb file or a directory path without a "
+                              "suffix (SavedModel)")
+    return [("file", path)]
+
+
+def check_paths(model: Any, output: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
+                dump_dir: str | os.PathLike | None = None, framework: str | None = None) -> None:
+    """Check every output path before any work: OutputPathError when ``output`` (or a
+    companion file its framework writes), ``report`` or ``dump_dir`` cannot be written
+    (device, FIFO, symlink, a directory mixprec did not write, a read-only or non-directory
+    parent), or when one is, holds or lies inside a file ``model`` reads, or two of them
+    collide. ``model`` is the input (a path; an object has no files)."""
+    framework = framework or framework_of(model)
+    targets = output_targets(framework, output) if output is not None else []
+    # an input's data file can only collide with an output path that exists already
+    existing = any(os.path.lexists(p) for p in [*(t for _, t in targets), report, dump_dir] if p is not None)
+    inputs = [("the input model's file", p) for p in model_files(model, external=existing)]
+    outputs: list[tuple[str, Path]] = []
+    if output is not None:
+        outputs = [("the output", path) for _, path in targets]
+        check_disjoint(outputs, inputs)
+        for kind, path in targets:
+            if kind == "dir":
+                check_output_dir(path, "the output", f"a {_DIRECTORY_OUTPUTS.get(framework, 'model')} mixprec wrote")
+            else:
+                check_output_file(path, "the output")
+    if report is not None:
+        check_disjoint([("the report", Path(report))], inputs + outputs)
+        check_output_file(report, "the report")
+    if dump_dir is not None:
+        others = inputs + outputs + ([("the report", Path(report))] if report is not None else [])
+        check_disjoint([("the dump directory", Path(dump_dir))], others, refuse=("is", "lies inside"))
+        check_dump_dir(dump_dir)
+
+
 def _refuse_converted(graph: Graph, precision: str) -> None:
     """A model with no FP32 tensor left has nothing to convert: say so instead of
     returning it unchanged."""
@@ -264,21 +456,43 @@ def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Mo
     if adapter.last_check_note:
         report.notes.append(adapter.last_check_note)
     report.notes.append(f"output check took {time.perf_counter() - started:.2f} s")
-    for check in report.checks:
-        if check.cosine != check.cosine or check.cosine < config.min_cosine:
-            what = ("is not finite or has the wrong shape" if check.cosine != check.cosine
-                    or (check.cosine == 0.0 and check.max_abs_error == float("inf"))
-                    else f"has cosine {check.cosine:.4f} to the FP32 output (max abs error "
-                         f"{check.max_abs_error:.3g}), below min_cosine={config.min_cosine}")
-            report.failed_check = (f"output {check.output} of the converted model {what}; keep the sensitive ops "
-                                   "in FP32 (op_type_dict / --fp32-op-type) or lower min_cosine")
-            logger.warning(report.failed_check)
-            return
+    failing = [c for c in report.checks if c.cosine != c.cosine or c.cosine < config.min_cosine]
+    if not failing:
+        return
+    check = min(failing, key=lambda c: -2.0 if c.cosine != c.cosine else c.cosine)  # the worst output
+    what = ("is not finite or has the wrong shape" if check.cosine != check.cosine
+            or (check.cosine == 0.0 and check.max_abs_error == float("inf"))
+            else f"has cosine {check.cosine:.6f} to the FP32 output (max abs error "
+                 f"{check.max_abs_error:.3g}), below min_cosine={config.min_cosine}")
+    others = f" ({len(failing) - 1} other output(s) fail too)" if len(failing) > 1 else ""
+    report.failed_check = (f"output {check.output} of the converted model {what}{others}; keep the sensitive ops "
+                           "in FP32 (op_type_dict / --fp32-op-type) or lower min_cosine")
+    logger.info(report.failed_check)  # fit raises it as AccuracyCheckError; the caller reports it
 
 
 def _skip_check(report: Report, message: str) -> None:
     logger.warning(message)
     report.notes.append(message)
+
+
+def _candidates(adapter: Adapter, original: Any, ir_model: Model, config: MixedPrecisionConfig,
+                failures: list[str]) -> Iterator[Any]:
+    """adapter.candidate_inputs, where a failure to make or adapt the user's sample
+    inputs ends the candidates (recorded in ``failures``) instead of escaping as an
+    internal error; generated candidates' errors (SampleInputError) pass through."""
+    iterator = iter(adapter.candidate_inputs(original, ir_model, config))
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except MixprecError:
+            raise
+        except Exception as exc:
+            if config.sample_inputs is None:
+                raise
+            failures.append(f"{type(exc).__name__}: {first_line(exc)}")
+            return
 
 
 def reference_run(adapter: Adapter, original: Any, ir_model: Model,
@@ -287,7 +501,7 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
     outputs, and those outputs. SampleInputError (naming --input-shape/--sample-inputs)
     when there is none; the user's own sample_inputs are tried alone."""
     failures: list[str] = []
-    for inputs in adapter.candidate_inputs(original, ir_model, config):
+    for inputs in _candidates(adapter, original, ir_model, config, failures):
         try:
             reference = adapter.run_original(original, inputs)
         except MixprecError as exc:
@@ -301,6 +515,9 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
             return inputs, reference
         failures.append("the FP32 outputs are not finite")
     given = config.sample_inputs is not None
+    if given:  # the user's inputs failed: say what the model expects when they cannot fit
+        check_sample_inputs(config.sample_inputs, [(name, value.shape) for name, value
+                                                   in zip(input_names(ir_model), ir_model.graph.inputs)])
     what = "the given sample inputs" if given else f"{len(failures)} generated sample input(s)"
     raise SampleInputError(f"the FP32 model does not run on {what} ({failures[-1] if failures else 'none made'}); "
                            "give inputs that fit with --sample-inputs FILE.npz or --input-shape NAME=DIMS "

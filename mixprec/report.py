@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixprec.fileio import atomic_write_text
 from mixprec.ir.graph import Graph
 
 logger = logging.getLogger(__name__)
@@ -129,9 +130,8 @@ class Report:
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write JSON (``.json``) or text (anything else) atomically."""
+        """Write JSON (``.json``) or text (anything else) atomically
+        (mixprec.fileio.atomic_write_text: parent directories made, never half-written)."""
         path = Path(path)
         text = self.to_json() if path.suffix == ".json" else self.to_text()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, text + "\n")

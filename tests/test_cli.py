@@ -146,3 +146,99 @@ def test_corrupt_pt2_is_a_clear_error(tmp_path, capsys):
     assert main(["convert", str(bad), "-o", str(tmp_path / "o.pt2")]) == 2
     err = capsys.readouterr().err
     assert "not a torch.export program" in err and "Traceback" not in err
+
+
+# ---- options from issue 7/8: shapes, sample inputs, graph inputs/outputs, exit codes ----
+def test_convert_help_states_security_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "SavedModel runs its resource initializers" in text and "only in a sandbox" in text
+    assert "--trust-pickle" in text and "4 failed output check" in text
+
+
+@pytest.mark.parametrize("items, expected", [
+    (["image=1,3,224,224"], {"image": [1, 3, 224, 224]}),
+    (["a=1,16", "b:0=1,16"], {"a": [1, 16], "b:0": [1, 16]}),
+    (["1,3,224,224"], [1, 3, 224, 224]),
+])
+def test_input_shape_option_parses(items, expected):
+    from mixprec.cli import parse_input_shapes
+    assert parse_input_shapes(items) == expected
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--input-shape", "image=1,3,x"], "give whole numbers >= 1"),
+    (["--input-shape", "image=1,0,32,32"], "give whole numbers >= 1"),
+    (["--input-shape", "=1,3"], "the input name before '=' is empty"),
+    (["--input-shape", "1,3,32,32", "--input-shape", "x=1"], "write NAME=DIMS each"),
+    (["--input-shape", "a=1", "--input-shape", "a=2"], "names 'a' twice"),
+    (["--sample-inputs", "missing.npz"], "no such file"),
+    (["--sample-inputs", "inputs.txt"], "give an .npz file"),
+    (["--inputs", "a,,b"], "give tensor names separated by commas"),
+])
+def test_bad_new_options_are_one_line_exit_2_before_work(model, tmp_path, capsys, extra, message):
+    out = tmp_path / "o.onnx"
+    assert main(["convert", str(model), "-o", str(out), *extra]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.err.count("\n") == 1 and captured.out == ""
+    assert not out.exists()
+
+
+def test_bad_npz_is_a_clear_error(model, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip at all")
+    assert main(["convert", str(model), "-o", str(tmp_path / "o.onnx"), "--sample-inputs", str(bad)]) == 2
+    assert "not a readable .npz file" in capsys.readouterr().err
+
+
+def test_new_options_reach_the_config(tmp_path):
+    import numpy as np
+    from mixprec.cli import _config, build_parser
+    np.savez(tmp_path / "s.npz", image=np.ones((1, 3, 32, 32), np.float32))
+    args = build_parser().parse_args(["convert", "m.onnx", "-o", "o.onnx", "--input-shape", "image=1,3,64,64",
+                                      "--sample-inputs", str(tmp_path / "s.npz"), "--inputs", "x:0,y:0",
+                                      "--outputs", "out:0", "--check-runtime", "reference", "--trust-pickle"])
+    config = _config(args)
+    assert config.input_shapes == {"image": [1, 3, 64, 64]} and config.inputs == ["x:0", "y:0"]
+    assert config.outputs == ["out:0"] and config.check_runtime == "reference" and config.trust_pickle
+    assert config.sample_inputs["image"].shape == (1, 3, 32, 32)
+
+
+def test_sample_inputs_file_is_used_by_the_check(model, tmp_path, capsys):
+    import numpy as np
+    np.savez(tmp_path / "s.npz", image=np.random.default_rng(1).normal(size=(3, 3, 32, 32)).astype(np.float32))
+    assert main(["convert", str(model), "-o", str(tmp_path / "o.onnx"), "--sample-inputs", str(tmp_path / "s.npz")]) == 0
+    assert "output logits: cosine" in capsys.readouterr().out
+
+
+def test_bare_input_shape_names_the_only_input(model):
+    from mixprec.adapters import adapter_for
+    from mixprec.config import MixedPrecisionConfig
+    from mixprec.mix_precision import _resolve_bare_shape
+    config = _resolve_bare_shape(adapter_for(str(model)), str(model), MixedPrecisionConfig(input_shapes=[2, 3, 32, 32]))
+    assert config.input_shapes == {"image": [2, 3, 32, 32]}
+
+
+def test_bare_input_shape_on_a_two_input_model_is_refused(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert main(["convert", str(path), "-o", str(tmp_path / "o.onnx"), "--input-shape", "2,2"]) == 2
+    assert "the model has 2 inputs (a, b); write NAME=DIMS" in capsys.readouterr().err
+
+
+def test_failed_check_exits_4_without_writing_and_keep_failed_writes(model, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["convert", str(model), "-o", str(out), "--min-cosine", "1.0"]) == 4
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("mixprec: failed check: output ")
+    assert "below min_cosine=1.0" in captured.err and not out.exists()
+    assert main(["convert", str(model), "-o", str(out), "--min-cosine", "1.0", "--keep-failed"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("mixprec: warning: failed check: output ")
+    assert out.exists() and "FAILED output check" in captured.out

@@ -22,12 +22,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from mixprec.errors import ConfigError, ConversionError
-from mixprec.fileio import same_file
+from mixprec.fileio import atomic_write, atomic_write_text, same_file
 from mixprec.frontends.mxnet import (CAST_OP, DTYPE_TO_FLAG, DTYPE_TO_NAME, META, dtype_to_mx, mx,
                                      numpy_to_ndarray, quiet, version_key)
 from mixprec.ir.dtypes import DType
@@ -249,10 +248,9 @@ def save(model: Model, path: str | os.PathLike, *, protected: Sequence[str | os.
     symbol, args, aux = emit(model)
     text = symbol.tojson(remove_amp_cast=False)
     _check_casts_kept(model, text)
-    symbol_path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {**{f"arg:{k}": v for k, v in args.items()}, **{f"aux:{k}": v for k, v in aux.items()}}
-    _atomic_write(params_path, lambda tmp: mx.nd.save(tmp, arrays))
-    _atomic_write(symbol_path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(params_path, lambda tmp: mx.nd.save(tmp, arrays))
+    atomic_write_text(symbol_path, text)
     logger.info("wrote %s and %s", symbol_path, params_path)
     return symbol_path, params_path
 
@@ -263,20 +261,6 @@ def _check_casts_kept(model: Model, text: str) -> None:
     expected = sum(1 for n in model.graph.iter_nodes() if n.op == CAST_OP)
     if written != expected:
         raise ConversionError(f"the symbol JSON holds {written} amp_cast nodes instead of {expected}")
-
-
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 

@@ -26,7 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mixprec.errors import ConfigError, ConversionError
-from mixprec.fileio import first_line, same_file
+from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publish, same_file
 from mixprec.frontends.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx,
                                     _oneline, graph_key, onnx_type_string, sparse_to_dense,
                                     type_from_proto)
@@ -611,44 +611,31 @@ def validate(proto: onnx.ModelProto) -> None:
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None,
          external_data: bool | None = None) -> Path:
-    """Write ``proto`` to ``path`` atomically (a temporary file in the same directory,
-    then os.replace) and return the path. Tensors go to ``<name>.data`` next to it when
-    ``external_data`` is True, or when None and the model is near 2 GiB; ``proto`` is
-    left as it was. Refuses (ConfigError) to overwrite ``input_path``."""
+    """Write ``proto`` to ``path`` atomically (mixprec.fileio: a temporary in the same
+    directory, fsync, os.replace; parent directories made) and return the path. Tensors
+    go to ``<name>.data`` next to it when ``external_data`` is True, or when None and the
+    model is near 2 GiB; ``proto`` is left as it was. Refuses (ConfigError) to overwrite
+    ``input_path``."""
     path = Path(path)
     if input_path is not None and same_file(path, Path(input_path)):
         raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give the output .onnx file name")
-    directory = path.resolve().parent
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = Path(os.path.abspath(path)).parent
     if external_data is None:
         external_data = _is_large(proto) or proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
     if external_data:
         _save_with_external_data(proto, path, directory)
     else:
-        _save_single_file(proto, path, directory)
+        atomic_write_bytes(path, proto.SerializeToString())
     return path
-
-
-
-
-def _save_single_file(proto: onnx.ModelProto, path: Path, directory: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path) -> None:
     from onnx import external_data_helper
 
     data_name = f"{path.name}.data"
-    tmp_dir = tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory)
+    tmp_dir = os.fspath(make_temp_dir(path))
     try:
         tmp_model = os.path.join(tmp_dir, path.name)
         onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -660,14 +647,7 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path
                 tensor.ClearField("data_location")
         tmp_data = os.path.join(tmp_dir, data_name)
         if os.path.exists(tmp_data):
-            os.replace(tmp_data, directory / data_name)
-        os.replace(tmp_model, path)
+            publish(tmp_data, directory / data_name)
+        publish(tmp_model, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass

@@ -28,8 +28,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,7 +37,7 @@ import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, versions_pb2
 
 from mixprec.errors import ConfigError, ConversionError, UnsupportedModelError
-from mixprec.fileio import same_file
+from mixprec.fileio import atomic_write_bytes, atomic_write_dir, same_file
 from mixprec.frontends.tensorflow import (CONTROL_INPUTS, TF_META, RawAttr, arg_ranges, op_def, parse_input, sanitize,
                                          tf_dtype)
 from mixprec.ir.dtypes import DType
@@ -468,7 +466,7 @@ def save(model: GraphModel, path: str | os.PathLike, input_path: str | os.PathLi
     if path.suffix.lower() == ".pb":
         if path.is_dir():
             raise ConfigError(f"{path} is a directory; a .pb output must be a file")
-        _write_bytes_atomically(path, model.graph_def.SerializeToString())
+        atomic_write_bytes(path, model.graph_def.SerializeToString())
     elif path.suffix == "":
         save_saved_model(model, path)
     else:
@@ -476,18 +474,6 @@ def save(model: GraphModel, path: str | os.PathLike, input_path: str | os.PathLi
                           "(SavedModel)")
 
 
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 def serving_function(model: GraphModel) -> Any:
@@ -516,45 +502,16 @@ def _unique_keys(keys: Sequence[str]) -> list[str]:
 
 
 def save_saved_model(model: GraphModel, path: Path) -> None:
-    """Write a SavedModel directory: written to a temporary directory next to ``path``,
-    then renamed into place (an existing SavedModel there is replaced; any other
-    non-empty directory is refused)."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").exists():
-        raise ConfigError(f"{path} is a non-empty directory that is not a SavedModel; refusing to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    """Write a SavedModel directory with mixprec.fileio.atomic_write_dir: built beside
+    ``path`` and swapped into place; an existing directory is replaced only when it is
+    empty or mixprec wrote it (ConfigError otherwise)."""
+    def write(new: Path) -> None:
         module = tf.Module()
         module.serve = serving_function(model)
         concrete = module.serve.get_concrete_function()
-        tf.saved_model.save(module, os.fspath(tmp / "model"), signatures={"serving_default": concrete})
-        _replace_directory(tmp / "model", path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tf.saved_model.save(module, os.fspath(new), signatures={"serving_default": concrete})
 
-
-def _replace_directory(new: Path, path: Path) -> None:
-    if not path.exists():
-        os.replace(new, path)
-        return
-    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-    os.rmdir(old)
-    os.replace(path, old)
-    try:
-        os.replace(new, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+    atomic_write_dir(path, write, kind="a SavedModel mixprec wrote")
 
 
 def _oneline(exc: BaseException, limit: int = 300) -> str:

@@ -16,7 +16,6 @@ import logging
 import operator
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,7 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from mixprec.errors import ConversionError, UnsupportedModelError
+from mixprec.fileio import atomic_write
 from mixprec.frontends.torch import (COMPLEX_TAG, FRAMEWORK, INPUT_REF, TENSOR_LISTS_ATTR, dynamic_batch_shapes,
                                      load_spec, split_inputs, tensor_kind, torch_dtype)
 from mixprec.ir.dtypes import DType, convert_array
@@ -223,7 +223,7 @@ def save(model_or_module: Model | torch.nn.Module, path: str | os.PathLike, exam
     ``torch.export.load(path).module()`` runs it without mixprec. The file is written to a
     temporary name in the same directory and moved into place, so ``path`` is either the
     old file or the complete new one. ``dynamic_batch`` defaults to what the model was
-    loaded with."""
+    loaded with. Missing parent directories are made (mixprec.fileio.atomic_write)."""
     if isinstance(model_or_module, Model):
         module = emit(model_or_module)
     elif isinstance(model_or_module, EmittedModule):
@@ -240,18 +240,16 @@ def save(model_or_module: Model | torch.nn.Module, path: str | os.PathLike, exam
         program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
         raise ConversionError(f"torch.export failed on the module to save: {str(exc).strip().splitlines()[0]}") from exc
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".pt2", dir=target.parent.resolve())
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    target = atomic_write(path, lambda tmp: _export_save(program, tmp))
     logger.info("saved torch.export program to %s (%d bytes)", target, target.stat().st_size)
     return target
+
+
+def _export_save(program: "torch.export.ExportedProgram", path: str) -> None:
+    """torch.export.save into the file ``path`` (through a handle: torch warns about a
+    path that does not end in .pt2, which a temporary's name does not)."""
+    with open(path, "wb") as handle:
+        torch.export.save(program, handle)
 
 
 def _warn_unloadable_names(module: torch.nn.Module) -> None:

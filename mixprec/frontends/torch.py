@@ -53,12 +53,14 @@ The user's module is never mutated: everything happens on a deep copy in eval mo
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
 import operator
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -67,7 +69,8 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from mixprec.errors import ModelLoadError, UnsupportedModelError
+from mixprec.config import TRUST_PICKLE
+from mixprec.errors import ModelLoadError, UnsupportedModelError, UntrustedPickleError
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
 
@@ -127,20 +130,130 @@ def load(module: torch.nn.Module, example_inputs: tuple | dict | torch.Tensor, d
     return _lower(capture, arg_names, list(kwargs), forward_params)
 
 
-def read_program(path: str | os.PathLike) -> "torch.export.ExportedProgram":
-    """The ExportedProgram saved at ``path`` (``.pt2``); ModelLoadError when missing or bad."""
+def read_program(path: str | os.PathLike, trust_pickle: bool | None = None) -> "torch.export.ExportedProgram":
+    """The ExportedProgram saved at ``path`` (``.pt2``); ModelLoadError when missing or bad.
+
+    Invariant: unless ``trust_pickle`` (default: ``mixprec.config.TRUST_PICKLE``, which
+    ``fit`` sets from ``config.trust_pickle``), nothing in the archive is unpickled in a
+    way that can run code. Before torch reads it, every pickle torch would load is
+    checked: weights and constants stored as pickles (``use_pickle``, custom/opaque
+    objects) and sample inputs or legacy state dicts that ``torch.load(weights_only=True)``
+    refuses make it an UntrustedPickleError; while torch reads it, any
+    ``torch.load(weights_only=False)`` (torch's own fallback) raises the same."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
-    export_logger = logging.getLogger("torch.export")
-    level = export_logger.level
-    export_logger.setLevel(logging.ERROR)  # torch logs a traceback before it retries the old format
+    trusted = TRUST_PICKLE.get() if trust_pickle is None else bool(trust_pickle)
+    if not trusted:
+        _refuse_pickles(path)
     try:
-        return torch.export.load(path)
+        with _quiet_export_loggers(), (contextlib.nullcontext() if trusted else _weights_only_torch_load(path)):
+            return torch.export.load(path)
+    except UntrustedPickleError:
+        raise
     except Exception as exc:  # torch raises many types for a bad archive
         raise ModelLoadError(f"{path}: not a torch.export program ({_first_line(exc)})") from exc
+
+
+_ARCHIVE_CONFIG_RE = re.compile(r"(?:^|/)data/(?:weights|constants)/[^/]+_(?:weights|constants)_config\.json$")
+#: members torch unpickles whole: sample inputs, legacy weight/constant files, the 2.7 format
+_ARCHIVE_PICKLE_RE = re.compile(r"(?:^|/)(?:data/(?:sample_inputs|weights|constants)/[^/]+\.pt"
+                                r"|serialized_(?:state_dict|constants|example_inputs)\.pt)$")
+_PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
+_UNTRUSTED_ADVICE = ("unpickling it can run arbitrary code; if you trust the file's source, pass --trust-pickle "
+                     "(trust_pickle=True), or re-save the program with plain tensors")
+
+
+def _refuse_pickles(path: str) -> None:
+    """UntrustedPickleError naming the first thing in the archive at ``path`` that only
+    an unrestricted unpickler can load; nothing when it is not a zip (torch says why)."""
+    import zipfile
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile):
+        return
+    reasons: list[str] = []
+    with archive:
+        for member in archive.namelist():
+            if _ARCHIVE_CONFIG_RE.search(member):
+                reasons.extend(_pickled_payloads(archive, member))
+            elif _ARCHIVE_PICKLE_RE.search(member):
+                reason = _unsafe_pickle(archive, member)
+                if reason:
+                    reasons.append(reason)
+    if reasons:
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        raise UntrustedPickleError(f"{path}: refusing to load it: {reasons[0]}{more}; {_UNTRUSTED_ADVICE}")
+
+
+def _pickled_payloads(archive: Any, member: str) -> list[str]:
+    import json
+    try:
+        config = json.loads(archive.read(member)).get("config", {})
+    except (ValueError, AttributeError, OSError) as exc:
+        raise ModelLoadError(f"{archive.filename}: {member} is not a payload config ({_first_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{archive.filename}: {member} is not a payload config")
+    kind = "weight" if "/weights/" in f"/{member}" else "constant"
+    found = []
+    for fqn, meta in config.items():
+        meta = meta if isinstance(meta, dict) else {}
+        name = str(meta.get("path_name", ""))
+        if meta.get("use_pickle") or name.startswith(_PICKLED_OBJECT_PREFIXES):
+            found.append(f"{kind} {fqn!r} is stored as a pickle")
+    return found
+
+
+def _unsafe_pickle(archive: Any, member: str) -> str | None:
+    import io
+    try:
+        torch.load(io.BytesIO(archive.read(member)), weights_only=True)
+    except Exception as exc:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"WeightsUnpickler error: ([^.\n]+)", text)
+        detail = f"it calls {found[1]}" if found and found.re.pattern.startswith("Unsupported") else \
+            (found[1] if found else _first_line(exc)[:120])
+        return f"{member} is a pickle that torch.load(weights_only=True) refuses ({detail})"
+    return None
+
+
+@contextlib.contextmanager
+def _weights_only_torch_load(path: str) -> Iterator[None]:
+    """Within the block, ``torch.load(..., weights_only=False)`` raises
+    UntrustedPickleError and every other call is made with ``weights_only=True`` (torch
+    falls back to an unrestricted load of sample inputs when the safe one fails)."""
+    original = torch.load
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("weights_only") is False:
+            raise UntrustedPickleError(f"{path}: refusing to load it: torch wanted to unpickle part of it without "
+                                       f"weights_only; {_UNTRUSTED_ADVICE}")
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    with _TORCH_LOAD_LOCK:
+        torch.load = guarded
+        try:
+            yield
+        finally:
+            torch.load = original
+
+
+_TORCH_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_export_loggers() -> Iterator[None]:
+    """torch logs tracebacks (and malformed records) while it tries older formats."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
-        export_logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def load_program(path: str | os.PathLike) -> Model:
