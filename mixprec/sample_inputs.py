@@ -20,11 +20,11 @@ import contextlib
 import contextvars
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mixprec.errors import SampleInputError
+from mixprec.errors import ConfigError, SampleInputError
 from mixprec.ir.dtypes import DType
 
 logger = logging.getLogger(__name__)
@@ -188,3 +188,46 @@ def _human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def check_sample_inputs(given: Any, declared: Sequence[tuple[str, Sequence[Any] | None]]) -> None:
+    """ConfigError when the user's sample inputs cannot be the model's inputs: a dict
+    whose names are not the declared ones, a sequence of the wrong length, or an array
+    whose rank or a fixed dim differs from the declaration. ``declared`` is ``[(name,
+    dims or None)]``; a dim that is not an int is free. The message lists the expected
+    inputs. Adapters may call it with their own names."""
+    expected = "; the model's inputs are " + ", ".join(f"{n} {_dims_text(d)}" for n, d in declared)
+    if isinstance(given, dict):
+        names = [n for n, _ in declared]
+        keys = {_bare_name(k): k for k in given}
+        missing = [n for n in names if _bare_name(n) not in keys]
+        extra = [k for b, k in keys.items() if b not in {_bare_name(n) for n in names}]
+        if missing or extra:
+            parts = ([f"has no {', '.join(map(repr, missing))}"] if missing else []) + \
+                    ([f"names unknown input(s) {', '.join(map(repr, extra))}"] if extra else [])
+            raise ConfigError(f"sample_inputs {' and '.join(parts)}{expected}")
+        pairs = [(n, given[keys[_bare_name(n)]], d) for n, d in declared]
+    elif isinstance(given, (list, tuple)):
+        if len(given) != len(declared):
+            raise ConfigError(f"sample_inputs has {len(given)} array(s) for {len(declared)} input(s){expected}")
+        pairs = [(n, a, d) for (n, d), a in zip(declared, given)]
+    else:
+        pairs = [(declared[0][0], given, declared[0][1])] if len(declared) == 1 else []
+    for name, array, dims in pairs:
+        shape = tuple(int(d) for d in (array.shape if hasattr(array, "shape") else np.shape(array)))
+        if dims is None:
+            continue
+        if len(shape) != len(dims) or any(isinstance(d, int) and d >= 0 and d != s for d, s in zip(dims, shape)):
+            raise ConfigError(f"sample input {name!r} has shape {list(shape)}, which does not fit {_dims_text(dims)}"
+                              f"{expected}")
+
+
+def _bare_name(name: str) -> str:
+    return name[:-2] if name.endswith(":0") else name
+
+
+def _dims_text(dims: Sequence[Any] | None) -> str:
+    if dims is None:
+        return "[unknown rank]"
+    return "[" + ",".join(str(d) if isinstance(d, int) and d >= 0 else "?" if d is None or isinstance(d, int)
+                          else str(d) for d in dims) + "]"

@@ -27,7 +27,7 @@ from mixprec.errors import ConfigError, ConversionError, SampleInputError
 from mixprec.frontends.onnx import LARGE_MODEL_BYTES, _oneline, dtype_to_onnx, onnx_name, onnx_type_string
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node, Value
-from mixprec.sample_inputs import Dim, InputSpec, input_bytes_limit, make_arrays, shape_ladder
+from mixprec.sample_inputs import Dim, InputSpec, check_sample_inputs, input_bytes_limit, make_arrays, shape_ladder
 
 logger = logging.getLogger(__name__)
 
@@ -434,32 +434,27 @@ def candidate_feeds(model: Model, input_shapes: Mapping[str, Sequence[int]] | No
 
 
 def check_feeds(model: Model, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The user's sample inputs, checked against the model's inputs: the same names, the
-    declared rank and fixed dims; values of another dtype of the same kind (float64 for
-    float32) are converted. Raises SampleInputError saying what does not fit."""
-    if not isinstance(feeds, Mapping):
-        raise SampleInputError(f"sample_inputs for an ONNX model must map input names to arrays, not "
-                               f"{type(feeds).__name__}")
+    """The user's sample inputs (a dict by input name, or arrays in input order), checked
+    against the model's inputs (names, rank, fixed dims: ``check_sample_inputs``, a
+    ConfigError naming the model's inputs); values of another dtype of the same kind
+    (float64 for float32) are converted."""
     specs = {s.name: s for s in input_specs(model)}
-    unknown = sorted(set(feeds) - set(specs))
-    missing = sorted(set(specs) - set(feeds))
-    if unknown or missing:
-        what = f"names {unknown} that are not inputs of the model" if unknown else f"no value for {missing}"
-        raise SampleInputError(f"the sample inputs have {what}; the model's inputs are {sorted(specs)}")
-    return {name: _fit_array(specs[name], feeds[name]) for name in specs}
+    check_sample_inputs(feeds, [(spec.name, spec.shape) for spec in specs.values()])
+    if not isinstance(feeds, Mapping):  # arrays in the order of the model's inputs
+        feeds = dict(zip(specs, feeds if isinstance(feeds, (list, tuple)) else [feeds]))
+    return {name: _as_input_dtype(specs[name], feeds[name]) for name in specs}
 
 
-def _fit_array(spec: InputSpec, value: Any) -> np.ndarray:
+def _as_input_dtype(spec: InputSpec, value: Any) -> np.ndarray:
     array = np.asarray(value)
     wanted = np.dtype(spec.dtype.to_numpy())
     if array.dtype != wanted:
         same_kind = (spec.dtype.is_float and array.dtype.kind == "f") or \
                     (array.dtype.kind in "iu" and wanted.kind in "iu") or (array.dtype.kind == wanted.kind)
         if not same_kind:
-            raise SampleInputError(f"sample input {spec.name!r} is {array.dtype}, but the model's input is "
-                                   f"{spec.dtype.value}")
+            raise ConfigError(f"sample input {spec.name!r} is {array.dtype}, but the model's input is "
+                              f"{spec.dtype.value}")
         array = array.astype(wanted)
-    _check_dims(spec, tuple(array.shape), "sample input")
     return array
 
 
@@ -467,8 +462,8 @@ def _checked_shapes(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(given) - set(by_name))
     if unknown:
-        raise SampleInputError(f"input_shapes names {unknown}, which are not inputs of the model; its inputs "
-                               f"are {sorted(by_name)}")
+        raise ConfigError(f"input_shapes names {unknown}, which are not inputs of the model; its inputs "
+                          f"are {sorted(by_name)}")
     out = {name: tuple(int(d) for d in dims) for name, dims in given.items()}
     for name, dims in out.items():
         _check_dims(by_name[name], dims, "the given shape of")
@@ -481,7 +476,7 @@ def _check_dims(spec: InputSpec, dims: tuple[int, ...], what: str) -> None:
     fixed = [d if isinstance(d, int) else None for d in spec.shape]
     if len(dims) != len(fixed) or any(f is not None and f != d for f, d in zip(fixed, dims)):
         declared = ",".join("?" if f is None else str(f) for f in fixed)
-        raise SampleInputError(f"{what} {spec.name!r} is {list(dims)}, but the model declares [{declared}]")
+        raise ConfigError(f"{what} {spec.name!r} is {list(dims)}, but the model declares [{declared}]")
 
 
 def _resolve_dims(value: Value) -> tuple[Dim, ...]:
