@@ -132,7 +132,8 @@ def _names(text: str | None, option: str) -> list[str] | None:
 def cmd_convert(args: argparse.Namespace) -> int:
     from mixprec.mix_precision import check_paths, fit
     check_paths(args.input, output=args.output, report=args.report, dump_dir=args.dump_dir)
-    config = _config(args, check_outputs=not args.no_check, min_cosine=args.min_cosine)
+    config = _config(args, check_outputs=not args.no_check, min_cosine=args.min_cosine,
+                     max_flip_rate=args.max_flip_rate, error_budget=not args.no_error_budget)
     try:
         converted = fit(args.input, config=config, progress=_progress_bar())
     except AccuracyCheckError as exc:
@@ -218,7 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="write the report (.json, or text otherwise)")
     p.add_argument("--no-check", action="store_true", help="skip comparing outputs with the FP32 model")
     p.add_argument("--min-cosine", type=float, default=0.99, metavar="X",
-                   help="the output check fails when an output's cosine to the FP32 output is below X (default 0.99)")
+                   help="every output's cosine to the FP32 output must be at least X (default 0.99): when the "
+                        "conversion misses it, the nodes most to blame fall back to FP32 until it holds")
+    p.add_argument("--max-flip-rate", type=float, metavar="F",
+                   help="also at most this fraction of task decisions flipped (top-1 of logits, the 0.5 threshold "
+                        "of probability maps)")
+    p.add_argument("--no-error-budget", action="store_true",
+                   help="do not fall back nodes when --min-cosine is missed: fail the check instead (exit 4)")
     p.add_argument("--keep-failed", action="store_true",
                    help="write the converted model even when its outputs miss --min-cosine (exit 0, with a warning)")
     _add_conversion_options(p)

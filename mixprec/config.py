@@ -120,6 +120,8 @@ class _Options:
     check_outputs: bool = True
     check_runtime: str = "auto"
     min_cosine: float = 0.99
+    max_flip_rate: float | None = None
+    error_budget: bool = True
     trust_pickle: bool = False
     accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
     tuning_criterion: TuningCriterion = field(default_factory=TuningCriterion)
@@ -148,6 +150,10 @@ class MixedPrecisionConfig(_Options):
       input types when not given); ``input_shapes``: ``{input name: dims}`` for the
       generated ones (unknown dims are otherwise resolved from the model or a ladder of
       conventional sizes); ``check_outputs``, ``min_cosine``: that check;
+      ``max_flip_rate``: also at most this fraction of task decisions flipped (top-1 of
+      logits, 0.5-threshold of probability maps); ``error_budget`` (default True): when
+      the check misses them, the nodes most to blame fall back to FP32 until it holds
+      (verified on held-out inputs); False only reports the miss (AccuracyCheckError);
       ``check_runtime``: ONNX only, ``"auto"`` (onnxruntime, on an exact emulation of
       the low-precision rounding where it has no kernel) or ``"reference"``
       (onnx.reference.ReferenceEvaluator, slow);
@@ -189,7 +195,7 @@ class MixedPrecisionConfig(_Options):
             raise ConfigError(f"target must be one of {_TARGETS}, not {self.target!r}")
         if self.check_runtime not in CHECK_RUNTIMES:
             raise ConfigError(f"check_runtime must be one of {CHECK_RUNTIMES}, not {self.check_runtime!r}")
-        for name in ("keep_io_types", "dynamic_batch", "fallback_fx", "check_outputs", "trust_pickle"):
+        for name in ("keep_io_types", "dynamic_batch", "fallback_fx", "check_outputs", "error_budget", "trust_pickle"):
             if not _is_bool(getattr(self, name)):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
         for name in ("policy", "dump_dir"):
@@ -205,6 +211,9 @@ class MixedPrecisionConfig(_Options):
             raise ConfigError("tuning_criterion must be a mixprec.config.TuningCriterion")
         if not _is_real(self.min_cosine) or not 0.0 < float(self.min_cosine) <= 1.0:
             raise ConfigError(f"min_cosine must be a number in (0, 1], not {self.min_cosine!r}")
+        if self.max_flip_rate is not None and (not _is_real(self.max_flip_rate)
+                                               or not 0.0 <= float(self.max_flip_rate) < 1.0):
+            raise ConfigError(f"max_flip_rate must be None or a number in [0, 1), not {self.max_flip_rate!r}")
         for name, table in (("op_type_dict", self.op_type_dict), ("op_name_dict", self.op_name_dict)):
             if not isinstance(table, dict):
                 raise ConfigError(f"{name} must be a dict like {{'Conv': {{'activation': {{'dtype': ['fp32']}}}}}}")

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mixprec.adapters import Adapter, adapter_for, framework_of
-from mixprec.config import MixedPrecisionConfig, pickle_trust
-from mixprec.errors import (AccuracyCheckError, ConfigError, MixprecError, OutputCheckUnavailable, OutputPathError,
+from mixprec.config import AccuracyCriterion, MixedPrecisionConfig, pickle_trust
+from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, OutputCheckUnavailable, OutputPathError,
                             SampleInputError, UnsupportedModelError)
 from mixprec.fileio import check_disjoint, check_dump_dir, check_output_dir, check_output_file, first_line
 from mixprec.ir.dtypes import DType
@@ -35,8 +35,8 @@ from mixprec.numerics import compare_outputs
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
-from mixprec.sample_inputs import check_sample_inputs
-from mixprec.tuning import Candidate, Trial, attribution, fallback_search
+from mixprec.sample_inputs import check_sample_inputs, held_out
+from mixprec.tuning import Candidate, Trial, attribution, budget, fallback_search
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
         converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
     if config.check_outputs:
         _check_outputs(adapter, model, converted, ir_model, config, report)
+        if report.failed_check and config.error_budget and evaluate is None:
+            converted, ir_model, report = _meet_error_budget(adapter, model, loaded, config, report, progress)
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     result = ConvertedModel(converted, ir_model, report, adapter, config, input_path)
     if report.failed_check:
@@ -188,6 +190,40 @@ def _tune(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionCon
     report.tuning = result.summary()
     report.tuning["ranked"] = ranking is not None
     return result.best.model, ir_model, report
+
+
+def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionConfig, missed: Report,
+                       progress: Progress | None) -> tuple[Any, Model, Report]:
+    """The default conversion missed ``min_cosine`` (or ``max_flip_rate``) on the sample
+    inputs: fall back the nodes most to blame (error attribution's ranking, then the
+    group-testing search of mixprec.tuning) until every output meets the budget on them,
+    then check the result again on held-out inputs (fit raises AccuracyCheckError if it
+    misses there). The report keeps each trial and names the fallbacks."""
+    logger.info("%s; falling back the nodes most to blame", missed.failed_check)
+    inputs, reference = reference_run(adapter, model, loaded, config)
+
+    def score(native: Any) -> float:
+        return budget.margin(reference, adapter.run_converted(native, inputs, config), config.min_cosine,
+                             config.max_flip_rate)
+
+    convert = _trial_converter(adapter, loaded, config, progress)
+    default = convert([], [])
+    ranking = _ranking(adapter, model, loaded, config, default)
+    within = AccuracyCriterion(higher_is_better=True, criterion="absolute", tolerable_loss=0.0)
+    try:
+        result = fallback_search(convert, score, 0.0, within, config.tuning_criterion, ranking=ranking)
+    except ConversionError as exc:
+        missed.notes.append(f"error budget not met by any fallback: {first_line(exc)}")
+        return default.model, default.payload[0], missed
+    native, (ir_model, report) = result.best.model, result.best.payload
+    report.tuning = {**result.summary(), "kind": "error budget", "ranked": ranking is not None,
+                     "missed_before": missed.failed_check}
+    report.notes.append(f"error budget: {len(result.fallback_nodes)} node(s) kept in FP32 to meet "
+                        f"min_cosine={config.min_cosine} ({', '.join(result.fallback_nodes)}), found in "
+                        f"{len(result.trials)} trials; checked again on held-out inputs")
+    with held_out():
+        _check_outputs(adapter, model, native, ir_model, config, report)
+    return native, ir_model, report
 
 
 def _trial_converter(adapter: Adapter, loaded: Model, config: MixedPrecisionConfig,

@@ -110,7 +110,10 @@ class Report:
             agree = "" if check.argmax_agreement is None else f", argmax agreement {check.argmax_agreement:.3f}"
             lines.append(f"output {check.output}: cosine {check.cosine:.5f}, max abs error "
                          f"{check.max_abs_error:.3g}, max rel error {check.max_rel_error:.3g}{agree}")
-        if self.tuning:
+        if self.tuning and self.tuning.get("kind") == "error budget":
+            lines.append(f"error budget: {len(self.tuning['trials'])} trials; FP32 fallbacks: "
+                         f"{self.tuning['fallback_nodes'] or 'none'} (before: {self.tuning['missed_before']})")
+        elif self.tuning:
             last = next(t for t in reversed(self.tuning["trials"]) if t["meets"])
             lines.append(f"accuracy tuning: baseline {self.tuning['baseline']:.6g}, kept {last['accuracy']:.6g} after "
                          f"{len(self.tuning['trials'])} trials; FP32 fallbacks: op types "

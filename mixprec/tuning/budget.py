@@ -1,0 +1,57 @@
+"""The error budget: how far a converted model's outputs may be from the FP32 model's on
+the sample inputs, as one number a search can drive to >= 0.
+
+``margin`` is the smallest slack over all float outputs of two criteria: cosine
+similarity at least ``min_cosine``, and, when ``max_flip_rate`` is set, at most that
+fraction of task decisions flipped (the top-1 class of ``[N, C]`` logits, or which side
+of 0.5 each value of a probability map in [0, 1] falls). A margin >= 0 meets the budget.
+Framework-free: it reads numpy arrays only."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from mixprec.numerics import cosine
+
+logger = logging.getLogger(__name__)
+
+
+def flip_rate(reference: np.ndarray, converted: np.ndarray) -> float | None:
+    """The fraction of task decisions that differ, or None for outputs that are neither
+    logits nor a probability map."""
+    ref = np.asarray(reference, dtype=np.float64)
+    got = np.asarray(converted, dtype=np.float64)
+    if ref.shape != got.shape or ref.size == 0:
+        return 1.0
+    if ref.ndim == 2 and ref.shape[1] >= 2 and not _probability_map(ref):
+        return float(np.mean(np.argmax(ref, axis=1) != np.argmax(got, axis=1)))
+    if _probability_map(ref):
+        return float(np.mean((ref > 0.5) != (got > 0.5)))
+    return None
+
+
+def _probability_map(values: np.ndarray) -> bool:
+    return bool(values.size) and float(values.min()) >= 0.0 and float(values.max()) <= 1.0 and values.ndim >= 3
+
+
+def margin(reference: Sequence[np.ndarray], converted: Sequence[np.ndarray], min_cosine: float,
+           max_flip_rate: float | None = None) -> float:
+    """See the module docstring; -inf for a missing, misshapen or non-finite output."""
+    if len(reference) != len(converted):
+        return float("-inf")
+    slack = float("inf")
+    for ref, got in zip(reference, converted):
+        ref, got = np.asarray(ref), np.asarray(got)
+        if ref.dtype.kind not in "fc":
+            continue
+        a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+        if a.shape != b.shape or not np.all(np.isfinite(b)):
+            return float("-inf")
+        slack = min(slack, cosine(a, b) - min_cosine)
+        if max_flip_rate is not None:
+            flips = flip_rate(ref, got)
+            if flips is not None:
+                slack = min(slack, max_flip_rate - flips)
+    return slack if slack != float("inf") else 0.0
