@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import mixprec
-from mixprec.ir import dump
+from mixprec.ir import Pin, dump, set_pin
 from mixprec.passes import DEFAULT_PIPELINE, PassManager, build_pipeline, function_pass
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
@@ -16,10 +16,9 @@ def test_load_run_custom_pipeline_emit():
 
     @function_pass("keep-first-conv-fp32", register=False)
     def keep_first_conv(graph):
-        """pin the first Conv to FP32 before painting"""
+        """pin the first Conv to FP32 before painting (a typed pin, no reason text parsed)"""
         conv = next(n for n in graph.nodes if n.op == "Conv")
-        conv.meta.update(precision="f32", category="allow", reason="user override: first conv stays FP32")
-        return True
+        return set_pin(conv, Pin("f32", "user", "first conv stays FP32"))
 
     model = mixprec.load(str(EXAMPLE))
     assert model.framework == "onnx"
@@ -28,7 +27,7 @@ def test_load_run_custom_pipeline_emit():
     passes.insert(3, keep_first_conv())  # after apply-overrides, before assign-precision
     PassManager(passes).run(model.graph)
     text = dump(model.graph)
-    assert "@conv1  # f32 allow: user override: first conv stays FP32" in text
+    assert "@conv1  # f32 allow: first conv stays FP32" in text
     assert "@conv2  # bf16 allow: allow list" in text
     proto = mixprec.emit(model)
     onnx.checker.check_model(proto, full_check=True)

@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class RuntimeLimits:
     """Ops with no low-precision kernel, and single nodes (name -> why) that must stay
-    FP32, in the runtime called ``runtime``; assign-precision's step 6 applies them."""
+    FP32, in the runtime called ``runtime``; apply-overrides pins them (source ``runtime``)
+    before painting."""
     ops: list[str] = field(default_factory=list)
     nodes: dict[str, str] = field(default_factory=dict)
     runtime: str = "the target runtime"

@@ -2,6 +2,7 @@
 from mixprec.ir.builder import GraphBuilder
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
+from mixprec.ir.pins import Pin, set_pin
 from mixprec.ir.text import dump, parse
 from mixprec.ir.verify import verify
 
@@ -12,5 +13,5 @@ def to_networkx(graph):
     return _to_networkx(graph)
 
 
-__all__ = ["DType", "Value", "Node", "Graph", "Model", "GraphBuilder", "dump", "parse", "verify",
+__all__ = ["DType", "Value", "Node", "Graph", "Model", "GraphBuilder", "Pin", "set_pin", "dump", "parse", "verify",
            "to_networkx"]

@@ -1,16 +1,19 @@
-"""apply-overrides: the user's word beats the painting.
+"""apply-overrides: pins from the user, accuracy tuning and the target runtime.
 
-It runs before assign-precision (unlike grappler's order) so that painting treats an
-FP32 override as a deny node and a low-precision one as an allow node, and the
-neighbours follow; the decision is recorded as ``user override: ...`` and sticks to the
-node in the IR (re-running the pipeline keeps it).
+It runs before assign-precision, which reads the pins (mixprec.ir.pins): a node pinned
+FP32 paints as a deny node and one pinned low as an allow node, so the neighbours follow
+(a runtime limit therefore acts before propagation, as grappler checks kernel support while
+it paints, and no neighbour is pulled low by a node that stays FP32). Pins stay on the
+node, so re-running the pipeline keeps them.
 
 Options name op types and nodes to force to FP32 or to the low-precision target. A node
 pattern matches a node's name, its module scope (``encoder.layer.3`` matches every node
-under that module) or a glob over either. Node-level overrides beat op-level ones, and
-FP32 beats low precision when both name the same node. ``fallback_*`` are FP32 overrides
-chosen by accuracy tuning; they are recorded as ``accuracy tuning: ...``. An op type that neither the
-graph nor the policy knows, or a node pattern that matches nothing, is a ConfigError."""
+under that module) or a glob over either. ``fallback_*`` are FP32 pins chosen by accuracy
+tuning (``accuracy tuning: ...``); ``runtime_fp32_ops`` (ops the target runtime has no
+low-precision kernel for) and ``runtime_fp32_nodes`` (node -> why the runtime cannot run
+it low) are the runtime's, named ``runtime``. Which pin wins on one node: see
+mixprec.ir.pins. An op type that neither the graph nor the policy knows, or a node
+pattern that matches nothing, is a ConfigError."""
 from __future__ import annotations
 
 import fnmatch
@@ -19,9 +22,11 @@ from dataclasses import dataclass, field
 
 from mixprec.errors import ConfigError
 from mixprec.ir.cast import is_cast
+from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node
+from mixprec.ir.pins import FP32, Pin, set_pin
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import FP32, decide, graph_policy, target_dtype, touches_fp32
+from mixprec.passes.common import graph_policy, target_dtype, touches_fp32
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -34,7 +39,7 @@ TUNING = "accuracy tuning"  # fallbacks found by mixprec.tuning
 @dataclass
 class ApplyOverrides(Pass):
     name = "apply-overrides"
-    description = "force op types or named nodes/modules to FP32 or low precision, as the user asked"
+    description = "pin op types or named nodes/modules to FP32 or low precision (user, tuning, runtime limits)"
     changes_structure = False
     precision: str = "bf16"
     policy: str | None = None
@@ -44,48 +49,59 @@ class ApplyOverrides(Pass):
     lp_nodes: list[str] = field(default_factory=list)
     fallback_ops: list[str] = field(default_factory=list)
     fallback_nodes: list[str] = field(default_factory=list)
+    runtime_fp32_ops: list[str] = field(default_factory=list)
+    runtime_fp32_nodes: dict[str, str] = field(default_factory=dict)
+    runtime: str = "the target runtime"
 
     def run(self, graph: Graph) -> PassResult:
-        if not (self.fp32_ops or self.fp32_nodes or self.lp_ops or self.lp_nodes or self.fallback_ops
-                or self.fallback_nodes):
-            return PassResult(graph, False)
         target = target_dtype(self.precision)
         policy = graph_policy(graph, self.policy)
-        nodes = list(graph.all_nodes())
+        nodes = [n for n in graph.all_nodes() if n.meta.get("category") not in ("shape", "cast") and not is_cast(n)]
         present = {n.op for n in nodes} | {n.qualified_op for n in nodes} | {_packet(n.op) for n in nodes}
         for op in self.fp32_ops + self.lp_ops:
             if op not in present and op not in policy.known_ops:
                 raise ConfigError(f"unknown op type {op!r}: it is neither in the model nor in the "
                                   f"{policy.framework} policy (op types are case-sensitive, e.g. 'MatMul')")
-        decisions: dict[int, tuple[str, str]] = {}
-        for ops, precision, who in ((self.lp_ops, target.value, USER), (self.fallback_ops, FP32, TUNING),
-                                    (self.fp32_ops, FP32, USER)):
+        modified = False
+        for node, pin in self._pins(nodes, target):
+            if pin.precision != FP32 and not touches_fp32(node, policy) and node.meta.get("precision") != pin.precision:
+                logger.warning("override asks %s for %s but it has no float32 tensor; ignored", pin.precision,
+                               node.name)
+                continue
+            modified |= set_pin(node, pin)
+        return PassResult(graph, modified)
+
+    def _pins(self, nodes: list[Node], target: DType) -> list[tuple[Node, Pin]]:
+        """Every pin the options ask for. Among the user's and tuning's, a node-level
+        entry beats an op-level one and FP32 beats low precision at the same level (one
+        pin per node); runtime pins come beside them and set_pin keeps the strongest."""
+        out: list[tuple[Node, Pin]] = []
+        runtime = set(self.runtime_fp32_ops)
+        for node in nodes:
+            if {node.qualified_op, node.op} & runtime:
+                out.append((node, Pin(FP32, "runtime", f"{self.runtime} has no {target.value} kernel for "
+                                                       f"{node.qualified_op}")))
+            if node.name in self.runtime_fp32_nodes:
+                out.append((node, Pin(FP32, "runtime", self.runtime_fp32_nodes[node.name])))
+        chosen: dict[int, tuple[Node, Pin]] = {}
+        for ops, precision, source, who in ((self.lp_ops, target.value, "user", USER),
+                                            (self.fallback_ops, FP32, "tuning", TUNING),
+                                            (self.fp32_ops, FP32, "user", USER)):
             wanted = set(ops)
             for node in nodes:
                 if {node.op, node.qualified_op, _packet(node.op)} & wanted:
-                    decisions[id(node)] = (precision, f"{who}: op type {node.op} -> {precision}")
-        for patterns, precision, who in ((self.lp_nodes, target.value, USER), (self.fallback_nodes, FP32, TUNING),
-                                         (self.fp32_nodes, FP32, USER)):
+                    chosen[id(node)] = (node, Pin(precision, source, f"{who}: op type {node.op} -> {precision}"))
+        for patterns, precision, source, who in ((self.lp_nodes, target.value, "user", USER),
+                                                 (self.fallback_nodes, FP32, "tuning", TUNING),
+                                                 (self.fp32_nodes, FP32, "user", USER)):
             for pattern in patterns:
                 hits = [n for n in nodes if _node_matches(n, pattern)]
                 if not hits:
                     raise ConfigError(f"no node or module matches {pattern!r}; `mixprec dump MODEL` "
                                       "lists node names")
                 for node in hits:
-                    decisions[id(node)] = (precision, f"{who}: node {pattern!r} -> {precision}")
-        modified = False
-        for node in nodes:
-            hit = decisions.get(id(node))
-            if hit is None or node.meta.get("category") in ("shape", "cast") or is_cast(node):
-                continue
-            precision, reason = hit
-            if precision != FP32 and not touches_fp32(node, policy) and node.meta.get("precision") != precision:
-                logger.warning("override asks %s for %s but it has no float32 tensor; ignored", precision, node.name)
-                continue
-            if (node.meta.get("precision"), node.meta.get("reason")) != (precision, reason):
-                decide(node, precision, policy.base_category(node.qualified_op), reason)
-                modified = True
-        return PassResult(graph, modified)
+                    chosen[id(node)] = (node, Pin(precision, source, f"{who}: node {pattern!r} -> {precision}"))
+        return out + list(chosen.values())
 
 
 def _packet(op: str) -> str:

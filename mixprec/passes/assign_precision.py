@@ -8,9 +8,11 @@ float values between candidates (a cast cuts an edge). Steps (design.md):
 that lie upstream of a deny or infer node; 3 infer/clear nodes both downstream and
 upstream of ALLOW become ALLOW; 4 an infer node with an ALLOW input and no DENY input
 becomes ALLOW (to a fixed point); 5 ALLOW spreads through connected clear nodes both ways;
-A node that apply-overrides pinned paints as allow (low precision) or deny (FP32), so
-its neighbours follow it. 6 ops the target runtime cannot run in the target dtype, and nodes reading constants
-outside its range, are taken back out; 7 an existing cast to FP32 whose readers are all
+A pinned node (``node.meta["pin"]``, mixprec.ir.pins: a user override, a tuning
+fallback, a runtime limit, a policy rule — all set before painting) paints as allow (low
+precision) or deny (FP32), so its neighbours follow it; so does a node reading a constant
+outside the target's range (deny). (Grappler's step 6, runtime limits, is therefore a pin
+too and acts before propagation.) 7 an existing cast to FP32 whose readers are all
 ALLOW is retargeted; 8 a gather/embedding node whose table is a float constant runs low
 so that its table is stored low (see ``_step8_gather_tables``). Nodes that compute only from constants and shapes (not allow or
 clear ops) are left out of painting and keep FP32. Every node gets meta precision/category/reason; a node that already
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType, finite_max
 from mixprec.ir.graph import Graph, Node, Value
+from mixprec.ir.pins import Pin, pin_of
 from mixprec.passes.base import Pass, PassResult
 from mixprec.passes.common import FP32, KEEP, decide, graph_policy, target_dtype
 from mixprec.passes.policies import Policy
@@ -35,34 +38,25 @@ from mixprec.passes.registry import register_pass
 logger = logging.getLogger(__name__)
 
 SHAPE = "shape"
-#: reasons of pins set before painting: apply-overrides, accuracy tuning, policy rules
-#: (pin-input-norms); a pinned node paints as allow or deny
-OVERRIDE_PREFIXES = ("user override", "accuracy tuning", "policy rule")
 
 
 @register_pass
 @dataclass
 class AssignPrecision(Pass):
     """Options: ``precision`` (bf16|fp16), ``policy`` (name or file; default: the graph's
-    framework), ``runtime_fp32_ops`` (ops the target runtime has no low-precision kernel
-    for), ``runtime_fp32_nodes`` (node name -> why the runtime cannot run that node in low
-    precision, e.g. a known runtime bug) and ``runtime`` (its name, for the reasons)."""
+    framework). Pins come from the passes before it (apply-overrides, pin-input-norms)."""
 
     name = "assign-precision"
     description = "paint nodes low precision or FP32 with grappler's allow/infer/clear/deny algorithm, recording why"
     changes_structure = False
     precision: str = "bf16"
     policy: str | None = None
-    runtime_fp32_ops: list[str] = field(default_factory=list)
-    runtime_fp32_nodes: dict[str, str] = field(default_factory=dict)
-    runtime: str = "the target runtime"
 
     def run(self, graph: Graph) -> PassResult:
         target = target_dtype(self.precision)
         policy = graph_policy(graph, self.policy)
         before = {id(n): _snapshot(n) for n in graph.all_nodes()}
-        painter = _Painter(graph, policy, target, set(self.runtime_fp32_ops), self.runtime,
-                           dict(self.runtime_fp32_nodes))
+        painter = _Painter(graph, policy, target)
         painter.paint()
         modified = any(_snapshot(n) != before.get(id(n)) for n in graph.all_nodes())
         return PassResult(graph, modified)
@@ -73,14 +67,10 @@ def _snapshot(node: Node) -> tuple:
 
 
 class _Painter:
-    def __init__(self, graph: Graph, policy: Policy, target: DType, runtime_fp32: set[str], runtime: str,
-                 runtime_nodes: dict[str, str]) -> None:
+    def __init__(self, graph: Graph, policy: Policy, target: DType) -> None:
         self.graph = graph
         self.policy = policy
         self.target = target
-        self.runtime_fp32 = runtime_fp32
-        self.runtime = runtime
-        self.runtime_nodes = runtime_nodes
         self.floats = {DType.FLOAT32, target}
         self.deny: set[int] = set()
         self.allow: set[int] = set()
@@ -97,7 +87,6 @@ class _Painter:
         self._step3_between_allow()
         self._step4_infer_after_allow()
         self._step5_clear_next_to_allow()
-        self._step6_runtime()
         self._step8_gather_tables()
         self._record()
         self._retarget_casts(self.allow, self.index)
@@ -155,8 +144,8 @@ class _Painter:
             bad = next((v for j, v in enumerate(node.inputs) if v is not None and id(v) in out_of_range
                         and not self.policy.is_pinned(node.qualified_op, j)), None)
             if override is not None:
-                c = "allow" if override == self.target.value else "deny"
-                reason = node.meta["reason"]
+                c = "allow" if override.precision == self.target.value else "deny"
+                reason = override.reason
             elif bad is not None and c != "deny":
                 c, reason = "deny", f"constant %{bad.name} holds values outside the {self.target.value} range"
             self.cat.append(c)
@@ -221,20 +210,6 @@ class _Painter:
             self.reason[i] = f"clear op connected to allow node {self.cands[src].name!r} (step 5)"
         self.allow |= reach.keys()
 
-    def _step6_runtime(self) -> None:
-        """What the target runtime cannot run in the target dtype is taken back out."""
-        for i in sorted(self.allow):
-            why = self._runtime_limit(self.cands[i])
-            if why is not None:
-                self.allow.discard(i)
-                self.deny_reason[i] = f"{why} (step 6)"
-
-    def _runtime_limit(self, node: Node) -> str | None:
-        """Why the target runtime cannot run ``node`` in the target dtype, or None."""
-        if node.qualified_op in self.runtime_fp32 or node.op in self.runtime_fp32:
-            return f"{self.runtime} has no {self.target.value} kernel for {node.qualified_op}"
-        return self.runtime_nodes.get(node.name)
-
     def _step8_gather_tables(self) -> None:
         """A gather/embedding node (policy ``gather_tables``) left FP32 whose table is a
         float constant runs in the target dtype: the table is then stored low (a lookup
@@ -270,7 +245,7 @@ class _Painter:
             return None
         table = node.inputs[index]
         if (table is None or not table.is_constant or table.dtype not in self.floats
-                or id(table) in self.out_of_range or self._runtime_limit(node) is not None):
+                or id(table) in self.out_of_range):
             return None
         return table
 
@@ -351,11 +326,9 @@ class _Painter:
                        f"existing cast to f32 whose readers all run in {self.target.value} (step 7)")
 
 
-def _override(node: Node) -> str | None:
-    """The precision a user override (set by apply-overrides) pins this node to."""
-    if str(node.meta.get("reason", "")).startswith(OVERRIDE_PREFIXES):
-        return node.meta.get("precision")
-    return None
+def _override(node: Node) -> Pin | None:
+    """The node's pin (user, runtime, tuning or policy rule), set before painting."""
+    return pin_of(node)
 
 
 def _why_not(category: str, base: str) -> str:

@@ -6,9 +6,9 @@ and the policy's ``input_passthrough`` ops (MXNet's Reshape, transpose) that rea
 other data, would round that input to the low-precision type before its mean is removed
 when painting pulls it low (it is a clear op next to a Convolution in MXNet): an image
 with an offset of 100 then keeps 2-3 significant bits of its signal. The rule is a pin,
-set before painting like a user override, with its reason; the painter treats it as a
-deny node. A user or tuning decision already on the node wins, and apply-overrides
-(which runs after this pass) can still force the node to low precision.
+a ``policy-rule`` pin (mixprec.ir.pins) set before painting, with its reason; the
+painter treats it as a deny node. Any user, runtime or tuning pin on the node is
+stronger (apply-overrides can still force the node to low precision).
 
 Invariants: only nodes of the root graph's data path are pinned (a nested graph's inputs
 are not the model's raw input); the pass never changes structure; re-running it on its
@@ -22,7 +22,8 @@ from mixprec.ir.cast import is_cast
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import FP32, decide, graph_policy
+from mixprec.ir.pins import FP32, Pin, set_pin
+from mixprec.passes.common import graph_policy
 from mixprec.passes.policies import Policy
 from mixprec.passes.registry import register_pass
 
@@ -31,8 +32,6 @@ logger = logging.getLogger(__name__)
 RULE = "policy rule"
 REASON = ("policy rule: normalizes a graph input (%{name}): kept fp32 so the input is not rounded before its "
           "mean is removed")
-#: decisions this pass never replaces (set by apply-overrides or accuracy tuning)
-_KEPT_PREFIXES = ("user override", "accuracy tuning")
 
 
 @register_pass
@@ -49,12 +48,8 @@ class PinInputNormalizations(Pass):
         modified = False
         for node in graph.nodes:
             source = normalized_graph_input(node, policy, inputs)
-            if source is None or _kept(node):
-                continue
-            reason = REASON.format(name=source.name)
-            if (node.meta.get("precision"), node.meta.get("reason")) != (FP32, reason):
-                decide(node, FP32, policy.base_category(node.qualified_op), reason)
-                modified = True
+            if source is not None:
+                modified |= set_pin(node, Pin(FP32, "policy-rule", REASON.format(name=source.name)))
         return PassResult(graph, modified)
 
 
@@ -86,7 +81,3 @@ def _through(producer: Node | None, policy: Policy) -> Value | None:
     data = [v for j, v in enumerate(producer.inputs) if v is not None and not v.is_constant
             and not policy.is_shape_input(producer.qualified_op, j)]
     return data[0] if len(data) == 1 else None
-
-
-def _kept(node: Node) -> bool:
-    return str(node.meta.get("reason", "")).startswith(_KEPT_PREFIXES)

@@ -1,4 +1,5 @@
 """Golden tests for assign-precision: TF grappler's documented painting cases."""
+import textwrap
 import random
 
 from mixprec.ir import dump, parse
@@ -116,9 +117,30 @@ def test_conditional_rule_and_runtime_capability(run):
           %c: f32[1,1,4,4] = Conv(%x, %w)
           %out: f32[1,1,8,8] = Resize(%c, %roi, %scales) {mode="cubic"}
           return %out
-        }""", PAINT + "{runtime_fp32_ops=[Conv],runtime=onnxruntime}")
+        }""", "infer-dtypes,mark-shape-subgraphs,apply-overrides{runtime_fp32_ops=[Conv],runtime=onnxruntime},"
+           "assign-precision")
     assert "Resize(%c, %roi, %scales) {mode=\"cubic\"}  # f32 deny: deny list because mode='cubic'" in out
-    assert "Conv(%x, %w)  # f32 allow: onnxruntime has no bf16 kernel for Conv (step 6)" in out
+    assert "Conv(%x, %w)  # f32 allow: onnxruntime has no bf16 kernel for Conv" in out
+
+
+def test_runtime_limit_is_a_pin_so_no_neighbour_is_stranded_in_bf16(run):
+    """Before: with the runtime limit applied after painting (grappler's step 6), Relu(MatMul)
+    stayed bf16 ("clear op connected to allow node 'm'") between two needless casts. As a
+    pin, the MatMul paints as deny and the Relu follows it: clean FP32, no cast."""
+    out = run("""
+        graph main(%x: f32[2,4], %w: f32[4,4]) -> (%out: f32[2,4]) {
+          %m: f32[2,4] = MatMul(%x, %w)
+          %out: f32[2,4] = Relu(%m)
+          return %out
+        }""", "infer-dtypes,mark-shape-subgraphs,apply-overrides{runtime_fp32_ops=[MatMul],runtime=onnxruntime},"
+           "assign-precision,insert-casts,fold-casts")
+    assert out == textwrap.dedent("""\
+        graph main<generic>(%x: f32[2,4], %w: f32[4,4]) -> (%out: f32[2,4]) {
+          %m: f32[2,4] = MatMul(%x, %w)  # f32 allow: onnxruntime has no bf16 kernel for MatMul
+          %out: f32[2,4] = Relu(%m)  # f32 clear: clear op not connected to an allow node
+          return %out
+        }
+        """)
 
 
 def test_existing_fp32_cast_feeding_allow_ops_is_retargeted(run):
