@@ -612,6 +612,9 @@ def _to_array(literal: Any, dtype: DType, shape: Any) -> np.ndarray:
     got = _literal_shape(literal)
     for leaf in _leaves(literal):
         _check_leaf(leaf, dtype)
+    empty = 0 in got
+    if empty and shape is not None and all(isinstance(d, int) for d in shape) and 0 in shape:
+        return np.zeros(tuple(shape), dtype=dtype.to_numpy())  # dump writes every empty array as []
     if shape is not None:
         fits = len(got) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape, got))
         if not fits:

@@ -133,11 +133,12 @@ def test_nesting_within_the_limit_parses():
 
 def test_constant_data_matches_declared_and_symbolic_shapes():
     g = parse(_wrap('  const %c: i64[2,?] = [[1, 2], [3, 4]]\n  const %s: bool[n] = [true, 0]\n'
-                    '  const %z: f32[0] = []\n  const %q: c64[1] = ["(1+2j)"]'))
+                    '  const %z: f32[0] = []\n  const %q: c64[1] = ["(1+2j)"]\n  const %e: f32[0,3] = []'))
     verify(g)
     assert g.constants["c"].data.tolist() == [[1, 2], [3, 4]]
     assert g.constants["s"].data.tolist() == [True, False]
     assert g.constants["z"].data.shape == (0,)
+    assert g.constants["e"].data.shape == (0, 3)  # dump writes every empty array as []
     assert g.constants["q"].data.tolist() == [1 + 2j]
 
 
