@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import hashlib
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from typing import Iterator
 
 #: seconds one case may take before it counts as a hang (conversions here take < 10 s)
 CASE_SECONDS = 120
+
+
+#: a bug dressed as a MixprecError: "pass 'x' failed: KeyError: ..." (the PassManager wraps them)
+WRAPPED = re.compile(r"failed: [A-Z][A-Za-z]*(Error|Exception)\b")
 
 
 class CaseTimeout(BaseException):
@@ -72,6 +77,7 @@ def assert_cli_contract(outcome: Outcome, what: str, out_path: Path | None = Non
     """See the module docstring."""
     err = outcome.err
     assert "Traceback" not in err and "internal error" not in err, f"{what}: {err}"
+    assert not WRAPPED.search(err), f"{what}: an internal exception wrapped in a MixprecError: {err}"
     assert outcome.rc in (0, 2), f"{what}: exit {outcome.rc}: {err}"
     lines = [line for line in err.splitlines() if line.strip()]
     assert all(line.startswith("mixprec: ") for line in lines), f"{what}: foreign lines on stderr: {err}"

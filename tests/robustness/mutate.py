@@ -8,6 +8,7 @@ the onnx package (``onnx/backend/test/data/light/*.onnx``).
 from __future__ import annotations
 
 import random
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,17 +312,65 @@ def m_name_bytes(rng, model):
     return f"name of {node.name!r} made non-UTF-8"
 
 
+def m_values(rng, model):
+    """Structurally valid: a float initializer's values become NaN, inf, huge or tiny
+    (the conversion and its output check must cope)."""
+    import numpy as np
+    from onnx import numpy_helper
+    floats = [t for t in model.graph.initializer if t.data_type == 1 and t.dims]
+    if not floats:
+        return None
+    t = rng.choice(floats)
+    array = numpy_helper.to_array(t).copy()
+    flat = array.reshape(-1)
+    value = rng.choice((np.nan, np.inf, -np.inf, 3e38, 1e-45, 0.0, -1e30))
+    flat[rng.randrange(flat.size) if rng.random() < 0.5 else slice(None)] = value
+    t.CopyFrom(numpy_helper.from_array(array, t.name))
+    return f"values of {t.name!r} set to {value}"
+
+
+def m_similar_op(rng, model):
+    """Structurally valid more often than not: an op swapped for one of the same arity."""
+    unary = ("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Neg", "Abs", "Sqrt", "Identity", "Softmax", "Erf")
+    binary = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "MatMul")
+    nodes = [n for _, n in _nodes(model) if n.op_type in unary + binary]
+    if not nodes:
+        return None
+    node = rng.choice(nodes)
+    node.op_type = rng.choice(unary if node.op_type in unary else binary)
+    del node.attribute[:]
+    return f"op of {node.name!r} -> {node.op_type}"
+
+
+def m_input_dims(rng, model):
+    """A graph input's dims become symbolic, 1, 0 or another size."""
+    inputs = [vi for vi in model.graph.input if vi.type.tensor_type.shape.dim]
+    if not inputs:
+        return None
+    vi = rng.choice(inputs)
+    dim = rng.choice(list(vi.type.tensor_type.shape.dim))
+    choice = rng.choice(("sym", 1, 0, 7, 3))
+    if choice == "sym":
+        dim.dim_param = "n"
+    else:
+        dim.dim_value = choice
+    return f"a dim of input {vi.name!r} -> {choice}"
+
+
 FIELD_MUTATIONS: list[Callable] = [m_dims, m_elem_type, m_raw_data, m_external, m_sparse, m_op, m_domain,
                                    m_inputs, m_attr, m_graph_io, m_nodes, m_opset, m_name_bytes]
+#: mutations that usually leave a valid model, so that the passes, the backend and the
+#: output check see hostile values and shapes too
+GENTLE_MUTATIONS: list[Callable] = [m_values, m_similar_op, m_input_dims]
 
 
-def mutate_fields(rng: random.Random, data: bytes) -> tuple[bytes, list[str]]:
+def mutate_fields(rng: random.Random, data: bytes, gentle: bool = False) -> tuple[bytes, list[str]]:
     import onnx
     model = onnx.ModelProto()
     model.ParseFromString(data)
     done = []
     for _ in range(rng.choice((1, 1, 2, 3))):
-        what = rng.choice(FIELD_MUTATIONS)(rng, model)
+        what = rng.choice(GENTLE_MUTATIONS if gentle else FIELD_MUTATIONS)(rng, model)
         if what:
             done.append(what)
     out = model.SerializeToString()
@@ -337,12 +386,14 @@ def model_case(seed: int, bases: dict[str, tuple[bytes, bool]]) -> ModelCase:
     name = rng.choice(sorted(bases))
     data, cheap = bases[name]
     kind = rng.random()
-    if kind < 0.55:
+    if kind < 0.30:
+        data, what = mutate_fields(rng, data, gentle=True)
+    elif kind < 0.65:
         data, what = mutate_fields(rng, data)
-    elif kind < 0.80:
+    elif kind < 0.85:
         data, step = flip_bytes(rng, data)
         what = [step]
-    elif kind < 0.90:
+    elif kind < 0.93:
         data, step = truncate(rng, data)
         what = [step]
     else:
@@ -378,6 +429,21 @@ _SNIPPETS = ("[", "]", "{", "}", "(", ")", "%", '"', "\\", ",", ":", "=", "<", "
              "graph g() -> () {" * 80)
 
 
+_NUMBER = re.compile(r"(?<![A-Za-z_%.])\d+(?:\.\d+)?")
+_DTYPE = re.compile(r"\b(f32|bf16|f16|i64|i32|i8|bool|u8|f64)\b")
+
+
+def _swap_token(rng: random.Random, text: str) -> tuple[str, str]:
+    pattern = rng.choice((_NUMBER, _DTYPE))
+    found = list(pattern.finditer(text))
+    if not found:
+        return text, "swap (none)"
+    m = rng.choice(found)
+    new = rng.choice(("0", "1", "3", "-1", "1e30", "nan", "2.5", "4294967296")) if pattern is _NUMBER else \
+        rng.choice(("f32", "bf16", "f16", "i64", "bool", "str", "unk", "c64", "i4"))
+    return text[:m.start()] + new + text[m.end():], f"swap {m.group()!r}->{new!r}"
+
+
 def text_case(seed: int, texts: list[str]) -> tuple[str, list[str]]:
     """The mutated IR text of ``seed`` and the mutations applied."""
     rng = random.Random(seed)
@@ -388,8 +454,10 @@ def text_case(seed: int, texts: list[str]) -> tuple[str, list[str]]:
             text = rng.choice(texts)
         i = rng.randrange(len(text))
         j = min(len(text), i + rng.randrange(1, 40))
-        kind = rng.randrange(7)
-        if kind == 0:
+        kind = rng.randrange(9)
+        if kind >= 7:  # gentle: a number or a dtype swapped for another, the text stays well formed
+            text, step = _swap_token(rng, text)
+        elif kind == 0:
             text, step = text[:i] + rng.choice(_SNIPPETS) + text[i:], "insert"
         elif kind == 1:
             text, step = text[:i] + text[j:], "delete"

@@ -16,12 +16,12 @@ pytest.importorskip("onnx", reason="the model fuzz mutates ONNX models")
 pytest.importorskip("onnxruntime", reason="converting ONNX models runs onnxruntime in the output check")
 
 from tests.robustness import mutate  # noqa: E402
-from tests.robustness.contract import (CASE_SECONDS, assert_cli_contract, deadline, run_cli,  # noqa: E402
-                                       snapshot)
+from tests.robustness.contract import (CASE_SECONDS, WRAPPED, assert_cli_contract, deadline,  # noqa: E402
+                                       run_cli, snapshot)
 
 DEFAULT_CASES = int(os.environ.get("MIXPREC_FUZZ_DEFAULT", "40"))
 FUZZ_CASES = int(os.environ.get("MIXPREC_FUZZ_CASES", "300"))
-FUZZ_SEED = 10_000  # the full run's seeds start here, apart from the default subset's
+FUZZ_SEED = int(os.environ.get("MIXPREC_FUZZ_SEED", "10000"))  # apart from the default subset's seeds
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,7 @@ def _fit_case(case: mutate.ModelCase, tmp_path, tally: Tally) -> None:
         tally.add("fit ok")
     except MixprecError as exc:
         assert "\n" not in str(exc).strip(), f"{what}: multi-line message {exc}"
+        assert not WRAPPED.search(str(exc)), f"{what}: an internal exception wrapped in a MixprecError: {exc}"
         tally.add(f"fit {type(exc).__name__}")
     assert src.read_bytes() == case.data, f"{what}: the input changed"
 
