@@ -282,3 +282,31 @@ def test_sparse_too_large_is_unsupported():
     from mixprec.mix_precision import fit
     with pytest.raises(UnsupportedModelError, match="sparse"):
         fit(proto)
+
+
+def test_real_stderr_is_one_line(tmp_path):
+    """In a real process (logging and Python warnings reach stderr, unlike under capsys):
+    a malformed tensor, a bad external-data entry and a bad IR text each give exactly
+    one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    proto = onnx_models.matmul_model()
+    _raw_short(proto)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(proto.SerializeToString())
+    ext = onnx_models.external_data_model(tmp_path / "ext")
+    meta = onnx.load(str(ext), load_external_data=False)
+    meta.graph.initializer[0].external_data.add(key="", value="")  # onnx warns about unknown keys
+    meta.graph.initializer[0].external_data.add(key="offset", value="abc")
+    onnx.save(meta, str(ext))
+    ir = tmp_path / "bad.ir"
+    ir.write_text('graph main() -> () {\n  %"a\\q": f32[1] = Foo()\n  return\n}\n')
+    root = Path(__file__).resolve().parents[2]
+    for argv in (["convert", str(bad), "-o", str(tmp_path / "o1.onnx")],
+                 ["convert", str(ext), "-o", str(tmp_path / "o2.onnx")], ["report", str(ir)]):
+        result = subprocess.run([sys.executable, "-m", "mixprec.cli", *argv], capture_output=True, text=True,
+                                cwd=root, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("mixprec: error: "), result.stderr
+    assert not (tmp_path / "o1.onnx").exists() and not (tmp_path / "o2.onnx").exists()
