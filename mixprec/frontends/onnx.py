@@ -218,14 +218,15 @@ def _check_structure(proto: onnx.ModelProto, source: str) -> None:
     if len(proto.opset_import):
         declared = {_domain(entry.domain) for entry in proto.opset_import}
         declared |= {_domain(f.domain) for f in proto.functions}
+    root: _Trail = (source,)
     for field, value in proto.ListFields():
         if field.name == "graph":
-            _walk(value, source, declared, 1)
+            _walk(value, root, declared, 1)
         elif field.type == field.TYPE_MESSAGE:
             for item in (value if _repeated(field) else [value]):
-                _walk(item, source, None, 0)
+                _walk(item, root, None, 0)
         elif field.type == field.TYPE_STRING:
-            _check_utf8(field.name, value, source, field)
+            _check_utf8(field.name, value, root, field)
 
 
 def _domain(domain: str) -> str:
@@ -236,44 +237,62 @@ def _repeated(field: Any) -> bool:
     return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
 
 
-def _check_utf8(name: str, value: Any, where: str, field: Any) -> None:
+#: where a message sits, rendered only for an error: (source text) or (parent trail, message)
+_Trail = tuple
+
+
+def _render(trail: _Trail) -> str:
+    """``source, graph 'main', node 'n' (Op), ...`` of a trail."""
+    parts: list[str] = []
+    while len(trail) == 2:
+        trail, message = trail
+        parts.append(_describe_message(message))
+    parts.append(trail[0])
+    return ", ".join(reversed(parts))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _describe_message(message: Any) -> str:
+    kind = message.DESCRIPTOR.full_name
+    name = _text(message.name) if "name" in message.DESCRIPTOR.fields_by_name else None
+    if kind == _NODE_PROTO:
+        return f"node {name or '(unnamed)'!r} ({_text(message.op_type)})"
+    if kind == _GRAPH_PROTO:
+        return f"graph {name!r}"
+    if kind == _TENSOR_PROTO:
+        return f"tensor {name!r}"
+    return f"{message.DESCRIPTOR.name}" + (f" {name!r}" if name else "")
+
+
+def _check_utf8(name: str, value: Any, trail: _Trail, field: Any) -> None:
     for item in (value if _repeated(field) else [value]):
         if isinstance(item, bytes):
-            raise ModelLoadError(f"{where}: its {name} {item[:60]!r} is not UTF-8 text; the model is corrupt "
-                                 "(ONNX strings are UTF-8): re-export it or fix that name")
+            raise ModelLoadError(f"{_render(trail)}: its {name} {item[:60]!r} is not UTF-8 text; the model is "
+                                 "corrupt (ONNX strings are UTF-8): re-export it or fix that name")
 
 
-def _where(message: Any, where: str) -> str:
+_TENSOR_NAME = onnx.TensorProto.DESCRIPTOR.fields_by_name["name"]
+
+
+def _walk(message: Any, trail: _Trail, declared: set[str] | None, depth: int) -> None:
     kind = message.DESCRIPTOR.full_name
-    name = getattr(message, "name", None) if "name" in message.DESCRIPTOR.fields_by_name else None
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "replace")
-    if kind == _NODE_PROTO:
-        op = message.op_type if isinstance(message.op_type, str) else message.op_type.decode("utf-8", "replace")
-        return f"{where}, node {name or '(unnamed)'!r} ({op})"
-    if kind == _GRAPH_PROTO:
-        return f"{where}, graph {name!r}" if name is not None else f"{where}, a graph"
-    if kind == _TENSOR_PROTO:
-        return f"{where}, tensor {name!r}"
-    return f"{where}, {message.DESCRIPTOR.name}" + (f" {name!r}" if name else "")
-
-
-def _walk(message: Any, where: str, declared: set[str] | None, depth: int) -> None:
-    kind = message.DESCRIPTOR.full_name
-    here = _where(message, where)
+    here = (trail, message)
     if kind == _GRAPH_PROTO and depth > MAX_GRAPH_DEPTH:
-        raise ModelLoadError(f"{here}: subgraphs are nested more than {MAX_GRAPH_DEPTH} levels deep; the model "
-                             "is malformed (real models nest a few If/Loop levels)")
+        raise ModelLoadError(f"{_render(here)}: subgraphs are nested more than {MAX_GRAPH_DEPTH} levels deep; "
+                             "the model is malformed (real models nest a few If/Loop levels)")
     if kind == _TENSOR_PROTO:  # never touch the data fields (raw_data may be large)
-        _check_utf8("name", message.name, here, onnx.TensorProto.DESCRIPTOR.fields_by_name["name"])
+        _check_utf8("name", message.name, here, _TENSOR_NAME)
         for entry in message.external_data:
             _walk(entry, here, declared, depth)
         return
     if kind == _NODE_PROTO and declared is not None and isinstance(message.domain, str) \
             and _domain(message.domain) not in declared:
-        raise ModelLoadError(f"{here} uses op-set domain {message.domain!r}, which the model's opset_import "
-                             "does not declare; the model is malformed: add the domain to opset_import or "
-                             "re-export it")
+        raise ModelLoadError(f"{_render(here)} uses op-set domain {message.domain!r}, which the model's "
+                             "opset_import does not declare; the model is malformed: add the domain to "
+                             "opset_import or re-export it")
     for field, value in message.ListFields():
         if field.type == field.TYPE_STRING:
             _check_utf8(field.name, value, here, field)
@@ -283,7 +302,7 @@ def _walk(message: Any, where: str, declared: set[str] | None, depth: int) -> No
                 _walk(item, here, declared, inner)
 
 
-def _graph_tensors(gp: onnx.GraphProto, where: str) -> Iterable[tuple[Any, str]]:
+def _graph_tensors(gp: onnx.GraphProto) -> Iterable[tuple[Any, str]]:
     """(TensorProto or SparseTensorProto, where) of every tensor in ``gp`` and its
     subgraphs: initializers, sparse initializers and tensor attributes."""
     here = f"graph {gp.name!r}"
@@ -293,27 +312,29 @@ def _graph_tensors(gp: onnx.GraphProto, where: str) -> Iterable[tuple[Any, str]]
         yield sparse, f"sparse initializer {sparse.values.name!r} of {here}"
     A = onnx.AttributeProto
     for node in gp.node:
-        owner = f"attribute {{}} of node {node.name or node.op_type!r} ({node.op_type}) in {here}"
         for attr in node.attribute:
-            if attr.type == A.TENSOR:
+            kind = attr.type
+            if kind in (A.TENSOR, A.TENSORS, A.SPARSE_TENSOR, A.SPARSE_TENSORS):
+                owner = f"attribute {{}} of node {node.name or node.op_type!r} ({node.op_type}) in {here}"
+            if kind == A.TENSOR:
                 yield attr.t, owner.format(repr(attr.name))
-            elif attr.type == A.TENSORS:
+            elif kind == A.TENSORS:
                 yield from ((t, owner.format(f"{attr.name!r}[{i}]")) for i, t in enumerate(attr.tensors))
-            elif attr.type == A.SPARSE_TENSOR:
+            elif kind == A.SPARSE_TENSOR:
                 yield attr.sparse_tensor, owner.format(repr(attr.name))
-            elif attr.type == A.SPARSE_TENSORS:
+            elif kind == A.SPARSE_TENSORS:
                 yield from ((t, owner.format(f"{attr.name!r}[{i}]")) for i, t in enumerate(attr.sparse_tensors))
             elif attr.type == A.GRAPH:
-                yield from _graph_tensors(attr.g, where)
+                yield from _graph_tensors(attr.g)
             elif attr.type == A.GRAPHS:
                 for g in attr.graphs:
-                    yield from _graph_tensors(g, where)
+                    yield from _graph_tensors(g)
 
 
 def _check_tensors(proto: onnx.ModelProto, base_dir: str | None) -> None:
     """Every tensor's element type, dims and data agree (see :func:`check_tensor`); sparse
     tensors also densify within bounds. Reads no dense data."""
-    for tensor, where in _graph_tensors(proto.graph, ""):
+    for tensor, where in _graph_tensors(proto.graph):
         if isinstance(tensor, onnx.SparseTensorProto):
             check_sparse(tensor, base_dir, where)
         else:
@@ -388,8 +409,7 @@ def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | None = "", where: 
 #: element types whose values take less than a byte (a lower bound on their packing)
 _SUB_BYTE = {onnx.TensorProto.UINT4, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT4E2M1,
              onnx.TensorProto.UINT2, onnx.TensorProto.INT2, onnx.TensorProto.FLOAT6E2M3,
-             onnx.TensorProto.FLOAT6E3M2} if hasattr(onnx.TensorProto, "INT2") else \
-    {onnx.TensorProto.UINT4, onnx.TensorProto.INT4}
+             onnx.TensorProto.FLOAT6E3M2}
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 #: most elements one value of a typed data field can hold (sub-byte types pack into int32)
 _PER_VALUE = 16
