@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from collections import ChainMap
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -35,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from mixprec.errors import ModelLoadError
+from mixprec.errors import ModelLoadError, UnsupportedModelError
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Shape, Value
 
@@ -134,29 +135,38 @@ def graph_key(parent_key: str, node: Node, attr: str, index: int | None = None) 
 
 
 # ------------------------------------------------------------------------- reading ---
-def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = True) -> Model:
+def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = True,
+         base_dir: "str | os.PathLike | None" = None) -> Model:
     """Lower an ONNX model (a ModelProto or a path to a .onnx file) to an IR Model.
 
     The input is never modified. Shape inference fills dtypes and shapes the model lacks
-    (a failure only logs a warning). Raises ModelLoadError for unreadable files and for
-    models that reference undefined values."""
+    (a failure only logs a warning). External data is read relative to the model file's
+    folder; for a ModelProto whose tensors keep their data outside it, ``base_dir`` names
+    that folder (nothing is read from the current directory). Raises ModelLoadError for
+    unreadable files and malformed models (undefined values, tensors whose data does not
+    fit their dims or type, undeclared op-set domains, names that are not UTF-8) and
+    UnsupportedModelError for what mixprec cannot hold (a sparse tensor too large dense)."""
     if isinstance(model, onnx.ModelProto):
-        proto, base_dir, path = model, os.getcwd(), None
+        proto, path = model, None
+        base = os.fspath(base_dir) if base_dir is not None else None
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        proto, base_dir = _read_file(path), str(path.resolve().parent)
+        proto = _read_file(path)
+        base = os.fspath(base_dir) if base_dir is not None else str(path.resolve().parent)
     else:
         raise ModelLoadError(f"cannot load an ONNX model from {type(model).__name__}; "
                              "pass an onnx.ModelProto or the path of a .onnx file")
     if not proto.HasField("graph"):
         where = str(path) if path is not None else "the ModelProto"
         raise ModelLoadError(f"{where} is not an ONNX model (it has no graph); pass a .onnx model file")
+    _check_structure(proto, str(path) if path is not None else "the ModelProto")
+    _check_tensors(proto, base)
     _check_input(proto, path)
     declared = None
     if infer_shapes:
         declared = _declared_names(proto.graph, set())
         proto = _infer_shapes(proto, path)
-    return _Lowerer(proto, base_dir, declared).lower()
+    return _Lowerer(proto, base, declared).lower()
 
 
 def _read_file(path: Path) -> onnx.ModelProto:
@@ -190,6 +200,145 @@ def _check_input(proto: onnx.ModelProto, path: Path | None) -> None:
     except Exception as exc:
         logger.warning("the input model does not pass onnx.checker (%s); converting anyway",
                        _oneline(exc))
+
+
+#: deepest nesting of subgraphs (If/Loop/Scan bodies) accepted; protobuf itself refuses
+#: files nested deeper than about 30 graph levels
+MAX_GRAPH_DEPTH = 64
+_TENSOR_PROTO = onnx.TensorProto.DESCRIPTOR.full_name
+_GRAPH_PROTO = onnx.GraphProto.DESCRIPTOR.full_name
+_NODE_PROTO = onnx.NodeProto.DESCRIPTOR.full_name
+
+
+def _check_structure(proto: onnx.ModelProto, source: str) -> None:
+    """ModelLoadError for a model that no runtime could read: a string field that is not
+    UTF-8, a node whose op-set domain ``opset_import`` does not declare, subgraphs nested
+    deeper than MAX_GRAPH_DEPTH. Reads names only, never tensor data."""
+    declared: set[str] | None = None
+    if len(proto.opset_import):
+        declared = {_domain(entry.domain) for entry in proto.opset_import}
+        declared |= {_domain(f.domain) for f in proto.functions}
+    root: _Trail = (source,)
+    for field, value in proto.ListFields():
+        if field.name == "graph":
+            _walk(value, root, declared, 1)
+        elif field.type == field.TYPE_MESSAGE:
+            for item in (value if _repeated(field) else [value]):
+                _walk(item, root, None, 0)
+        elif field.type == field.TYPE_STRING:
+            _check_utf8(field.name, value, root, field)
+
+
+def _domain(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
+
+
+def _repeated(field: Any) -> bool:
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+
+
+#: where a message sits, rendered only for an error: (source text) or (parent trail, message)
+_Trail = tuple
+
+
+def _render(trail: _Trail) -> str:
+    """``source, graph 'main', node 'n' (Op), ...`` of a trail."""
+    parts: list[str] = []
+    while len(trail) == 2:
+        trail, message = trail
+        parts.append(_describe_message(message))
+    parts.append(trail[0])
+    return ", ".join(reversed(parts))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _describe_message(message: Any) -> str:
+    kind = message.DESCRIPTOR.full_name
+    name = _text(message.name) if "name" in message.DESCRIPTOR.fields_by_name else None
+    if kind == _NODE_PROTO:
+        return f"node {name or '(unnamed)'!r} ({_text(message.op_type)})"
+    if kind == _GRAPH_PROTO:
+        return f"graph {name!r}"
+    if kind == _TENSOR_PROTO:
+        return f"tensor {name!r}"
+    return f"{message.DESCRIPTOR.name}" + (f" {name!r}" if name else "")
+
+
+def _check_utf8(name: str, value: Any, trail: _Trail, field: Any) -> None:
+    for item in (value if _repeated(field) else [value]):
+        if isinstance(item, bytes):
+            raise ModelLoadError(f"{_render(trail)}: its {name} {item[:60]!r} is not UTF-8 text; the model is "
+                                 "corrupt (ONNX strings are UTF-8): re-export it or fix that name")
+
+
+_TENSOR_NAME = onnx.TensorProto.DESCRIPTOR.fields_by_name["name"]
+
+
+def _walk(message: Any, trail: _Trail, declared: set[str] | None, depth: int) -> None:
+    kind = message.DESCRIPTOR.full_name
+    here = (trail, message)
+    if kind == _GRAPH_PROTO and depth > MAX_GRAPH_DEPTH:
+        raise ModelLoadError(f"{_render(here)}: subgraphs are nested more than {MAX_GRAPH_DEPTH} levels deep; "
+                             "the model is malformed (real models nest a few If/Loop levels)")
+    if kind == _TENSOR_PROTO:  # never touch the data fields (raw_data may be large)
+        _check_utf8("name", message.name, here, _TENSOR_NAME)
+        for entry in message.external_data:
+            _walk(entry, here, declared, depth)
+        return
+    if kind == _NODE_PROTO and declared is not None and isinstance(message.domain, str) \
+            and _domain(message.domain) not in declared:
+        raise ModelLoadError(f"{_render(here)} uses op-set domain {message.domain!r}, which the model's "
+                             "opset_import does not declare; the model is malformed: add the domain to "
+                             "opset_import or re-export it")
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            _check_utf8(field.name, value, here, field)
+        elif field.type == field.TYPE_MESSAGE:
+            for item in (value if _repeated(field) else [value]):
+                inner = depth + 1 if item.DESCRIPTOR.full_name == _GRAPH_PROTO else depth
+                _walk(item, here, declared, inner)
+
+
+def _graph_tensors(gp: onnx.GraphProto) -> Iterable[tuple[Any, str]]:
+    """(TensorProto or SparseTensorProto, where) of every tensor in ``gp`` and its
+    subgraphs: initializers, sparse initializers and tensor attributes."""
+    here = f"graph {gp.name!r}"
+    for tensor in gp.initializer:
+        yield tensor, f"initializer {tensor.name!r} of {here}"
+    for sparse in gp.sparse_initializer:
+        yield sparse, f"sparse initializer {sparse.values.name!r} of {here}"
+    A = onnx.AttributeProto
+    for node in gp.node:
+        for attr in node.attribute:
+            kind = attr.type
+            if kind in (A.TENSOR, A.TENSORS, A.SPARSE_TENSOR, A.SPARSE_TENSORS):
+                owner = f"attribute {{}} of node {node.name or node.op_type!r} ({node.op_type}) in {here}"
+            if kind == A.TENSOR:
+                yield attr.t, owner.format(repr(attr.name))
+            elif kind == A.TENSORS:
+                yield from ((t, owner.format(f"{attr.name!r}[{i}]")) for i, t in enumerate(attr.tensors))
+            elif kind == A.SPARSE_TENSOR:
+                yield attr.sparse_tensor, owner.format(repr(attr.name))
+            elif kind == A.SPARSE_TENSORS:
+                yield from ((t, owner.format(f"{attr.name!r}[{i}]")) for i, t in enumerate(attr.sparse_tensors))
+            elif attr.type == A.GRAPH:
+                yield from _graph_tensors(attr.g)
+            elif attr.type == A.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graph_tensors(g)
+
+
+def _check_tensors(proto: onnx.ModelProto, base_dir: str | None) -> None:
+    """Every tensor's element type, dims and data agree (see :func:`check_tensor`); sparse
+    tensors also densify within bounds. Reads no dense data."""
+    for tensor, where in _graph_tensors(proto.graph):
+        if isinstance(tensor, onnx.SparseTensorProto):
+            check_sparse(tensor, base_dir, where)
+        else:
+            check_tensor(tensor, base_dir, where)
 
 
 def _infer_shapes(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
@@ -232,17 +381,151 @@ def type_from_proto(tp: onnx.TypeProto) -> tuple[DType, Shape, bool]:
     for dim in tt.shape.dim:
         lossy = lossy or bool(dim.denotation)
         kind = dim.WhichOneof("value")
-        dims.append(dim.dim_value if kind == "dim_value" else dim.dim_param if kind == "dim_param" else None)
+        if kind == "dim_value" and dim.dim_value < 0:  # invalid ONNX; some exporters write -1 for unknown
+            dims.append(None)
+        else:
+            dims.append(dim.dim_value if kind == "dim_value" else dim.dim_param if kind == "dim_param" else None)
     return dtype, tuple(dims), lossy
 
 
-def tensor_to_array(tensor: onnx.TensorProto, base_dir: str = "") -> np.ndarray:
-    """A TensorProto's data as numpy (external data read relative to ``base_dir``)."""
+def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | None = "", where: str | None = None) -> np.ndarray:
+    """A TensorProto's data as numpy (external data read relative to ``base_dir``; None
+    means the model came from memory without a folder, so external data is an error).
+
+    Invariant: nothing is allocated before the tensor's dims, element type and the
+    amount of data it holds (or its external file holds) agree; every failure is a
+    ModelLoadError naming the tensor (``where`` says where it sits)."""
+    where = where or f"tensor {tensor.name!r}"
+    check_tensor(tensor, base_dir, where)
     try:
-        return numpy_helper.to_array(tensor, base_dir)
-    except (OSError, onnx.checker.ValidationError) as exc:
-        raise ModelLoadError(f"cannot read the external data of tensor {tensor.name!r} ({_oneline(exc)}); keep the "
-                             "data file next to the model, or load the model from its path") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnx warns about unknown external-data keys
+            return numpy_helper.to_array(tensor, base_dir or "")
+    except Exception as exc:  # noqa: BLE001 - onnx raises ValueError, TypeError, KeyError, OSError, ...
+        raise ModelLoadError(f"{where}: cannot read its data ({type(exc).__name__}: {_oneline(exc, 200)}); "
+                             "the model is corrupt: re-export it") from None
+
+
+#: element types whose values take less than a byte (a lower bound on their packing)
+_SUB_BYTE = {onnx.TensorProto.UINT4, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT4E2M1,
+             onnx.TensorProto.UINT2, onnx.TensorProto.INT2, onnx.TensorProto.FLOAT6E2M3,
+             onnx.TensorProto.FLOAT6E3M2}
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+#: most elements one value of a typed data field can hold (sub-byte types pack into int32)
+_PER_VALUE = 16
+
+
+def element_count(dims: Iterable[int], where: str, limit: int | None = None) -> int:
+    """The number of elements of ``dims``; ModelLoadError for a negative dim. Stops early
+    (returning a number above ``limit``) once the product passes ``limit``, so that a
+    hostile rank-1e6 shape costs no big-integer arithmetic."""
+    dims = list(dims)
+    for dim in dims:
+        if dim < 0:
+            raise ModelLoadError(f"{where} has a negative dimension ({dim}) in its dims {dims[:8]}; "
+                                 "the model is corrupt: re-export it")
+    if 0 in dims:
+        return 0
+    count = 1
+    for dim in dims:
+        count *= dim
+        if limit is not None and count > limit:
+            return count
+    return count
+
+
+def _elem_name(elem_type: int) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return str(elem_type)
+
+
+def _min_bytes(elem_type: int, count: int) -> int | None:
+    """The fewest bytes ``count`` elements of ``elem_type`` take as raw data (None for
+    strings, which have no raw form)."""
+    if elem_type == onnx.TensorProto.STRING:
+        return None
+    if elem_type in _SUB_BYTE:
+        return (count * 2 + 7) // 8
+    return count * onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+
+
+def check_tensor(tensor: onnx.TensorProto, base_dir: str | None, where: str) -> None:
+    """ModelLoadError unless ``tensor``'s element type is defined and its data (inline
+    or external) holds at least what its dims need; reads no data."""
+    elem = tensor.data_type
+    if elem == onnx.TensorProto.UNDEFINED or elem not in onnx.TensorProto.DataType.values():
+        raise ModelLoadError(f"{where} has element type {_elem_name(elem)}, which is not a defined ONNX tensor "
+                             "type; the model is corrupt or from a newer ONNX: re-export it")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        _check_external(tensor, base_dir, where)
+        return
+    present = len(tensor.raw_data) if tensor.HasField("raw_data") else None
+    values = sum(len(getattr(tensor, name)) for name in _TYPED_FIELDS)
+    limit = (present if present is not None else values) * _PER_VALUE
+    count = element_count(tensor.dims, where, limit)
+    if present is not None:
+        need = _min_bytes(elem, count)
+        if need is None:
+            raise ModelLoadError(f"{where} is a STRING tensor with raw_data; strings are stored in string_data: "
+                                 "the model is corrupt: re-export it")
+        if present < need:
+            raise ModelLoadError(f"{where} declares dims {list(tensor.dims)} ({count} {_elem_name(elem)} elements, "
+                                 f"{need} bytes) but its raw_data holds {present} bytes; the model is truncated "
+                                 "or corrupt: re-export it")
+    elif count > values * _PER_VALUE:
+        raise ModelLoadError(f"{where} declares dims {list(tensor.dims)} ({count} elements) but holds only "
+                             f"{values} values; the model is truncated or corrupt: re-export it")
+
+
+def _external_int(info: dict[str, str], key: str, where: str) -> int | None:
+    if key not in info:
+        return None
+    text = info[key]
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelLoadError(f"{where}: its external data {key} {text!r} is not a non-negative whole number; "
+                             "the model is corrupt: re-export it or fix its external_data entries")
+    return value
+
+
+def _check_external(tensor: onnx.TensorProto, base_dir: str | None, where: str) -> None:
+    """The external file exists and ``offset``/``length`` lie inside it and cover what
+    the dims need; the data itself is not read."""
+    if base_dir is None:
+        raise ModelLoadError(f"{where} keeps its data in an external file, and the ModelProto does not say "
+                             "where that file is: pass base_dir= (the folder holding the data files), load "
+                             "the data into the proto first (onnx.load_external_data_for_model), or give the "
+                             "model's path instead of a ModelProto")
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    if not location:
+        raise ModelLoadError(f"{where} is marked EXTERNAL but names no location; the model is corrupt: re-export it")
+    offset = _external_int(info, "offset", where) or 0
+    length = _external_int(info, "length", where)
+    file = os.path.join(base_dir, location)
+    try:
+        size = os.stat(file).st_size
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the external data of {where} ({location}: "
+                             f"{getattr(exc, 'strerror', None) or _oneline(exc)}); keep the data file next to the "
+                             "model, or load the model from its path") from None
+    if offset > size or (length is not None and offset + length > size):
+        end = offset if length is None else offset + length
+        raise ModelLoadError(f"{where}: its external data ends at byte {end} but {location} has {size} bytes; "
+                             "the data file is truncated or belongs to another model: restore it or re-export")
+    have = size - offset if length is None else length
+    limit = have * 8 + 64
+    count = element_count(tensor.dims, where, limit)
+    need = _min_bytes(tensor.data_type, count)
+    if need is not None and need > have:
+        raise ModelLoadError(f"{where} declares dims {list(tensor.dims)} ({need} bytes) but its external data in "
+                             f"{location} holds {have} bytes; the data file is truncated or belongs to another "
+                             "model: restore it or re-export")
 
 
 def _decode(data: bytes) -> str | bytes:
@@ -308,7 +591,7 @@ def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
 class _Lowerer:
     """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
 
-    def __init__(self, proto: onnx.ModelProto, base_dir: str, declared: set[str] | None) -> None:
+    def __init__(self, proto: onnx.ModelProto, base_dir: str | None, declared: set[str] | None) -> None:
         self.proto = proto
         self.base_dir = base_dir
         self.declared = declared
@@ -391,7 +674,8 @@ class _Lowerer:
         meta: dict[str, Any] = {}
         init_names = {t.name for t in gp.initializer}
         for tensor in gp.initializer:
-            value = self._constant(tensor.name, rename, tensor_to_array(tensor, self.base_dir))
+            value = self._constant(tensor.name, rename,
+                                   tensor_to_array(tensor, self.base_dir, f"initializer {tensor.name!r} of graph {gp.name!r}"))
             scope[tensor.name] = graph.add_constant(value)
         self._sparse_initializers(gp, graph, rename, scope, meta)
         for pos, vi in enumerate(gp.input):
@@ -437,7 +721,8 @@ class _Lowerer:
     def _sparse_initializers(self, gp: onnx.GraphProto, graph: Graph, rename: dict[str, str],
                              scope: dict, meta: dict[str, Any]) -> None:
         for sparse in gp.sparse_initializer:
-            dense = sparse_to_dense(sparse, self.base_dir)
+            dense = sparse_to_dense(sparse, self.base_dir,
+                                    f"sparse initializer {sparse.values.name!r} of graph {gp.name!r}")
             value = self._constant(sparse.values.name, rename, dense)
             scope[sparse.values.name] = graph.add_constant(value)
             meta.setdefault("sparse", {})[value.name] = len(sparse.indices.dims)
@@ -452,7 +737,8 @@ class _Lowerer:
             return False
         if node.output[0] in output_names or not node.output[0]:
             return False
-        data = tensor_to_array(node.attribute[0].t, self.base_dir)
+        data = tensor_to_array(node.attribute[0].t, self.base_dir,
+                               f"attribute 'value' of node {node.name or node.op_type!r} (Constant)")
         try:
             DType.from_numpy(data.dtype)
         except ValueError:
@@ -542,7 +828,7 @@ class _Lowerer:
         if kind == A.STRING:
             return _decode(attr.s)
         if kind == A.TENSOR:
-            return self._tensor_attr(attr, attr.t)
+            return self._tensor_attr(attr, attr.t, node)
         if kind == A.GRAPH:
             return self.lower_graph(attr.g, graph, scope, graph_key(key, node, attr.name))
         if kind in (A.INTS, A.FLOATS, A.STRINGS, A.TENSORS, A.GRAPHS):
@@ -565,15 +851,16 @@ class _Lowerer:
         if attr.type == A.STRINGS:
             return [_decode(s) for s in attr.strings]
         if attr.type == A.TENSORS:
-            arrays = [tensor_to_array(t, self.base_dir) for t in attr.tensors]
+            arrays = [tensor_to_array(t, self.base_dir, f"attribute {attr.name!r}[{i}] of node {node.name!r}")
+                      for i, t in enumerate(attr.tensors)]
             for array in arrays:
                 DType.from_numpy(array.dtype)  # raises for exotic dtypes; caller keeps it raw
             return arrays
         return [self.lower_graph(g, graph, scope, graph_key(key, node, attr.name, i))
                 for i, g in enumerate(attr.graphs)]
 
-    def _tensor_attr(self, attr: onnx.AttributeProto, tensor: onnx.TensorProto) -> Any:
-        data = tensor_to_array(tensor, self.base_dir)
+    def _tensor_attr(self, attr: onnx.AttributeProto, tensor: onnx.TensorProto, node: Node) -> Any:
+        data = tensor_to_array(tensor, self.base_dir, f"attribute {attr.name!r} of node {node.name!r}")
         try:
             DType.from_numpy(data.dtype)
         except ValueError:
@@ -581,16 +868,47 @@ class _Lowerer:
         return data
 
 
-def sparse_to_dense(sparse: onnx.SparseTensorProto, base_dir: str = "") -> np.ndarray:
-    """The dense numpy array of a SparseTensorProto (linear or coordinate indices)."""
-    values = tensor_to_array(sparse.values, base_dir)
-    indices = tensor_to_array(sparse.indices, base_dir).astype(np.int64)
+#: the largest dense form of a sparse tensor mixprec builds (the IR holds constants dense)
+SPARSE_DENSE_LIMIT = 2**30
+
+
+def check_sparse(sparse: onnx.SparseTensorProto, base_dir: str | None, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values, indices) of a sparse tensor whose dims, values and indices agree and whose
+    dense form fits SPARSE_DENSE_LIMIT; ModelLoadError / UnsupportedModelError otherwise.
+    Indices come back as int64 linear indices."""
+    values = tensor_to_array(sparse.values, base_dir, f"{where} (its values)")
+    indices = tensor_to_array(sparse.indices, base_dir, f"{where} (its indices)")
     dims = tuple(sparse.dims)
-    dense = np.zeros(dims, dtype=values.dtype)
+    count = element_count(dims, where, SPARSE_DENSE_LIMIT)
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(sparse.values.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        itemsize = 1
+    if count * itemsize > SPARSE_DENSE_LIMIT:
+        raise UnsupportedModelError(f"{where} is a sparse tensor of dims {list(dims)[:8]}, more than "
+                                    f"{SPARSE_DENSE_LIMIT >> 20} MiB dense; mixprec keeps constants dense: "
+                                    "store it dense or keep this model out of mixprec")
+    if values.ndim != 1 or indices.dtype.kind not in "iu" or indices.ndim not in (1, 2) or \
+            indices.shape[0] != values.shape[0] or (indices.ndim == 2 and indices.shape[1] != len(dims)):
+        raise ModelLoadError(f"{where}: a sparse tensor needs 1-D values and [NNZ] or [NNZ, rank] integer "
+                             f"indices; it has values {list(values.shape)} and indices {list(indices.shape)} "
+                             f"({indices.dtype}) for dims {list(dims)}: the model is corrupt, re-export it")
+    indices = indices.astype(np.int64)
+    bounds = np.array(dims if indices.ndim == 2 else [count], dtype=np.int64)
+    if indices.size and (np.any(indices < 0) or np.any(indices >= bounds)):
+        raise ModelLoadError(f"{where}: a sparse index lies outside its dims {list(dims)}; the model is "
+                             "corrupt: re-export it")
     if indices.ndim == 2:
-        dense[tuple(indices.T)] = values
-    else:
-        dense.reshape(-1)[indices] = values
+        indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
+    return values, indices
+
+
+def sparse_to_dense(sparse: onnx.SparseTensorProto, base_dir: str | None = "", where: str | None = None) -> np.ndarray:
+    """The dense numpy array of a SparseTensorProto (linear or coordinate indices), checked
+    as :func:`check_sparse` says."""
+    values, indices = check_sparse(sparse, base_dir, where or f"sparse tensor {sparse.values.name!r}")
+    dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
+    dense.reshape(-1)[indices] = values
     return dense
 
 

@@ -22,7 +22,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -215,8 +215,13 @@ class _Tokens:
         self.i = 0
 
     def _fail(self, pos: int, msg: str):
+        raise ParseError(f"{self.where(pos)}: {msg}")
+
+    def where(self, pos: int) -> str:
+        """``line L, column C`` (both 1-based) of character offset ``pos``."""
         line = self.text.count("\n", 0, pos) + 1
-        raise ParseError(f"line {line}: {msg}")
+        column = pos - self.text.rfind("\n", 0, pos)
+        return f"line {line}, column {column}"
 
     def peek(self, offset: int = 0) -> tuple[str, str, int]:
         j = self.i + offset
@@ -241,26 +246,62 @@ class _Tokens:
     def fail_here(self, msg: str):
         self._fail(self.peek()[2], msg)
 
+    def unquote(self, tok: tuple[str, str, int], skip: int = 0) -> str:
+        """The text of a bare or quoted name token (after ``skip`` sigil characters);
+        a bad escape in a quoted one is a ParseError at the token."""
+        text = tok[1][skip:]
+        if not text.startswith('"'):
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:  # a bad escape, a raw control character
+            reason = exc.msg.removesuffix(" at").lower()
+            self._fail(tok[2] + skip + exc.pos, f"bad string {text[:40]!r}: {reason}; write strings as JSON does")
 
-def _unquote(text: str) -> str:
-    return json.loads(text) if text.startswith('"') else text
+
+#: deepest nesting of lists, tables and graphs the parser accepts; deeper text is refused
+#: (real IR nests a few levels: tensor rank, If/Loop bodies), which also keeps the
+#: recursive parser far from Python's recursion limit
+MAX_NESTING = 64
+#: largest dimension the text may declare (an int64 shape entry)
+MAX_DIM = 2**63 - 1
+_DIM = re.compile(r"\d+\Z")
+_INT_RANGES = {DType.INT4: (-8, 7), DType.UINT4: (0, 15)}
 
 
 class _Parser:
+    """Recursive-descent parser over :class:`_Tokens`. Invariant: every failure is a
+    ParseError naming the line and column; nesting never exceeds MAX_NESTING."""
+
     def __init__(self, text: str) -> None:
         self.t = _Tokens(text)
+        self.depth = 0
 
-    def graph(self, scope: dict[str, Value] | None, parent: Graph | None) -> Graph:
+    def enter(self, what: str) -> None:
+        """One level deeper into a list, table or graph; refused past MAX_NESTING."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            self.t.fail_here(f"{what} nested more than {MAX_NESTING} levels deep; the IR text is "
+                             "malformed (real models nest a few levels)")
+
+    def leave(self) -> None:
+        self.depth -= 1
+
+    def graph(self, scope: "_Scope | None", parent: Graph | None) -> Graph:
         t = self.t
+        self.enter("graph")
         t.expect("graph")
-        kind, name, _ = t.next()
-        if kind not in ("ident", "string", "number"):
-            t.fail_here("expected a graph name")
+        tok = t.next()
+        if tok[0] not in ("ident", "string", "number"):
+            t._fail(tok[2], "expected a graph name")
         framework = parent.framework if parent is not None else "generic"
         if t.accept("<"):
-            framework = t.next()[1]
+            tok_fw = t.next()
+            if tok_fw[0] not in ("ident", "string"):
+                t._fail(tok_fw[2], f"expected a framework name after '<', found {tok_fw[1] or 'end of text'!r}")
+            framework = t.unquote(tok_fw)
             t.expect(">")
-        graph = Graph(_unquote(name), framework)
+        graph = Graph(t.unquote(tok), framework)
         local: dict[str, Value] = {}
         lookup = _Scope(local, scope)
         t.expect("(")
@@ -279,43 +320,56 @@ class _Parser:
         t.expect("{")
         while True:
             kind, val, pos = t.peek()
-            if val == "const":
+            if val == "const" and kind == "ident":
                 t.next()
-                value = self.decl()
-                if t.accept("="):
-                    literal = self.literal(graph)
-                    value.data = np.array(literal, dtype=value.dtype.to_numpy()) \
-                        if value.dtype != DType.BFLOAT16 else np.array(literal, dtype=np.float64).astype(value.dtype.to_numpy())
-                self._define(lookup, value)
-                graph.add_constant(value)
-            elif val == "return":
+                self.const(graph, lookup)
+            elif val == "return" and kind == "ident":
                 t.next()
                 while t.peek()[0] == "value":
                     graph.outputs.append(self._resolve(lookup, self.ref_name()))
                     t.accept(",")
                 t.expect("}")
+                self.leave()
                 return graph
             elif kind == "value" or val == "(":
                 self.node(graph, lookup)
             else:
                 t.fail_here(f"expected a statement, found {val or 'end of text'!r}")
 
-    def _define(self, scope: "_Scope", value: Value) -> None:
+    def const(self, graph: Graph, scope: "_Scope") -> None:
+        t = self.t
+        start = t.peek()[2]
+        value = self.decl()
+        if t.accept("="):
+            pos = t.peek()[2]
+            value.data = self.array(self.literal(graph), value.dtype, value.shape, pos, f"constant %{value.name}")
+        self._define(scope, value, start)
+        graph.add_constant(value)
+
+    def array(self, literal: Any, dtype: DType, shape: Any, pos: int, what: str) -> np.ndarray:
+        """``literal`` (nested lists of scalars) as an array of ``dtype`` whose shape
+        agrees with the declared ``shape`` (``?``/symbolic dims match any size)."""
+        try:
+            return _to_array(literal, dtype, shape)
+        except ValueError as exc:
+            self.t._fail(pos, f"{what}: {exc}")
+
+    def _define(self, scope: "_Scope", value: Value, pos: int | None = None) -> None:
         if value.name in scope.local:
-            self.t.fail_here(f"%{value.name} is defined twice")
+            self.t._fail(self.t.peek()[2] if pos is None else pos, f"%{value.name} is defined twice")
         scope.local[value.name] = value
 
     def _resolve(self, scope: "_Scope", name: str) -> Value:
         value = scope.get(name)
         if value is None:
-            self.t.fail_here(f"%{name} is used before it is defined")
+            self.t._fail(self.t.peek(-1)[2], f"%{name} is used before it is defined")
         return value
 
     def ref_name(self) -> str:
-        kind, val, pos = self.t.next()
-        if kind != "value":
-            self.t._fail(pos, f"expected a %value, found {val!r}")
-        return _unquote(val[1:])
+        tok = self.t.next()
+        if tok[0] != "value":
+            self.t._fail(tok[2], f"expected a %value, found {tok[1] or 'end of text'!r}")
+        return self.t.unquote(tok, skip=1)
 
     def decl(self) -> Value:
         name = self.ref_name()
@@ -326,27 +380,38 @@ class _Parser:
     def type_(self):
         t = self.t
         kind, val, pos = t.next()
-        if val not in _DTYPE_NAMES:
-            t._fail(pos, f"unknown dtype {val!r}")
+        if kind != "ident" or val not in _DTYPE_NAMES:
+            t._fail(pos, f"unknown dtype {val or 'end of text'!r}")
         dtype = _DTYPE_NAMES[val]
         if not t.accept("["):
             return dtype, None
         dims: list = []
         while not t.accept("]"):
-            kind, val, pos = t.next()
+            tok = t.next()
+            kind, val, pos = tok
             if kind == "number":
-                dims.append(int(val))
+                dims.append(self.dim(val, pos))
             elif val == "?":
                 dims.append(None)
             elif kind in ("ident", "string"):
-                dims.append(_unquote(val))
+                dims.append(t.unquote(tok))
             else:
-                t._fail(pos, f"bad dimension {val!r}")
+                t._fail(pos, f"bad dimension {val or 'end of text'!r}")
             t.accept(",")
         return dtype, tuple(dims)
 
+    def dim(self, text: str, pos: int) -> int:
+        if not _DIM.match(text):
+            self.t._fail(pos, f"bad dimension {text!r}: a dimension is a non-negative integer, ? "
+                              "(unknown) or a symbolic name")
+        value = int(text)
+        if value > MAX_DIM:
+            self.t._fail(pos, f"dimension {text[:30]} is larger than {MAX_DIM} (int64)")
+        return value
+
     def node(self, graph: Graph, scope: "_Scope") -> None:
         t = self.t
+        start = t.peek()[2]
         outputs: list[Value] = []
         if t.accept("("):
             t.expect(")")
@@ -356,10 +421,10 @@ class _Parser:
                 if not t.accept(","):
                     break
         t.expect("=")
-        kind, op, pos = t.next()
-        if kind not in ("ident", "string"):
-            t._fail(pos, f"expected an op name, found {op!r}")
-        op = _unquote(op)
+        tok = t.next()
+        if tok[0] not in ("ident", "string"):
+            t._fail(tok[2], f"expected an op name, found {tok[1] or 'end of text'!r}")
+        op = t.unquote(tok)
         domain = ""
         if "::" in op:
             domain, op = op.rsplit("::", 1)
@@ -374,23 +439,32 @@ class _Parser:
         attrs: dict[str, Any] = {}
         if t.accept("{"):
             while not t.accept("}"):
-                key = _unquote(t.next()[1])
+                key_tok = t.next()
+                if key_tok[0] not in ("ident", "string"):
+                    t._fail(key_tok[2], f"expected an attribute name, found {key_tok[1] or 'end of text'!r}")
+                key = t.unquote(key_tok)
                 t.expect("=")
                 attrs[key] = self.literal(graph, scope)
                 t.accept(",")
         name = None
         if t.peek()[0] == "at":
-            name = _unquote(t.next()[1][1:])
+            name = t.unquote(t.next(), skip=1)
+        seen: set[str] = set()
+        for value in outputs:
+            if value.name in seen:
+                t._fail(start, f"%{value.name} is defined twice")
+            seen.add(value.name)
         node = Node(op, inputs, outputs, attrs, domain=domain, name=name)
         if t.peek()[0] == "comment":
             _apply_comment(node, t.next()[1])
         for value in outputs:
-            self._define(scope, value)
+            self._define(scope, value, start)
         graph.append(node)
 
     def literal(self, graph: Graph, scope: "_Scope | None" = None) -> Any:
         t = self.t
-        kind, val, pos = t.peek()
+        tok = t.peek()
+        kind, val, pos = tok
         if kind == "number":
             t.next()
             if val in ("inf", "-inf", "nan", "-nan"):
@@ -398,22 +472,29 @@ class _Parser:
             return float(val) if any(c in val for c in ".eE") else int(val)
         if kind == "string":
             t.next()
-            return json.loads(val)
+            return t.unquote(tok)
         if val == "[":
             t.next()
+            self.enter("list")
             items = []
             while not t.accept("]"):
                 items.append(self.literal(graph, scope))
                 t.accept(",")
+            self.leave()
             return items
         if val == "{":
             t.next()
+            self.enter("table")
             items = {}
             while not t.accept("}"):
-                key = json.loads(t.next()[1])
+                key_tok = t.next()
+                if key_tok[0] != "string":
+                    t._fail(key_tok[2], f"a table key is a quoted string, found {key_tok[1] or 'end of text'!r}")
+                key = t.unquote(key_tok)
                 t.expect(":")
                 items[key] = self.literal(graph, scope)
                 t.accept(",")
+            self.leave()
             return items
         if kind == "ident":
             if val in ("true", "false"):
@@ -428,22 +509,125 @@ class _Parser:
             if val == "graph":
                 return self.graph(scope, graph)
             if val == "tensor":
-                t.next()
-                t.expect("<")
-                dtype, shape = self.type_()
-                t.expect(">")
-                if t.accept("..."):
-                    return ElidedTensor(dtype, shape)
-                data = self.literal(graph, scope)
-                arr = np.array(data, dtype=np.float64 if dtype.is_float else dtype.to_numpy())
-                return arr.astype(dtype.to_numpy()).reshape(shape)
+                return self.tensor(graph, scope)
             if val == "opaque":
                 t.next()
                 t.expect("(")
-                text = json.loads(t.next()[1])
+                text_tok = t.next()
+                if text_tok[0] != "string":
+                    t._fail(text_tok[2], f"opaque(...) holds a quoted string, found {text_tok[1] or 'end of text'!r}")
+                text = t.unquote(text_tok)
                 t.expect(")")
                 return Opaque(text)
-        t._fail(pos, f"bad attribute value {val!r}")
+        t._fail(pos, f"bad attribute value {val or 'end of text'!r}")
+
+    def tensor(self, graph: Graph, scope: "_Scope | None") -> Any:
+        t = self.t
+        t.next()
+        t.expect("<")
+        dtype, shape = self.type_()
+        t.expect(">")
+        if t.accept("..."):
+            return ElidedTensor(dtype, shape)
+        pos = t.peek()[2]
+        return self.array(self.literal(graph, scope), dtype, shape, pos, "tensor attribute")
+
+
+def _literal_shape(data: Any) -> tuple[int, ...]:
+    """The shape of nested lists ``data``; ValueError when they are ragged."""
+    shape: list[int] = []
+    level = data
+    while isinstance(level, list):
+        shape.append(len(level))
+        if not level:
+            break
+        level = level[0]
+
+    def check(obj: Any, depth: int) -> None:
+        if depth < len(shape):
+            if not isinstance(obj, list) or len(obj) != shape[depth]:
+                raise ValueError("the data is ragged (nested lists of different lengths)")
+            for item in obj:
+                check(item, depth + 1)
+        elif isinstance(obj, list):
+            raise ValueError("the data is ragged (nested lists of different depths)")
+    check(data, 0)
+    return tuple(shape)
+
+
+def _leaves(data: Any) -> Iterator[Any]:
+    if isinstance(data, list):
+        for item in data:
+            yield from _leaves(item)
+    else:
+        yield data
+
+
+def _check_leaf(x: Any, dtype: DType) -> None:
+    """ValueError unless scalar ``x`` is a value of ``dtype`` as the text writes it."""
+    if dtype == DType.STRING:
+        ok = isinstance(x, str)
+    elif dtype == DType.BOOL:
+        ok = isinstance(x, bool) or (type(x) is int and x in (0, 1))
+    elif dtype in (DType.COMPLEX64, DType.COMPLEX128):  # dump writes complex numbers as "(1+2j)"
+        ok = (isinstance(x, (int, float)) and not isinstance(x, bool)) or (isinstance(x, str) and _is_complex(x))
+    elif dtype.is_float:
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool)
+    else:
+        ok = type(x) is int
+        if ok:
+            lo, hi = _int_range(dtype)
+            if not lo <= x <= hi:
+                raise ValueError(f"{x} is outside the range of {dtype.value} ({lo}..{hi})")
+    if not ok:
+        shown = json.dumps(x) if isinstance(x, (str, bool)) or x is None else repr(x)
+        raise ValueError(f"{shown[:40]} is not a {dtype.value} value")
+
+
+def _is_complex(text: str) -> bool:
+    try:
+        complex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _complex_leaves(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_complex_leaves(item) for item in data]
+    return complex(data)
+
+
+def _int_range(dtype: DType) -> tuple[int, int]:
+    if dtype in _INT_RANGES:
+        return _INT_RANGES[dtype]
+    info = np.iinfo(dtype.to_numpy())
+    return int(info.min), int(info.max)
+
+
+def _to_array(literal: Any, dtype: DType, shape: Any) -> np.ndarray:
+    """See :meth:`_Parser.array`; ValueError says what does not fit."""
+    if dtype == DType.UNKNOWN:
+        raise ValueError("a value of unknown dtype (unk) cannot carry data")
+    got = _literal_shape(literal)
+    for leaf in _leaves(literal):
+        _check_leaf(leaf, dtype)
+    empty = 0 in got
+    if empty and shape is not None and all(isinstance(d, int) for d in shape) and 0 in shape:
+        return np.zeros(tuple(shape), dtype=dtype.to_numpy())  # dump writes every empty array as []
+    if shape is not None:
+        fits = len(got) == len(shape) and all(not isinstance(d, int) or d == g for d, g in zip(shape, got))
+        if not fits:
+            declared = "[" + ",".join(_dim(d) for d in shape) + "]"
+            raise ValueError(f"the data has shape [{','.join(map(str, got))}] but the type declares {declared}; "
+                             "give one element per entry of the declared shape")
+    if dtype == DType.STRING:
+        return np.array(literal, dtype=object)
+    wide = np.float64 if dtype.is_float else None
+    if dtype in (DType.COMPLEX64, DType.COMPLEX128):
+        literal = _complex_leaves(literal)
+    arr = np.array(literal, dtype=wide or dtype.to_numpy())
+    return arr.astype(dtype.to_numpy()) if wide else arr
 
 
 class _Scope:
@@ -475,7 +659,16 @@ def _apply_comment(node: Node, comment: str) -> None:
 
 
 def parse(text: str) -> Graph:
-    """Parse IR text (as written by :func:`dump`) into a Graph; raises ParseError."""
+    """Parse IR text (as written by :func:`dump`) into a Graph. Every failure is a
+    ParseError whose message starts with ``line L, column C:``."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"line 1, column 1: the IR text is not UTF-8 (byte {exc.start}); "
+                             "pass the text of a file written by `mixprec dump`") from None
+    if not isinstance(text, str):
+        raise ParseError(f"line 1, column 1: parse() takes the IR text as str, not {type(text).__name__}")
     with paused_gc():
         parser = _Parser(text)
         graph = parser.graph(None, None)

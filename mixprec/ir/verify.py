@@ -3,7 +3,8 @@
 Checked: use-lists agree with node inputs in both directions; nodes are in topological
 order (outer-scope values visible inside subgraphs); value names are unique across the
 graph tree; no node reads a value that is not in scope (dangling); graph outputs are
-defined; every cast's output dtype is its target (or not yet inferred); and, when ``mixed_input_ok`` is given,
+defined; no shape has a negative dimension; a constant's data has the shape its type
+declares (unknown and symbolic dims match any size); every cast's output dtype is its target (or not yet inferred); and, when ``mixed_input_ok`` is given,
 every non-cast node reads one float dtype on all its float inputs except those the
 callback allows to differ (policy pins)."""
 from __future__ import annotations
@@ -35,6 +36,7 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
             raise IRError(f"graph {graph.name!r}: value name %{value.name} is not unique ({what})")
         names.add(value.name)
         defined.add(id(value))
+        _check_shape(value)
 
     cast_op = cast_spec(graph.root.framework).op
 
@@ -72,6 +74,7 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
                               f"(output of {node.name!r})")
             names.add(value.name)
             defined.add(id(value))
+            _check_shape(value)
             _check_uses(value)
         if node.op == cast_op or mixed_input_ok is not None:
             _check_types(node, mixed_input_ok)
@@ -84,6 +87,25 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
     for value in graph.outputs:
         if id(value) not in defined:
             raise IRError(f"graph {graph.name!r}: output %{value.name} is not defined")
+
+
+def _check_shape(value: Value) -> None:
+    """No negative dimension; a constant's data agrees with its declared shape."""
+    shape = value.shape
+    if shape is None:
+        return
+    for dim in shape:
+        if isinstance(dim, int) and dim < 0:
+            raise IRError(f"%{value.name} has a negative dimension in its shape {list(shape)}; a dimension is "
+                          "a size, unknown (None) or a symbolic name")
+    data = value.data
+    if data is None or value.kind != "const":
+        return
+    got = getattr(data, "shape", None)
+    if got is None:
+        return
+    if len(got) != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(shape, got)):
+        raise IRError(f"constant %{value.name} declares shape {list(shape)} but its data has shape {list(got)}")
 
 
 def _check_uses(value: Value) -> None:

@@ -350,3 +350,189 @@ def test_graphs_attribute():
     x = model.graph.inputs[0]
     assert {(n.name, i) for n, i in x.uses()} == {("multi", 0), ("inner_relu", 0), ("inner_neg", 0)}
     assert list(multi.subgraphs()) == bodies
+
+
+# ------------------------------------------- malformed and hostile models (issue 8) ---
+from mixprec.errors import UnsupportedModelError  # noqa: E402
+
+
+def _weight(proto):
+    """The MatMul weight initializer 'w' of onnx_models.matmul_model (16x8 float)."""
+    return next(t for t in proto.graph.initializer if t.name == "w")
+
+
+def _short_raw(proto):
+    w = _weight(proto)
+    data = numpy_helper.to_array(w).tobytes()
+    w.ClearField("float_data")
+    w.raw_data = data[:10]
+
+
+def _huge_dims(keep_data):
+    def mutate(proto):
+        w = _weight(proto)
+        del w.dims[:]
+        w.dims.extend([10**10])
+        if not keep_data:
+            w.ClearField("raw_data")
+            w.ClearField("float_data")
+    return mutate
+
+
+def _huge_constant(proto):
+    huge = onnx.TensorProto(name="cv", data_type=onnx.TensorProto.FLOAT, dims=[10**10])
+    proto.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["cv"], name="big", value=huge))
+    proto.graph.node[1].input[1] = "cv"
+
+
+def _elem_type(value):
+    def mutate(proto):
+        _weight(proto).data_type = value
+    return mutate
+
+
+def _negative_dim(proto):
+    w = _weight(proto)
+    w.dims[0] = -16
+
+
+def _sparse(indices, dims):
+    def mutate(proto):
+        del proto.graph.initializer[1]  # b
+        values = numpy_helper.from_array(np.ones(len(indices), np.float32), "b")
+        proto.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(
+            values, numpy_helper.from_array(np.array(indices, np.int64), "b_idx"), dims))
+    return mutate
+
+
+def _sparse_constant(proto):
+    values = numpy_helper.from_array(np.ones(2, np.float32), "sv")
+    sparse = onnx.helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([1, 50], np.int64)), [8])
+    proto.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["sb"], name="sc", sparse_value=sparse))
+    proto.graph.node[2].input[1] = "sb"
+
+
+def _undeclared_domain(proto):
+    proto.graph.node[1].domain = "com.example"
+
+
+@pytest.mark.parametrize("mutate, error, message", [
+    (_short_raw, ModelLoadError, "initializer 'w' of graph 'matmul' declares dims [16, 8] (128 FLOAT elements, "
+                                 "512 bytes) but its raw_data holds 10 bytes"),
+    (_huge_dims(False), ModelLoadError, "declares dims [10000000000] (10000000000 elements) but holds only 0 values"),
+    (_huge_dims(True), ModelLoadError, "(10000000000 FLOAT elements, 40000000000 bytes) but its raw_data holds"),
+    (_huge_constant, ModelLoadError, "attribute 'value' of node 'big' (Constant) in graph 'matmul' declares dims "
+                                     "[10000000000]"),
+    (_elem_type(0), ModelLoadError, "initializer 'w' of graph 'matmul' has element type UNDEFINED"),
+    (_elem_type(999), ModelLoadError, "has element type 999, which is not a defined ONNX tensor type"),
+    (_negative_dim, ModelLoadError, "has a negative dimension (-16)"),
+    (_sparse([1, 99], [8]), ModelLoadError, "sparse initializer 'b' of graph 'matmul': a sparse index lies outside"),
+    (_sparse([-1, 2], [8]), ModelLoadError, "a sparse index lies outside its dims [8]"),
+    (_sparse([1, 2], [10**10]), UnsupportedModelError, "more than 1024 MiB dense"),
+    (_sparse_constant, ModelLoadError, "attribute 'sparse_value' of node 'sc' (Constant)"),
+    (_undeclared_domain, ModelLoadError, "node 'add' (Add) uses op-set domain 'com.example', which the model's "
+                                         "opset_import does not declare"),
+])
+def test_malformed_tensors_and_nodes_are_clear_errors(mutate, error, message, tmp_path):
+    proto = onnx_models.matmul_model()
+    mutate(proto)
+    before = proto.SerializeToString()
+    with pytest.raises(error) as info:
+        load(proto)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert proto.SerializeToString() == before
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(before)
+    with pytest.raises(error, match="re-export|store it dense"):
+        load(path)
+    assert path.read_bytes() == before
+
+
+def test_node_name_that_is_not_utf8(tmp_path):
+    proto = onnx_models.matmul_model()
+    proto.graph.node[0].name = "matmXl"
+    path = tmp_path / "names.onnx"
+    data = proto.SerializeToString().replace(b"matmXl", b"matm\xffl")
+    path.write_bytes(data)
+    with pytest.raises(ModelLoadError, match=r"node 'matm\ufffdl' \(MatMul\): its name b'matm\\xffl' is not UTF-8"):
+        load(path)
+    assert path.read_bytes() == data
+
+
+def _external_entry(path, key, value):
+    proto = onnx.load(str(path), load_external_data=False)
+    entries = proto.graph.initializer[0].external_data
+    for entry in entries:
+        if entry.key == key:
+            entry.value = value
+            break
+    else:
+        entries.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("offset", "999999", "its external data ends at byte 1008191 but external.onnx.data has 8320 bytes"),
+    ("length", "999999", "its external data ends at byte 999999"),
+    ("length", "16", "declares dims [64, 32] (8192 bytes) but its external data in external.onnx.data holds 16"),
+    ("offset", "-5", "its external data offset '-5' is not a non-negative whole number"),
+    ("length", "-8", "its external data length '-8' is not a non-negative whole number"),
+    ("offset", "abc", "its external data offset 'abc' is not a non-negative whole number"),
+])
+def test_bad_external_data_entries(tmp_path, key, value, message):
+    path = onnx_models.external_data_model(tmp_path)
+    _external_entry(path, key, value)
+    files = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ModelLoadError) as info:
+        load(path)
+    assert message in str(info.value) and "initializer 'w'" in str(info.value)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_in_memory_model_with_external_data_needs_base_dir(tmp_path, monkeypatch):
+    """A same-named data file in the current directory is never read silently."""
+    folder = tmp_path / "model"
+    path = onnx_models.external_data_model(folder)
+    proto = onnx.load(str(path), load_external_data=False)
+    decoy = tmp_path / "cwd"
+    decoy.mkdir()
+    (decoy / "external.onnx.data").write_bytes((folder / "external.onnx.data").read_bytes())
+    monkeypatch.chdir(decoy)
+    with pytest.raises(ModelLoadError, match="pass base_dir=.*onnx.load_external_data_for_model"):
+        load(proto)
+    model = load(proto, base_dir=folder)
+    np.testing.assert_array_equal(model.graph.constants["w"].data,
+                                  numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0]))
+
+
+def test_subgraphs_nested_too_deep_in_memory():
+    """Built in place: protobuf refuses to copy or parse a message nested this deep, but
+    a program can still build one in memory."""
+    proto = onnx.helper.make_model(onnx.helper.make_graph([], "main", [], []),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
+    graph = proto.graph
+    for level in range(80):
+        node = graph.node.add(op_type="If", input=["c"], output=[f"y{level}"])
+        attr = node.attribute.add(name="then_branch", type=onnx.AttributeProto.GRAPH)
+        graph = attr.g
+        graph.name = f"b{level}"
+    with pytest.raises(ModelLoadError, match="nested more than 64 levels deep"):
+        load(proto)
+
+
+def test_negative_dim_value_becomes_unknown():
+    proto = onnx_models.matmul_model()
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    model = load(proto)
+    verify(model.graph)
+    assert model.graph.inputs[0].shape == (None, 16)
+
+
+def test_custom_domain_op_loads_when_declared():
+    proto = onnx_models.matmul_model()
+    proto.graph.node[1].domain = "com.example"
+    proto.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    model = load(proto)
+    verify(model.graph)
+    assert [n.qualified_op for n in model.graph.iter_nodes()] == ["MatMul", "com.example::Add"]

@@ -69,3 +69,87 @@ def test_parse_errors_name_the_line(bad, message):
     with pytest.raises(ParseError, match=message) as info:
         parse(bad)
     assert str(info.value).startswith("line ")
+
+
+# ---- hostile and malformed text: every failure is a ParseError with line and column ---
+def _wrap(body: str, params: str = "") -> str:
+    return f"graph main({params}) -> () {{\n{body}\n  return\n}}\n"
+
+
+DEEP_BRACKETS = _wrap("  %a: f32[1] = Foo() {x=" + "[" * 5000 + "]" * 5000 + "}")
+NESTED_GRAPHS = ("graph main() -> () {\n"
+                 + "".join(f"  %o{i}: f32[1] = If() {{g=graph b{i}() -> () {{\n" for i in range(3000))
+                 + "  return\n}}\n" * 3000 + "  return\n}\n")
+
+
+@pytest.mark.parametrize("text, where, message", [
+    (_wrap('  %"a\\q": f32[1] = Foo()'), "line 2, column 6", "invalid \\escape"),
+    (_wrap('  %a: f32[1] = Foo() {s="x\\u12"}'), "line 2, column 28", "invalid \\uxxxx escape"),
+    (_wrap('  %a: f32[1] = Foo() @"tab\there"'), "line 2, column 27", "invalid control character"),
+    (DEEP_BRACKETS, "line 2, column 89", "nested more than 64 levels"),
+    (NESTED_GRAPHS, "line 65, column 26", "graph nested more than 64 levels"),
+    (_wrap("", "%x: f32[1.5]"), "line 1, column 20", "bad dimension '1.5'"),
+    (_wrap("", "%x: f32[1e400]"), "line 1, column 20", "bad dimension '1e400'"),
+    (_wrap("", "%x: f32[-4]"), "line 1, column 20", "non-negative integer"),
+    (_wrap("", "%x: f32[99999999999999999999]"), "line 1, column 20", "larger than"),
+    (_wrap('  const %c: f32[2] = ["a", "b"]'), "line 2, column 22", '"a" is not a f32 value'),
+    (_wrap("  const %c: f32[2,2] = [1]"), "line 2, column 24", "data has shape [1] but the type declares [2,2]"),
+    (_wrap('  const %c: bool[1] = {"a": 1}'), "line 2, column 23", "is not a bool value"),
+    (_wrap("  const %c: i8[1] = [1000]"), "line 2, column 21", "outside the range of i8"),
+    (_wrap("  const %c: i64[1] = [1.5]"), "line 2, column 22", "1.5 is not a i64 value"),
+    (_wrap("  const %c: i64[1] = [100000000000000000000000000]"), "line 2, column 22", "outside the range"),
+    (_wrap("  const %c: f32[2,2] = [[1, 2], [3]]"), "line 2, column 24", "ragged"),
+    (_wrap("  const %c: unk[1] = [1]"), "line 2, column 22", "unknown dtype (unk) cannot carry data"),
+    (_wrap("  %a: f32[1] = Foo() {t=tensor<f32[2]>[1, 2, 3]}"), "line 2, column 39", "declares [2]"),
+    (_wrap("  %a: f32[1] = Foo() {t={1: 2}}"), "line 2, column 26", "table key is a quoted string"),
+    (_wrap("  %a: f32[1] = Foo() {t=opaque(1)}"), "line 2, column 32", "holds a quoted string"),
+    (_wrap("  %a: f32[1] = Foo() {[=1}"), "line 2, column 23", "expected an attribute name"),
+    ("graph main<>() -> () {\n  return\n}\n", "line 1, column 12", "expected a framework name"),
+    (_wrap("  %a: f32[1], %a: f32[1] = Foo()"), "line 2, column 3", "%a is defined twice"),
+    (_wrap("  %a: f32[1] = Foo(", ""), "line 3, column 3", "%value"),
+])
+def test_malformed_text_is_a_parse_error_with_line_and_column(text, where, message):
+    with pytest.raises(ParseError) as info:
+        parse(text)
+    assert str(info.value).startswith(where + ":"), str(info.value)
+    assert message in str(info.value)
+
+
+def test_parse_rejects_non_text():
+    with pytest.raises(ParseError, match="not UTF-8"):
+        parse(b"graph \xff")
+    with pytest.raises(ParseError, match="takes the IR text as str, not int"):
+        parse(42)
+    assert dump(parse(NESTED.encode())) == NESTED
+
+
+def test_nesting_within_the_limit_parses():
+    body = "  %a: f32[1] = Foo() {x=" + "[" * 60 + "1" + "]" * 60 + "}"
+    value = parse(_wrap(body)).nodes[0].attrs["x"]
+    for _ in range(60):
+        value = value[0]
+    assert value == 1
+
+
+def test_constant_data_matches_declared_and_symbolic_shapes():
+    g = parse(_wrap('  const %c: i64[2,?] = [[1, 2], [3, 4]]\n  const %s: bool[n] = [true, 0]\n'
+                    '  const %z: f32[0] = []\n  const %q: c64[1] = ["(1+2j)"]\n  const %e: f32[0,3] = []'))
+    verify(g)
+    assert g.constants["c"].data.tolist() == [[1, 2], [3, 4]]
+    assert g.constants["s"].data.tolist() == [True, False]
+    assert g.constants["z"].data.shape == (0,)
+    assert g.constants["e"].data.shape == (0, 3)  # dump writes every empty array as []
+    assert g.constants["q"].data.tolist() == [1 + 2j]
+
+
+def test_verify_rejects_negative_dims_and_data_of_another_shape():
+    from mixprec.errors import IRError
+    b = GraphBuilder()
+    b.input("x", "f32", (-4,))
+    with pytest.raises(IRError, match="negative dimension"):
+        verify(b.graph)
+    b = GraphBuilder()
+    c = b.const("c", np.ones(1, np.float32))
+    c.shape = (2, 2)
+    with pytest.raises(IRError, match=r"declares shape \[2, 2\] but its data has shape \[1\]"):
+        verify(b.graph)

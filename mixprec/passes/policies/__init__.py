@@ -168,47 +168,86 @@ def _matches(value: Any, values: tuple) -> bool:
     return value in values
 
 
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _string(data: dict[str, Any], key: str, where: str, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise PolicyError(f"{where}: key {key!r} must be a string, got {_describe(value)}")
+    return value
+
+
+def _names(data: dict[str, Any], key: str, where: str) -> list[str]:
+    """The list of op names under ``key`` (empty when absent)."""
+    ops = data.get(key, [])
+    if not isinstance(ops, list):
+        raise PolicyError(f"{where}: key {key!r} must be a list of op names, got {_describe(ops)}")
+    for i, op in enumerate(ops):
+        if not isinstance(op, str):
+            raise PolicyError(f"{where}: key {key!r} must be a list of op names; item {i} is {_describe(op)}")
+    return ops
+
+
 def _index_table(data: Any, key: str, where: str) -> dict[str, frozenset[int]]:
     if not isinstance(data, dict):
-        raise PolicyError(f"{where}: [{key}] must be a table of op = [input indices]")
+        raise PolicyError(f"{where}: key {key!r}: [{key}] must be a table of op = [input indices], got {_describe(data)}")
     out = {}
     for op, idx in data.items():
-        if not isinstance(idx, list) or not all(isinstance(i, int) for i in idx):
-            raise PolicyError(f"{where}: [{key}] {op} must be a list of input indices, got {idx!r}")
+        if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+            raise PolicyError(f"{where}: key {key!r}: [{key}] {op} must be a list of input indices, got {idx!r}")
         out[op] = frozenset(idx)
     return out
 
 
+def _conditional(data: Any, where: str) -> list[ConditionalRule]:
+    if not isinstance(data, list):
+        raise PolicyError(f"{where}: key 'conditional' must be an array of tables ([[conditional]]), "
+                          f"got {_describe(data)}")
+    rules = []
+    for i, rule in enumerate(data):
+        if not isinstance(rule, dict) or set(rule) != _RULE_KEYS:
+            raise PolicyError(f"{where}: key 'conditional': conditional rule {i} needs exactly the keys {sorted(_RULE_KEYS)}")
+        for key in ("op", "attr", "list"):
+            if not isinstance(rule[key], str):
+                raise PolicyError(f"{where}: key 'conditional': conditional rule {i}: {key} must be a string, "
+                                  f"got {_describe(rule[key])}")
+        if not isinstance(rule["values"], list) or any(isinstance(v, (list, dict)) for v in rule["values"]):
+            raise PolicyError(f"{where}: key 'conditional': conditional rule {i}: values must be a list of attribute values, "
+                              f"got {_describe(rule['values'])}")
+        if rule["list"] not in LISTS:
+            raise PolicyError(f"{where}: key 'conditional': conditional rule {i} names unknown list {rule['list']!r}; "
+                              f"use one of {list(LISTS)}")
+        rules.append(ConditionalRule(rule["op"], rule["attr"], tuple(rule["values"]), rule["list"]))
+    return rules
+
+
 def parse_policy(data: dict[str, Any], where: str) -> Policy:
-    """Build a Policy from a parsed TOML table; ``where`` names it in errors."""
+    """Build a Policy from a parsed TOML table; ``where`` names it in errors, and every
+    error names the key that is wrong."""
+    if not isinstance(data, dict):
+        raise PolicyError(f"{where}: a policy is a TOML table, got {_describe(data)}")
     unknown = set(data) - _KEYS
     if unknown:
         raise PolicyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(_KEYS)}")
     lists = {}
     for name in LISTS:
-        ops = data.get(name, [])
-        if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
-            raise PolicyError(f"{where}: {name!r} must be a list of op names")
+        ops = _names(data, name, where)
         dup = {o for o in ops if ops.count(o) > 1}
         if dup:
-            raise PolicyError(f"{where}: {sorted(dup)} listed twice in {name!r}")
+            raise PolicyError(f"{where}: key {name!r}: {sorted(dup)} listed twice in {name!r}")
         lists[name] = frozenset(ops)
-    rules = []
-    for i, rule in enumerate(data.get("conditional", [])):
-        if not isinstance(rule, dict) or set(rule) != _RULE_KEYS:
-            raise PolicyError(f"{where}: conditional rule {i} needs exactly the keys {sorted(_RULE_KEYS)}")
-        if rule["list"] not in LISTS:
-            raise PolicyError(f"{where}: conditional rule {i} names unknown list {rule['list']!r}")
-        rules.append(ConditionalRule(rule["op"], rule["attr"], tuple(rule["values"]), rule["list"]))
     return Policy(
-        framework=str(data.get("framework", "generic")),
-        reference=str(data.get("reference", "")),
+        framework=_string(data, "framework", where, "generic"),
+        reference=_string(data, "reference", where, ""),
         lists=lists,
-        shape_sources=frozenset(data.get("shape_sources", [])),
+        shape_sources=frozenset(_names(data, "shape_sources", where)),
         pins=_index_table(data.get("pins", {}), "pins", where),
         output_pins=_index_table(data.get("output_pins", {}), "output_pins", where),
         shape_inputs=_index_table(data.get("shape_inputs", {}), "shape_inputs", where),
-        conditional=tuple(rules),
+        conditional=tuple(_conditional(data.get("conditional", []), where)),
         domain_aliases=_aliases(data.get("domain_aliases", {}), where),
         input_normalizations=_index_table(data.get("input_normalizations", {}), "input_normalizations", where),
         input_passthrough=frozenset(data.get("input_passthrough", [])),
@@ -218,19 +257,33 @@ def parse_policy(data: dict[str, Any], where: str) -> Policy:
 
 def _aliases(data: Any, where: str) -> dict[str, str]:
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise PolicyError(f"{where}: [domain_aliases] must map domain names to domain names")
+        raise PolicyError(f"{where}: key 'domain_aliases' must map domain names to domain names")
     return dict(data)
 
 
 def load_policy_file(path: str | Path) -> Policy:
+    """Read and validate a policy file. Every failure is a PolicyError naming the file
+    (and, for a bad value, the key)."""
     path = Path(path)
+    if path.is_dir():
+        raise PolicyError(f"policy file {path} is a directory; pass the path of a .toml policy file")
     try:
-        data = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise PolicyError(f"policy file {path} does not exist") from None
+    except OSError as exc:
+        raise PolicyError(f"policy file {path} cannot be read ({exc.strerror or type(exc).__name__}); "
+                          "check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"policy file {path} is not UTF-8 text (byte {exc.start}); a policy file is TOML "
+                          "text") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from None
-    return parse_policy(data, str(path))
+        raise PolicyError(f"policy file {path} is not valid TOML: {' '.join(str(exc).split())}") from None
+    return parse_policy(data, f"policy file {path}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,9 +296,14 @@ def _builtin(framework: str) -> Policy:
     return load_policy_file(path)
 
 
-def load_policy(name_or_path: str) -> Policy:
+def load_policy(name_or_path: str | Path) -> Policy:
     """A built-in policy by framework name (``onnx``, ``tensorflow``, ``torch``, ``mxnet``,
     ``generic``) or a policy file by path."""
+    if isinstance(name_or_path, Path):
+        return load_policy_file(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise PolicyError(f"a policy is a built-in name ({', '.join(builtin_policies())}) or the path of a .toml "
+                          f"file, not {type(name_or_path).__name__}")
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         return load_policy_file(name_or_path)
     return _builtin(name_or_path)
