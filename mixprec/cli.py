@@ -29,8 +29,10 @@ SECURITY_NOTE = ("security: loading a model can run code it carries. A TensorFlo
                  "untrusted models only in a sandbox.")
 
 
-def _progress_bar(stream=sys.stderr):
-    """A one-line progress bar on a terminal; silent when stderr is not a TTY."""
+def _progress_bar(stream=None):
+    """A one-line progress bar on a terminal; silent when stderr is not a TTY. The
+    stream is looked up on each call (sys.stderr may be replaced between calls)."""
+    stream = stream if stream is not None else sys.stderr
     if not stream.isatty():
         return None
 

@@ -514,5 +514,5 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
                                                    in zip(input_names(ir_model), ir_model.graph.inputs)])
     what = "the given sample inputs" if given else f"{len(failures)} generated sample input(s)"
     raise SampleInputError(f"the FP32 model does not run on {what} ({failures[-1] if failures else 'none made'}); "
-                           "give inputs that fit with --sample-inputs FILE.npz or --input-shape NAME=DIMS "
-                           "(config: sample_inputs= / input_shapes=)")
+                           "if the inputs are the cause, give ones that fit with --sample-inputs FILE.npz or "
+                           "--input-shape NAME=DIMS (config: sample_inputs= / input_shapes=)")

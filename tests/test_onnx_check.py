@@ -393,3 +393,27 @@ def test_raising_an_opset_9_model_retypes_the_dropout_mask():
     onnx.checker.check_model(result.model, full_check=True)
     assert {o.domain: o.version for o in result.model.opset_import}[""] == 22
     assert min(_checked(result)) > 0.999
+
+
+def test_a_loop_that_never_ends_times_out_and_skips_the_check(monkeypatch):
+    """Loop('', '', x) is valid ONNX and never ends (a fuzzed control-flow model): the
+    check's onnxruntime runs stop after MIXPREC_RUN_TIMEOUT and the conversion is
+    still returned, with the check skipped and the reason in the report."""
+    from onnx import helper
+    monkeypatch.setenv("MIXPREC_RUN_TIMEOUT", "1")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("MatMul", ["v_in", "w"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [2, 2])])
+    graph = helper.make_graph([helper.make_node("Loop", ["", "", "x"], ["y"], body=body)], "endless",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+                              [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = _fit(model)
+    assert not result.report.checks
+    assert any("output check skipped" in n and "did not finish running the model within 1 s" in n
+               for n in result.report.notes)

@@ -351,11 +351,32 @@ def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     return _run_session(session, feeds)
 
 
+#: the longest one onnxruntime run of a check may take (a Loop with neither a trip count
+#: nor a condition never ends); MIXPREC_RUN_TIMEOUT overrides it, in seconds
+RUN_TIMEOUT_S = 300.0
+
+
 def _run_session(session: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run``, stopped (RunOptions.terminate) after the run timeout: a
+    ConversionError either way."""
+    import threading
+
+    import onnxruntime as ort
+
+    limit = float(os.environ.get("MIXPREC_RUN_TIMEOUT") or RUN_TIMEOUT_S)
+    run_options = ort.RunOptions()
+    timer = threading.Timer(limit, lambda: setattr(run_options, "terminate", True))
+    timer.daemon = True
+    timer.start()
     try:
-        return list(session.run(None, dict(feeds)))
+        return list(session.run(None, dict(feeds), run_options))
     except Exception as exc:
+        if run_options.terminate:
+            raise ConversionError(f"onnxruntime did not finish running the model within {limit:.0f} s (set "
+                                  "MIXPREC_RUN_TIMEOUT to allow more, or skip the check with --no-check)") from None
         raise ConversionError(f"onnxruntime failed running the model: {_oneline(exc, 500)}") from None
+    finally:
+        timer.cancel()
 
 
 def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

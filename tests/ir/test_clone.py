@@ -6,7 +6,7 @@ from mixprec.ir.graph import Model
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 
 NESTED = """graph main<onnx>(%cond: bool[], %x: f32[2,2]) -> (%y: f32[2,2]) {
-  const %w: f32[2,2] = [1.0, 2.0, 3.0, 4.0]
+  const %w: f32[2,2] = [[1.0, 2.0], [3.0, 4.0]]
   %m: f32[2,2] = MatMul(%x, %w)
   %y: f32[2,2] = If(%cond) {else_branch=graph else_b() -> (%e: f32[2,2]) {
     %e: f32[2,2] = Neg(%m)

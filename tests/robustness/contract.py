@@ -63,9 +63,6 @@ class Outcome:
 def run_cli(argv: list[str], capsys, what: str) -> Outcome:
     from mixprec import cli
     capsys.readouterr()
-    # cli._progress_bar binds sys.stderr as a default at import time; in-process, that is
-    # an earlier test's closed capture stream, so point it at this test's stream
-    cli._progress_bar.__defaults__ = (sys.stderr,)
     main = cli.main
     with deadline(CASE_SECONDS, what):
         rc = main(argv)
