@@ -318,7 +318,7 @@ def test_tf_function_without_signature_takes_example_inputs():
 def test_generated_sample_inputs():
     ir_model = frontend.load(tf_models.make_cnn())
     (images,) = make_sample_inputs(ir_model)
-    assert images.shape == (2,) + tf_models.IMAGE and images.dtype == np.float32
+    assert images.shape == (1,) + tf_models.IMAGE and images.dtype == np.float32
     converted = mix_precision.fit(tf_models.make_cnn())  # sample inputs generated from the input specs
     assert converted.report.checks[0].cosine >= MIN_COSINE
 
@@ -344,3 +344,144 @@ def test_cli_converts_a_pb(tmp_path, capsys):
     bad = tmp_path / "bad.pb"
     bad.write_text("not a graph")
     assert cli_main(["convert", str(bad), "-o", str(tmp_path / "x.pb")]) == 2
+
+
+# ------------------------------------------------- issue 7: models as users have them ---
+class _SubclassedNet(__import__("keras").Model):
+    """A subclassed Keras model (no model.input, ever): conv -> relu -> pool -> dense."""
+
+    def __init__(self) -> None:
+        import keras
+        super().__init__(name="p_net")
+        init = keras.initializers.HeNormal(seed=0)
+        self.conv = keras.layers.Conv2D(8, 3, kernel_initializer=init)
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=0))
+
+    def call(self, x):
+        return self.head(self.pool(tf.nn.relu(self.conv(x))))
+
+
+@pytest.mark.parametrize("option", ["example_inputs", "sample_inputs"])
+def test_subclassed_keras_model_is_checked(option):
+    """Regression: the check called model.input, which a subclassed model never has ("The
+    layer p_net has never been called"): the check was skipped. Now it runs and matches."""
+    x = tf_models.images(2, seed=4)
+    converted = mix_precision.fit(_SubclassedNet(), MixedPrecisionConfig(**{option: [x]}))
+    assert not any("skipped" in note for note in converted.report.notes), converted.report.notes
+    assert [c.output for c in converted.report.checks] == ["output_0"]
+    assert converted.report.checks[0].cosine >= MIN_COSINE
+    assert [n.meta["precision"] for n in converted.ir.graph.nodes if n.op == "Conv2D"] == ["bf16"]
+
+
+def test_any_size_image_saved_model_gets_a_224_sample(tmp_path, capsys):
+    """Regression: a SavedModel with input (None, None, None, 3) got an 8x8 sample input,
+    smaller than its receptive field (29 px): the FP32 model failed and the check was
+    skipped. Now the sample is 1x224x224x3 and the CLI's default path checks the outputs."""
+    model = tf_models.make_fully_convolutional()
+    model.export(str(tmp_path / "fcn"), verbose=False)
+    ir_model = frontend.load(tmp_path / "fcn")
+    assert ir_model.graph.inputs[0].shape == (None, None, None, 3)
+    adapter = TensorflowAdapter()
+    adapter.load(str(tmp_path / "fcn"), MixedPrecisionConfig())
+    inputs, reference = mix_precision.reference_run(adapter, str(tmp_path / "fcn"), ir_model, MixedPrecisionConfig())
+    assert [a.shape for a in inputs] == [(1, 224, 224, 3)]
+    assert np.std(reference[0]) > 1e-2
+    out = tmp_path / "fcn_bf16"
+    assert cli_main(["convert", str(tmp_path / "fcn"), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "output output_0: cosine" in text and "skipped" not in text, text
+    shapes = mix_precision.fit(str(tmp_path / "fcn"), MixedPrecisionConfig(input_shapes={"image": [2, 64, 48, 3]}))
+    assert shapes.report.checks[0].cosine >= MIN_COSINE
+
+
+def test_degenerate_fp32_outputs_are_not_a_reference():
+    """An FP32 output that is the identity of an empty reduction (max over an empty crop
+    is -FLT_MAX) matches a converted model just as degenerate with cosine 1.0: such a
+    sample is rejected and the next size of the ladder (320, whose crop is not empty) used."""
+    weight = tf.constant(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="image")])
+    def crop_max(image):
+        features = tf.matmul(tf.reshape(image, [-1, 3]), weight)
+        features = tf.reshape(features, tf.concat([tf.shape(image)[:3], [4]], 0))
+        return tf.reduce_max(features[:, 240:, 240:, :], axis=[1, 2])
+
+    adapter = TensorflowAdapter()
+    config = MixedPrecisionConfig()
+    ir_model = adapter.load(crop_max, config)
+    inputs, reference = mix_precision.reference_run(adapter, crop_max, ir_model, config)
+    assert [a.shape for a in inputs] == [(1, 320, 320, 3)]
+    assert np.abs(reference[0]).max() < 1e3
+    converted = mix_precision.fit(crop_max)
+    assert converted.report.checks[0].max_abs_error < 1.0
+
+
+def _two_head_graph_def() -> tuple[Any, list[np.ndarray]]:
+    """A frozen GraphDef with two Placeholders and three sinks (logits, aux, a debug sum)."""
+    rng = np.random.default_rng(0)
+    w1, w2 = (tf.constant(rng.standard_normal((8, 8)).astype(np.float32) / 3) for _ in range(2))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="x"),
+                                  tf.TensorSpec([None, 8], tf.float32, name="y")])
+    def heads(x, y):
+        hidden = tf.nn.relu(tf.matmul(x, w1) + y)
+        return (tf.identity(tf.matmul(hidden, w2), name="logits"), tf.identity(tf.tanh(hidden), name="aux"),
+                tf.identity(tf.reduce_sum(x), name="debug"))
+
+    graph_def = frontend.read_source(heads).graph_def
+    return graph_def, [rng.standard_normal((2, 8)).astype(np.float32) for _ in range(2)]
+
+
+def test_fit_takes_a_graph_def_object():
+    """Regression: fit(graph_def) raised TypeError: 'GraphDef' object is not callable
+    (the FP32 reference run called it)."""
+    graph_def, arrays = _two_head_graph_def()
+    converted = mix_precision.fit(graph_def)
+    assert len(converted.report.checks) == 3 and all(c.cosine >= MIN_COSINE for c in converted.report.checks)
+    assert [n.meta["precision"] for n in converted.ir.graph.nodes if n.op == "MatMul"] == ["bf16", "bf16"]
+
+
+def test_graph_outputs_and_inputs_are_chosen_by_config(tmp_path):
+    """Regression: every sink of a .pb became an output. config.outputs (INC spelling,
+    node or tensor names) picks them, in that order, and prunes what they do not need;
+    config.inputs names the Placeholders; bad names are ConfigErrors naming the node."""
+    graph_def, arrays = _two_head_graph_def()
+    path = tmp_path / "heads.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    everything = frontend.load(path)
+    assert len(everything.graph.outputs) == 3
+    config = MixedPrecisionConfig(inputs=["x:0", "y"], outputs=["aux", "logits:0"], sample_inputs=arrays)
+    for model in (graph_def, str(path)):
+        converted = mix_precision.fit(model, config)
+        assert converted.model.output_keys == ["aux", "logits"]
+        assert converted.model.input_keys == ["x", "y"]
+        assert not [n for n in converted.ir.graph.nodes if n.op == "Sum"]  # pruned with its sink
+        assert [c.output for c in converted.report.checks] == ["aux", "logits"]
+        assert all(c.cosine >= MIN_COSINE for c in converted.report.checks)
+    out = tmp_path / "heads_bf16.pb"
+    mix_precision.fit(str(path), config).save(out)
+    assert len(frontend.load(out).graph.outputs) == 2
+    with pytest.raises(ConfigError, match="no node 'logit'.*logits"):
+        mix_precision.fit(str(path), MixedPrecisionConfig(outputs=["logit"]))
+    with pytest.raises(ConfigError, match="not a Placeholder"):
+        mix_precision.fit(str(path), MixedPrecisionConfig(inputs=["aux"], outputs=["logits"]))
+    with pytest.raises(ConfigError, match="GraphDef"):
+        mix_precision.fit(tf_models.make_cnn(), MixedPrecisionConfig(outputs=["logits"]))
+
+
+def test_list_output_model_keeps_signature_names(tmp_path):
+    """Regression: a list-output model's SavedModel named its outputs input_0, input_1.
+    Now they are output_0, output_1, as Keras's own export names them."""
+    import keras
+    keras.utils.set_random_seed(0)
+    features = keras.Input((4,), name="features")
+    model = keras.Model(features, [keras.layers.Dense(3)(features), keras.layers.Dense(2)(features)])
+    model.export(str(tmp_path / "keras_export"), verbose=False)
+    want = tf.saved_model.load(str(tmp_path / "keras_export")).signatures["serving_default"].structured_outputs
+    for source in (model, str(tmp_path / "keras_export")):
+        converted = mix_precision.fit(source)
+        converted.save(tmp_path / "converted")
+        got = tf.saved_model.load(str(tmp_path / "converted")).signatures["serving_default"].structured_outputs
+        assert sorted(got) == sorted(want) == ["output_0", "output_1"]
+        assert [c.output for c in converted.report.checks] == ["output_0", "output_1"]

@@ -512,7 +512,7 @@ def _dims(shape: tuple | None) -> list | None:
 
 def _unique_keys(keys: Sequence[str]) -> list[str]:
     taken: set[str] = set()
-    return [claim(identifier(key), taken) for key in keys]
+    return [claim(identifier(key, fallback="output"), taken) for key in keys]
 
 
 def save_saved_model(model: GraphModel, path: Path) -> None:

@@ -52,6 +52,7 @@ IR conventions for TF graphs (``mixprec.backends.tensorflow`` reads exactly thes
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import heapq
 import logging
@@ -68,6 +69,7 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 from tensorflow.python.framework import op_def_registry
 
 from mixprec.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from mixprec.fileio import first_line
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Shape, Value
 from mixprec.naming import claim, identifier
@@ -240,23 +242,30 @@ class GraphSource:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load(model: Any, input_signature: Sequence[Any] | None = None, outputs: Sequence[str] | None = None) -> Model:
+def load(model: Any, input_signature: Sequence[Any] | None = None, outputs: Sequence[str] | None = None,
+         inputs: Sequence[str] | None = None) -> Model:
     """The model as an ir.Model (see the module docstring for what is accepted).
 
     ``input_signature`` (TensorSpecs) is needed for a tf.function that has none and
-    overrides a Keras model's input shapes; ``outputs`` (tensor or node names) picks the
-    outputs of a ``.pb`` graph (default: its sink nodes). Bad files raise ModelLoadError."""
-    source = read_source(model, input_signature, outputs)
+    overrides a Keras model's input shapes; ``inputs`` / ``outputs`` (tensor or node
+    names) pick the interface of a GraphDef (default: its Placeholders and its sink
+    nodes). Bad files raise ModelLoadError, names that are not in the graph ConfigError."""
+    source = read_source(model, input_signature, outputs, inputs)
     return lower(source)
 
 
 def read_source(model: Any, input_signature: Sequence[Any] | None = None,
-                outputs: Sequence[str] | None = None) -> GraphSource:
+                outputs: Sequence[str] | None = None, inputs: Sequence[str] | None = None) -> GraphSource:
     """Freeze ``model`` into a GraphSource."""
+    if (inputs or outputs) and not _is_graph(model):
+        raise ConfigError("inputs= / outputs= (--inputs / --outputs) choose the tensors of a GraphDef (.pb); "
+                          "a Keras model, tf.function or SavedModel has its own signature")
     if isinstance(model, (str, os.PathLike)):
-        return _read_path(Path(model), input_signature, outputs)
+        return _read_path(Path(model), input_signature, outputs, inputs)
     if isinstance(model, graph_pb2.GraphDef):
-        return graph_def_source(model, outputs)
+        if not model.node:
+            raise ModelLoadError("the GraphDef has no nodes")
+        return graph_def_source(model, outputs, inputs)
     if is_keras(model):
         return _keras_source(model, input_signature)
     if isinstance(model, tf.types.experimental.ConcreteFunction):
@@ -264,8 +273,18 @@ def read_source(model: Any, input_signature: Sequence[Any] | None = None,
     if isinstance(model, tf.types.experimental.PolymorphicFunction):
         return _function_source(model, input_signature)
     raise UnsupportedModelError(f"cannot read a {type(model).__module__}.{type(model).__name__} as a TensorFlow "
-                                "model; pass a Keras model, a tf.function, a ConcreteFunction, a SavedModel "
-                                "directory, a .keras file or a frozen .pb GraphDef")
+                                "model; pass a Keras model, a tf.function, a ConcreteFunction, a GraphDef, a "
+                                "SavedModel directory, a .keras file or a frozen .pb GraphDef")
+
+
+def _is_graph(model: Any) -> bool:
+    """True for a GraphDef object or a path that is neither a directory nor a .keras file."""
+    if isinstance(model, graph_pb2.GraphDef):
+        return True
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        return not path.is_dir() and path.suffix.lower() != ".keras"
+    return False
 
 
 def is_keras(model: Any) -> bool:
@@ -274,7 +293,8 @@ def is_keras(model: Any) -> bool:
                ("Model", "Functional", "Sequential", "Layer") for cls in type(model).__mro__)
 
 
-def _read_path(path: Path, input_signature: Sequence[Any] | None, outputs: Sequence[str] | None) -> GraphSource:
+def _read_path(path: Path, input_signature: Sequence[Any] | None, outputs: Sequence[str] | None,
+               inputs: Sequence[str] | None = None) -> GraphSource:
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -283,7 +303,7 @@ def _read_path(path: Path, input_signature: Sequence[Any] | None, outputs: Seque
         return saved_model_source(path)
     if path.suffix.lower() == ".keras":
         return _keras_file_source(path, input_signature)
-    return graph_def_source(read_graph_def(path), outputs)
+    return graph_def_source(read_graph_def(path), outputs, inputs)
 
 
 def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
@@ -298,7 +318,7 @@ def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
         graph_def.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{path}: not a binary TensorFlow GraphDef (truncated or another format): "
-                             f"{_oneline(exc)}") from None
+                             f"{first_line(exc)}") from None
     if not graph_def.node:
         raise ModelLoadError(f"{path}: not a TensorFlow GraphDef (no nodes)")
     return graph_def
@@ -309,7 +329,7 @@ def saved_model_source(path: Path) -> GraphSource:
     try:
         loaded = tf.saved_model.load(os.fspath(path))
     except Exception as exc:  # noqa: BLE001 - TF raises many types for bad SavedModels
-        raise ModelLoadError(f"{path}: cannot load the SavedModel: {_oneline(exc)}") from None
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {first_line(exc)}") from None
     signatures = getattr(loaded, "signatures", {}) or {}
     if "serving_default" not in signatures:
         raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature "
@@ -324,7 +344,7 @@ def _keras_file_source(path: Path, input_signature: Sequence[Any] | None) -> Gra
     try:
         model = keras.models.load_model(os.fspath(path), compile=False)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"{path}: cannot load the Keras model: {_oneline(exc)}") from None
+        raise ModelLoadError(f"{path}: cannot load the Keras model: {first_line(exc)}") from None
     source = _keras_source(model, input_signature)
     source.source = "keras_file"
     return source
@@ -339,7 +359,7 @@ def keras_input_specs(model: Any, input_signature: Sequence[Any] | None = None) 
     try:
         structure = model.input
     except (AttributeError, ValueError) as exc:
-        raise ConfigError(f"the Keras model has no defined inputs ({_oneline(exc)}); build it on an Input or "
+        raise ConfigError(f"the Keras model has no defined inputs ({first_line(exc)}); build it on an Input or "
                           "pass an input signature (example_inputs)") from None
     taken: set[str] = set()
 
@@ -356,7 +376,7 @@ def _keras_source(model: Any, input_signature: Sequence[Any] | None) -> GraphSou
     try:
         concrete = tf.function(lambda inputs: model(inputs, training=False)).get_concrete_function(specs)
     except Exception as exc:  # noqa: BLE001 - tracing errors come in many types
-        raise ModelLoadError(f"cannot trace the Keras model: {_oneline(exc)}") from None
+        raise ModelLoadError(f"cannot trace the Keras model: {first_line(exc)}") from None
     source = _concrete_source(concrete, "keras")
     source.call = "keras"
     return source
@@ -369,7 +389,7 @@ def _function_source(function: Any, input_signature: Sequence[Any] | None) -> Gr
         else:
             concrete = function.get_concrete_function()
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot get a concrete function from the tf.function ({_oneline(exc)}); give it an "
+        raise ConfigError(f"cannot get a concrete function from the tf.function ({first_line(exc)}); give it an "
                           "input_signature or pass example inputs") from None
     source = _concrete_source(concrete, "function")
     return source
@@ -380,7 +400,7 @@ def _concrete_source(concrete: Any, kind: str) -> GraphSource:
     try:
         frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot freeze the function's variables: {_oneline(exc)}") from None
+        raise ModelLoadError(f"cannot freeze the function's variables: {first_line(exc)}") from None
     graph_def = frozen.graph.as_graph_def()
     inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
     outputs = [t.name for t in frozen.outputs]
@@ -393,29 +413,101 @@ def _concrete_source(concrete: Any, kind: str) -> GraphSource:
 
 
 def _output_keys(structure: Any, outputs: list[str]) -> list[str]:
-    """Flattened output paths (``output_0``, ``logits``, ``0/1``); tensor names if the
-    structure does not flatten to the outputs."""
+    """The names a signature gives the outputs, as TF's own SavedModel export does: dict
+    keys (``logits``; nested ``a/b``), ``output_<i>`` for positions in a list or tuple
+    (``output_0``; nested ``output_0/1``), ``output_0`` for a single tensor; tensor names
+    if the structure does not flatten to the outputs."""
     from tensorflow.python.util import nest
     paths = [p for p, _ in nest.flatten_with_joined_string_paths(structure)]
     if len(paths) != len(outputs) or len(set(paths)) != len(paths):
-        return [o.split(":")[0] if o.endswith(":0") else o for o in outputs]
+        return [_key(o) for o in outputs]
     if paths == [""]:
         return ["output_0"]
-    return paths
+    return [f"output_{p}" if p.split("/")[0].isdigit() else p for p in paths]
 
 
-def graph_def_source(graph_def: graph_pb2.GraphDef, outputs: Sequence[str] | None = None) -> GraphSource:
-    """A GraphDef's interface: its Placeholders in node order, and ``outputs`` or the
-    sink nodes' outputs (nodes no data input reads; NoOps, Consts and Placeholders aside)."""
-    inputs = [f"{n.name}:0" for n in graph_def.node if n.op == "Placeholder"]
+def graph_def_source(graph_def: graph_pb2.GraphDef, outputs: Sequence[str] | None = None,
+                     inputs: Sequence[str] | None = None) -> GraphSource:
+    """A GraphDef's interface. Outputs: ``outputs`` (tensor ``name:i`` or node names, INC
+    spelling), the graph then pruned to what they need; else the sink nodes' outputs (nodes
+    no data input reads; NoOps, Consts and Placeholders aside). Inputs: ``inputs`` (which
+    must be Placeholders), else the Placeholders in node order; a Placeholder the outputs
+    need that ``inputs`` does not name is appended (``lower`` does that)."""
+    feeds = [tensor_name(i) for i in inputs or ()]
+    _check_tensors(graph_def, feeds, "input")
+    _check_placeholders(graph_def, feeds)
     if outputs:
-        names = [o if ":" in o else f"{o}:0" for o in outputs]
+        names = [tensor_name(o) for o in outputs]
+        _check_tensors(graph_def, names, "output")
+        graph_def = prune(graph_def, [parse_input(n)[0] for n in names])
     else:
         names = _sink_outputs(graph_def)
     if not names:
-        raise ModelLoadError("the GraphDef has no outputs (no sink node); name them with outputs=[...]")
-    keys = [n.split(":")[0] if n.endswith(":0") else n for n in names]
-    return GraphSource(graph_def, inputs, names, [i.split(":")[0] for i in inputs], keys)
+        raise ModelLoadError("the GraphDef has no outputs (no sink node); name them with outputs=[...] (--outputs)")
+    kept = {n.name for n in graph_def.node}
+    unused = [f for f in feeds if parse_input(f)[0] not in kept]
+    if unused:
+        raise ConfigError(f"input {unused[0]!r} is not needed by the chosen outputs; name only the Placeholders "
+                          "they read")
+    if not feeds:
+        feeds = [f"{n.name}:0" for n in graph_def.node if n.op == "Placeholder"]
+    return GraphSource(graph_def, feeds, names, [_key(i) for i in feeds], [_key(n) for n in names])
+
+
+def tensor_name(name: str) -> str:
+    """``x`` -> ``x:0``; ``x:1`` unchanged; a leading ``^`` is not a tensor (ConfigError)."""
+    name = str(name).strip()
+    if not name or name.startswith("^"):
+        raise ConfigError(f"{name!r} is not a tensor name; use NODE or NODE:INDEX")
+    node, index = parse_input(name)
+    return f"{node}:{index}"
+
+
+def _key(tensor: str) -> str:
+    return tensor[:-2] if tensor.endswith(":0") else tensor
+
+
+def _check_tensors(graph_def: graph_pb2.GraphDef, tensors: Sequence[str], what: str) -> None:
+    """ConfigError unless every ``name:i`` is an existing node's output (by its OpDef)."""
+    nodes = {n.name: n for n in graph_def.node}
+    for tensor in tensors:
+        name, index = parse_input(tensor)
+        node = nodes.get(name)
+        if node is None:
+            close = difflib.get_close_matches(name, list(nodes), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{what} {tensor!r}: the graph has no node {name!r}{hint}")
+        count = _num_outputs(node)
+        if index >= count:
+            raise ConfigError(f"{what} {tensor!r}: node {name!r} ({node.op}) has {count} output(s)")
+
+
+def _check_placeholders(graph_def: graph_pb2.GraphDef, tensors: Sequence[str]) -> None:
+    ops = {n.name: n.op for n in graph_def.node}
+    for tensor in tensors:
+        name = parse_input(tensor)[0]
+        if ops[name] != "Placeholder":
+            raise ConfigError(f"input {tensor!r} is a {ops[name]} node, not a Placeholder; name the graph's "
+                              "Placeholders as inputs")
+
+
+def prune(graph_def: graph_pb2.GraphDef, keep: Sequence[str]) -> graph_pb2.GraphDef:
+    """A copy of ``graph_def`` with only the nodes that ``keep`` (node names) depend on
+    through data or control inputs; versions and the function library are kept."""
+    nodes = {n.name: n for n in graph_def.node}
+    needed: set[str] = set()
+    stack = list(keep)
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in nodes:
+            continue
+        needed.add(name)
+        stack.extend(parse_input(ref)[0] for ref in nodes[name].input)
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    out.node.extend(n for n in graph_def.node if n.name in needed)
+    return out
 
 
 def _sink_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
@@ -461,7 +553,7 @@ def import_graph(graph_def: graph_pb2.GraphDef) -> tf.Graph:
         with graph.as_default():
             tf.graph_util.import_graph_def(graph_def, name="")
     except Exception as exc:  # noqa: BLE001 - ValueError, InvalidArgumentError, NotFoundError...
-        raise ModelLoadError(f"TensorFlow cannot import the GraphDef: {_oneline(exc)}") from None
+        raise ModelLoadError(f"TensorFlow cannot import the GraphDef: {first_line(exc)}") from None
     return graph
 
 
@@ -701,8 +793,3 @@ def sanitize(name: str) -> str:
     are returned unchanged."""
     text = re.sub(r"[^A-Za-z0-9_.\-/>]", "_", name)
     return text if text and re.match(r"[A-Za-z0-9.]", text) else f"t_{text}"
-
-
-def _oneline(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
