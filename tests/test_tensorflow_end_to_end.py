@@ -485,3 +485,29 @@ def test_list_output_model_keeps_signature_names(tmp_path):
         got = tf.saved_model.load(str(tmp_path / "converted")).signatures["serving_default"].structured_outputs
         assert sorted(got) == sorted(want) == ["output_0", "output_1"]
         assert [c.output for c in converted.report.checks] == ["output_0", "output_1"]
+
+
+def test_tensor_list_handles_are_never_cast():
+    """Regression: a TensorList handle (DT_VARIANT) was typed float, painted and cast, and
+    TensorListStack got element_dtype=bf16 for a list of float32 ("Trying to read from list
+    with wrong element dtype" / "was passed variant ... expected bfloat16"). Now list ops
+    keep their element dtype, handles are never cast, and the MatMuls around run in bf16."""
+    model = tf_models.make_tensor_array()
+    x = tf_models.tokens(1, seed=2)[0]
+    converted = mix_precision.fit(model, MixedPrecisionConfig(sample_inputs=[x]))
+    assert converted.report.checks[0].cosine >= MIN_COSINE
+    graph = converted.ir.graph
+    assert [n.meta["precision"] for n in graph.nodes if n.op == "MatMul"] == ["bf16"] * 3
+    lists = [n for n in graph.all_nodes() if n.op.startswith("TensorList")]
+    assert {n.op for n in lists} >= {"TensorListReserve", "TensorListSetItem", "TensorListStack"}
+    for node in lists:
+        assert all(v.dtype != DType.BFLOAT16 for v in node.outputs), node.name
+    emitted = {n.name: n for n in converted.model.graph_def.node}
+    variant = tf.variant.as_datatype_enum
+    for node in converted.model.graph_def.node:
+        if node.op == "Cast":
+            assert node.attr["SrcT"].type != variant and node.attr["DstT"].type != variant, node.name
+            producer = emitted[frontend.parse_input(node.input[0])[0]]
+            assert not (producer.op.startswith("TensorList") and producer.op != "TensorListStack"), node.name
+        if node.op.startswith("TensorList") and "element_dtype" in node.attr:
+            assert node.attr["element_dtype"].type == tf.float32.as_datatype_enum, node.name
