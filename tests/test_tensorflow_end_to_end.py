@@ -511,3 +511,44 @@ def test_tensor_list_handles_are_never_cast():
             assert not (producer.op.startswith("TensorList") and producer.op != "TensorListStack"), node.name
         if node.op.startswith("TensorList") and "element_dtype" in node.attr:
             assert node.attr["element_dtype"].type == tf.float32.as_datatype_enum, node.name
+
+
+def test_batch_norm_arithmetic_is_folded_into_bf16_constants():
+    """Regression: the frozen Keras BatchNorm's scale/offset arithmetic on constants
+    (Rsqrt(var + eps) * gamma, beta - mean * scale) stayed FP32 ops in the saved graph,
+    and each of their results was cast to bf16 on every call. Now those subgraphs are
+    evaluated at load time: the graph has no Rsqrt/Sub left, the BatchNorm's Mul/AddV2
+    read bf16 Consts, and the only casts are those of the data: the input, and around the
+    FP32 global average (Mean) and Softmax."""
+    cnn = CASES.get("cnn") or _build("cnn")
+    graph_def = cnn.converted.model.graph_def
+    ops = [n.op for n in graph_def.node]
+    assert "Rsqrt" not in ops and "Sub" not in ops
+    consts = {n.name: n for n in graph_def.node if n.op == "Const"}
+    norm = [n for n in graph_def.node if n.op in ("Mul", "AddV2") and "batch_normalization" in n.name]
+    assert len(norm) == 4
+    for node in norm:
+        assert node.attr["T"].type == BF16, node.name
+        assert any(frontend.parse_input(i)[0] in consts and
+                   consts[frontend.parse_input(i)[0]].attr["dtype"].type == BF16 for i in node.input), node.name
+    assert ops.count("Cast") == 4
+    assert cnn.converted.report.checks[0].cosine >= MIN_COSINE
+
+
+def test_fold_constants_keeps_big_and_stateful_values_as_ops():
+    """fold_constants evaluates constant-only subgraphs with TF, but a Fill that makes a
+    large tensor from a small shape, and a random op, stay ops; the graph computes the same."""
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def f(x):
+        scale = tf.math.rsqrt(tf.constant([4.0, 9.0, 16.0, 25.0]) + 1e-3) * 2.0
+        big = tf.fill([1024, 1024], 0.5)
+        noise = tf.random.uniform([4])
+        return x * scale + 0.0 * noise, tf.reduce_sum(big * x[0, 0])
+
+    source = frontend.read_source(f)
+    ops = {n.op for n in source.graph_def.node}
+    assert "Rsqrt" not in ops and "Fill" in ops and "RandomUniform" in ops
+    x = np.ones((2, 4), np.float32)
+    got = backend.GraphModel(source.graph_def, source.inputs, source.outputs, source.input_keys,
+                             source.output_keys, [tf.float32], [(None, 4)])(x)[0].numpy()
+    np.testing.assert_allclose(got, f(x)[0].numpy(), rtol=1e-6)

@@ -256,10 +256,18 @@ def load(model: Any, input_signature: Sequence[Any] | None = None, outputs: Sequ
 
 def read_source(model: Any, input_signature: Sequence[Any] | None = None,
                 outputs: Sequence[str] | None = None, inputs: Sequence[str] | None = None) -> GraphSource:
-    """Freeze ``model`` into a GraphSource."""
+    """Freeze ``model`` into a GraphSource, its constant-only subgraphs folded
+    (``fold_constants``)."""
     if (inputs or outputs) and not _is_graph(model):
         raise ConfigError("inputs= / outputs= (--inputs / --outputs) choose the tensors of a GraphDef (.pb); "
                           "a Keras model, tf.function or SavedModel has its own signature")
+    source = _read_any(model, input_signature, outputs, inputs)
+    source.graph_def = fold_constants(source.graph_def, [parse_input(t)[0] for t in source.outputs])
+    return source
+
+
+def _read_any(model: Any, input_signature: Sequence[Any] | None, outputs: Sequence[str] | None,
+              inputs: Sequence[str] | None) -> GraphSource:
     if isinstance(model, (str, os.PathLike)):
         return _read_path(Path(model), input_signature, outputs, inputs)
     if isinstance(model, graph_pb2.GraphDef):
@@ -511,7 +519,10 @@ def prune(graph_def: graph_pb2.GraphDef, keep: Sequence[str]) -> graph_pb2.Graph
 
 
 def _sink_outputs(graph_def: graph_pb2.GraphDef) -> list[str]:
-    read = {parse_input(ref)[0] for node in graph_def.node for ref in node.input if not ref.startswith("^")}
+    """Outputs of the nodes no other node reads, by data or control edge (a node that
+    only a NoOp waits on, like the frozen variable reads a Keras graph keeps, is no
+    output)."""
+    read = {parse_input(ref)[0] for node in graph_def.node for ref in node.input}
     sinks = []
     for node in graph_def.node:
         if node.name in read or node.op in ("NoOp", "Const", "Placeholder", "Assert", "SaveV2", "RestoreV2"):
@@ -537,6 +548,166 @@ def parse_input(ref: str) -> tuple[str, int]:
     if sep and index.isdigit():
         return name, int(index)
     return ref, 0
+
+
+# ------------------------------------------------------------- constant folding ---
+#: a folded tensor may be at most this large, or as large as the constants it reads (a
+#: Fill or Tile that makes a big tensor from a small shape stays an op, as in grappler)
+FOLD_MIN_BYTES = 1 << 20
+#: ops never folded: they make no value a Const could hold, or mean more than their value
+_NO_FOLD = {"Const", "Placeholder", "PlaceholderWithDefault", "NoOp", "Assert", "CheckNumerics"}
+
+
+def fold_constants(graph_def: graph_pb2.GraphDef, keep: Sequence[str] = ()) -> graph_pb2.GraphDef:
+    """``graph_def`` with every constant-only subgraph evaluated by TensorFlow into Consts
+    (the frozen Keras BatchNorm's ``Rsqrt(var + eps) * gamma`` and ``beta - mean * scale``).
+
+    Invariants: a node is folded when it is stateless, calls no function, reads only Consts
+    and folded nodes (data and control), writes only IR-typed tensors (no variant or
+    resource) of bounded size (``FOLD_MIN_BYTES``), and is not in ``keep`` (the graph's
+    outputs) or ``_NO_FOLD``. Each folded output that an unfolded node reads becomes one
+    Const (named like the node for output 0, ``<node>/folded_<i>`` otherwise) holding what
+    TF computes for it, so the graph computes the same; folded nodes nobody reads any more
+    are dropped. A graph with nothing to fold is returned as is."""
+    nodes = list(graph_def.node)
+    foldable = _foldable(nodes, set(keep), {f.signature.name for f in graph_def.library.function})
+    by_name = {n.name: n for n in nodes}
+    frontier: dict[tuple[str, int], None] = {}
+    for node in nodes:
+        if node.name in foldable:
+            continue
+        for ref in node.input:
+            name, index = parse_input(ref)
+            if index >= 0 and name in foldable:
+                frontier[(name, index)] = None
+    if not frontier:
+        return graph_def
+    tensors = list(frontier)
+    values = _evaluate(graph_def, tensors)
+    if values is None:
+        return graph_def
+    consts = _folded_consts(by_name, list(zip(tensors, values)))
+    return _splice(graph_def, foldable, consts)
+
+
+def _foldable(nodes: Sequence[node_def_pb2.NodeDef], keep: set[str], functions: set[str]) -> set[str]:
+    """Names of the nodes ``fold_constants`` evaluates (see its invariants), in one pass
+    over a topological order."""
+    constant = {n.name for n in nodes if n.op == "Const"}
+    folded: set[str] = set()
+    for node in topological_order(nodes):
+        if node.name in keep or node.op in _NO_FOLD or node.op in functions or not node.input:
+            continue
+        definition = op_def(node.op)
+        if definition is None or definition.is_stateful or any(
+                node.attr[k].WhichOneof("value") == "func" or node.attr[k].list.func for k in node.attr):
+            continue
+        if not all(parse_input(ref)[0] in constant or parse_input(ref)[0] in folded for ref in node.input):
+            continue
+        if not _typed_outputs(node, definition):
+            continue
+        folded.add(node.name)
+    return folded
+
+
+def _typed_outputs(node: node_def_pb2.NodeDef, definition: Any) -> bool:
+    """True when every output of ``node`` has a dtype the IR models (per its OpDef)."""
+    attrs = convert_attrs(node)[0]
+    for arg, positions in arg_ranges(definition.output_arg, attrs):
+        if arg.type_attr:
+            dtype = attrs.get(arg.type_attr)
+            if not isinstance(dtype, DType):
+                return False
+        elif arg.type_list_attr:
+            return False
+        elif ir_dtype(arg.type) == DType.UNKNOWN:
+            return False
+    return True
+
+
+def _evaluate(graph_def: graph_pb2.GraphDef, tensors: list[tuple[str, int]]) -> list[np.ndarray] | None:
+    """The values of ``tensors`` (computed from Consts only), or None when TF cannot
+    compute them or one is too large to store (the graph is then left unfolded)."""
+    graph = import_graph(graph_def)
+    try:
+        with tf.compat.v1.Session(graph=graph) as session:
+            values = session.run([graph.get_operation_by_name(n).outputs[i] for n, i in tensors])
+    except Exception as exc:  # noqa: BLE001 - a kernel error leaves the graph as it was
+        logger.info("constant folding skipped: %s", first_line(exc))
+        return None
+    return [np.asarray(v) for v in values]
+
+
+def _folded_consts(by_name: dict[str, node_def_pb2.NodeDef], values: list[tuple[tuple[str, int], np.ndarray]]
+                   ) -> dict[tuple[str, int], node_def_pb2.NodeDef]:
+    """One Const NodeDef per folded tensor small enough to store; a tensor larger than
+    both FOLD_MIN_BYTES and the constants its node reads is left to the op. A node all of
+    whose read outputs fold, output 0 among them, gives its name to that Const."""
+    small: dict[tuple[str, int], np.ndarray] = {}
+    for (name, index), value in values:
+        node = by_name[name]
+        read = sum(_const_bytes(by_name, parse_input(r)[0]) for r in node.input if not r.startswith("^"))
+        if value.nbytes <= max(FOLD_MIN_BYTES, read):
+            small[(name, index)] = value
+    whole = {name for (name, index) in small if index == 0} - {name for (name, index), _ in values
+                                                                 if (name, index) not in small}
+    taken = set(by_name)
+    consts: dict[tuple[str, int], node_def_pb2.NodeDef] = {}
+    for (name, index), value in small.items():
+        const_name = name if name in whole and index == 0 else claim(f"{name}/folded_{index}", taken)
+        const = node_def_pb2.NodeDef(name=const_name, op="Const", device=by_name[name].device)
+        const.attr["dtype"].type = tf.dtypes.as_dtype(value.dtype).as_datatype_enum
+        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, shape=value.shape))
+        consts[(name, index)] = const
+    return consts
+
+
+def _const_bytes(by_name: dict[str, node_def_pb2.NodeDef], name: str) -> int:
+    node = by_name.get(name)
+    if node is None or node.op != "Const":
+        return 0
+    return len(node.attr["value"].tensor.tensor_content) or node.attr["value"].tensor.ByteSize()
+
+
+def _splice(graph_def: graph_pb2.GraphDef, foldable: set[str],
+            consts: dict[tuple[str, int], node_def_pb2.NodeDef]) -> graph_pb2.GraphDef:
+    """The graph with readers of folded tensors reading their Consts, and folded nodes no
+    remaining node reads (by data or control edge) dropped."""
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    replaced = {name for (name, index), const in consts.items() if const.name == name}
+    kept: list[node_def_pb2.NodeDef] = []
+    for node in graph_def.node:
+        if node.name in replaced:
+            continue
+        copy = node_def_pb2.NodeDef()
+        copy.CopyFrom(node)
+        if node.name not in foldable:
+            del copy.input[:]
+            for ref in node.input:
+                name, index = parse_input(ref)
+                const = consts.get((name, index)) if index >= 0 else None
+                copy.input.append(const.name if const is not None else ref)
+        kept.append(copy)
+    kept.extend(consts.values())
+    needed = _reachable_from_unfolded(kept, foldable)
+    out.node.extend(n for n in kept if n.name not in foldable or n.name in needed)
+    return out
+
+
+def _reachable_from_unfolded(nodes: Sequence[node_def_pb2.NodeDef], foldable: set[str]) -> set[str]:
+    """Names of the folded nodes that some unfolded node still reads, directly or not."""
+    by_name = {n.name: n for n in nodes}
+    needed: set[str] = set()
+    stack = [parse_input(ref)[0] for n in nodes if n.name not in foldable for ref in n.input]
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in foldable or name not in by_name:
+            continue
+        needed.add(name)
+        stack.extend(parse_input(ref)[0] for ref in by_name[name].input)
+    return needed
 
 
 # --------------------------------------------------------------------- lowering ---

@@ -74,7 +74,7 @@ def test_keras_cnn_lowering(models):
     assert "T" not in conv.attrs and conv.attrs["padding"] == "SAME"  # T follows the values' dtypes
     assert conv.attrs["strides"] == [1, 1, 1, 1] and conv.outputs[0].shape[1:] == (16, 16, 16)
     assert conv.name == conv.outputs[0].name
-    kernel = conv.inputs[1].producer.inputs[0]  # Identity(ReadVariableOp) of the frozen variable
+    kernel = conv.inputs[1]  # the frozen variable; its Identity(ReadVariableOp) was folded
     assert kernel.is_constant and kernel.data.shape == (3, 3, 3, 16) and kernel.dtype == DType.FLOAT32
     output = graph.outputs[0].producer
     assert output.op == "Identity" and output.attrs[frontend.CONTROL_INPUTS] == ["NoOp"]
