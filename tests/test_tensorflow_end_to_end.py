@@ -132,9 +132,16 @@ def test_matmul_like_ops_are_bf16(case):
     for node in low:
         assert node.meta["precision"] == "bf16", (node.name, node.meta)
         assert node.outputs[0].dtype == DType.BFLOAT16
-    emitted = {n.name: n for n in case.converted.model.graph_def.node}
+    emitted = _emitted_nodes(case.converted.model.graph_def)
     for node in low:
-        assert emitted[node.outputs[0].name].attr["T"].type == BF16
+        assert emitted[node.outputs[0].name.rsplit(frontend.BODY_SEP, 1)[-1]].attr["T"].type == BF16
+
+
+def _emitted_nodes(graph_def) -> dict:
+    """NodeDefs of the main graph and of every library function, by (local) name."""
+    nodes = {n.name: n for f in graph_def.library.function for n in f.node_def}
+    nodes.update({n.name: n for n in graph_def.node})
+    return nodes
 
 
 def test_weights_are_bf16_consts_and_no_const_is_cast(case):
@@ -185,14 +192,33 @@ def test_transformer_policy():
             assert node.outputs[0].dtype == DType.FLOAT32
 
 
-def test_control_flow_bodies_stay_fp32():
+def test_control_flow_bodies_are_painted_like_the_main_graph():
+    """Regression: functional While/If bodies stayed untouched (0 bf16 nodes in them).
+    Now they are IR subgraphs painted like the main graph: the loop body's MatMul and the
+    Tanh after it run in bf16 and its weight is a bf16 Const; the loop-carried values stay
+    FP32 on the body's boundary, so the While's T, the body's and the cond's signatures and
+    the body's outputs agree; functions are renamed so both graphs load side by side."""
     flow = CASES.get("control_flow") or _build("control_flow")
     graph = flow.converted.ir.graph
     (loop,) = [n for n in graph.nodes if n.op == "While"]
     assert all(v.dtype != DType.BFLOAT16 for v in loop.outputs)
     assert [n.meta["precision"] for n in graph.nodes if n.op == "MatMul"] == ["bf16"]
-    names = {f.signature.name for f in flow.converted.model.graph_def.library.function}
-    assert all("_mp" in name for name in names)
+    body = loop.attrs["body"]
+    assert {n.op: n.meta["precision"] for n in body.nodes if n.op in ("MatMul", "Tanh")} == \
+        {"MatMul": "bf16", "Tanh": "bf16"}
+    assert [v.dtype for v in body.inputs] == [v.dtype for v in body.outputs] == [v.dtype for v in loop.inputs]
+    graph_def = flow.converted.model.graph_def
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    assert all("_mp" in name for name in functions)
+    (while_node,) = [n for n in graph_def.node if n.op == "While"]
+    body_def, cond_def = functions[while_node.attr["body"].func.name], functions[while_node.attr["cond"].func.name]
+    carried = list(while_node.attr["T"].list.type)
+    assert [a.type for a in body_def.signature.input_arg] == [a.type for a in body_def.signature.output_arg] == carried
+    assert [a.type for a in cond_def.signature.input_arg] == carried
+    matmul = [n for n in body_def.node_def if n.op == "MatMul"]
+    assert len(matmul) == 1 and matmul[0].attr["T"].type == BF16
+    assert sum(1 for n in body_def.node_def if n.attr["T"].type == BF16 or n.attr.get("DstT") and
+               n.attr["DstT"].type == BF16) >= 3
 
 
 # ------------------------------------------------------------------ saving ---

@@ -728,16 +728,44 @@ def import_graph(graph_def: graph_pb2.GraphDef) -> tf.Graph:
     return graph
 
 
+#: functional ops and the attributes that name the functions they run; those functions
+#: are lowered as IR subgraphs of the calling node (see ``_Lowerer._lower_functions``)
+FUNCTION_ATTRS: dict[str, tuple[str, ...]] = {
+    "While": ("cond", "body"), "StatelessWhile": ("cond", "body"),
+    "If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
+    "PartitionedCall": ("f",), "StatefulPartitionedCall": ("f",),
+}
+#: separator between a function body's prefix (``<calling node>>``<attr>``) and its names
+BODY_SEP = ">"
+
+
 class _Lowerer:
-    def __init__(self, source: GraphSource, tf_graph: tf.Graph) -> None:
+    """Lowers one GraphSource; with ``prefix``, a function body (every value and node name
+    prefixed, so names stay unique across the graph tree), sharing ``shells`` and
+    ``functions`` (body graph name -> FunctionDef name) with the main graph's lowerer."""
+
+    def __init__(self, source: GraphSource, tf_graph: tf.Graph, prefix: str = "",
+                 library: dict[str, Any] | None = None, shells: dict[str, bytes] | None = None,
+                 functions: dict[str, str] | None = None) -> None:
         self.source = GraphSource(source.graph_def, list(source.inputs), list(source.outputs),
                                   list(source.input_keys), list(source.output_keys), source.call, source.source)
         self.tf_graph = tf_graph
-        self.graph = Graph("main", FRAMEWORK)
+        self.prefix = prefix
+        self.graph = Graph(prefix[:-len(BODY_SEP)] if prefix else "main", FRAMEWORK)
         self.values: dict[tuple[str, int], Value] = {}
-        self.shells: dict[str, bytes] = {}
+        self.shells: dict[str, bytes] = shells if shells is not None else {}
+        self.library = library if library is not None else {f.signature.name: f for f in
+                                                            source.graph_def.library.function}
+        self.functions: dict[str, str] = functions if functions is not None else {}
+
+    def _name(self, name: str) -> str:
+        return self.prefix + name
 
     def run(self) -> Model:
+        self.lower_graph()
+        return Model(self.graph, {TF_META: self._meta()})
+
+    def lower_graph(self) -> Graph:
         nodes = topological_order(self.source.graph_def.node)
         inputs = {name.split(":")[0] for name in self.source.inputs}
         for node in nodes:
@@ -758,7 +786,7 @@ class _Lowerer:
             else:
                 self._lower_node(node)
         self.graph.outputs = [self._output(name) for name in self.source.outputs]
-        return Model(self.graph, {TF_META: self._meta()})
+        return self.graph
 
     def _meta(self) -> dict[str, Any]:
         gd = self.source.graph_def
@@ -766,6 +794,7 @@ class _Lowerer:
             "library": gd.library.SerializeToString(deterministic=True),
             "versions": gd.versions.SerializeToString(deterministic=True),
             "shells": self.shells,
+            "functions": self.functions,
             "input_keys": list(self.source.input_keys),
             "output_keys": list(self.source.output_keys),
             "call": self.source.call,
@@ -792,11 +821,13 @@ class _Lowerer:
         for key in drop:
             if key in shell.attr:
                 del shell.attr[key]
-        self.shells[node.name] = shell.SerializeToString(deterministic=True)
+        if self.prefix:
+            shell.input[:] = [f"^{self._name(r[1:])}" if r.startswith("^") else r for r in shell.input]
+        self.shells[self._name(node.name)] = shell.SerializeToString(deterministic=True)
 
     def _lower_placeholder(self, node: node_def_pb2.NodeDef) -> None:
         dtype, shape = self._tf_output(node.name, 0)
-        value = self.graph.add_input(Value(node.name, dtype, shape))
+        value = self.graph.add_input(Value(self._name(node.name), dtype, shape))
         self.values[(node.name, 0)] = value
         self._shell(node, ("dtype",))
 
@@ -806,7 +837,7 @@ class _Lowerer:
 
     def _lower_const(self, node: node_def_pb2.NodeDef) -> None:
         data = self._const_data(node)
-        value = Value(node.name, ir_dtype(node.attr["value"].tensor.dtype), tuple(data.shape), data)
+        value = Value(self._name(node.name), ir_dtype(node.attr["value"].tensor.dtype), tuple(data.shape), data)
         self.values[(node.name, 0)] = self.graph.add_constant(value)
         if set(node.attr) - {"dtype", "value"} or node.input or node.device:
             self._shell(node, ("dtype", "value"))
@@ -817,7 +848,8 @@ class _Lowerer:
         outputs = []
         for index in range(count):
             dtype, shape = self._tf_output(node.name, index)
-            outputs.append(Value(node.name if index == 0 else f"{node.name}:{index}", dtype, shape))
+            name = self._name(node.name)
+            outputs.append(Value(name if index == 0 else f"{name}:{index}", dtype, shape))
         attrs, kinds = convert_attrs(node)
         definition = op_def(node.op)
         types = {}
@@ -825,8 +857,9 @@ class _Lowerer:
             for key in derived_type_attrs(definition, attrs, [v.dtype for v in inputs], [v.dtype for v in outputs]):
                 types[key] = attrs.pop(key)
         if control:
-            attrs[CONTROL_INPUTS] = control
-        ir_node = Node(node.op, inputs, outputs, attrs, name=node.name)
+            attrs[CONTROL_INPUTS] = [self._name(c) for c in control]
+        self._lower_functions(node, attrs, inputs)
+        ir_node = Node(node.op, inputs, outputs, attrs, name=self._name(node.name))
         declared = {a.name for a in definition.attr} if definition is not None else set()
         extra = {k: v for k, v in kinds.items() if k not in declared}
         if extra or node.device or node.HasField("experimental_type") or node.HasField("experimental_debug_info"):
@@ -835,6 +868,32 @@ class _Lowerer:
         self.graph.append(ir_node)
         for index, value in enumerate(outputs):
             self.values[(node.name, index)] = value
+
+    def _lower_functions(self, node: node_def_pb2.NodeDef, attrs: dict[str, Any], inputs: list[Value]) -> None:
+        """Replace the names of the functions a functional op runs (``FUNCTION_ATTRS``)
+        with their bodies as IR graphs named ``<node>>``<attr>`` (the FunctionDef's name
+        recorded in ``functions``). A body TF cannot import stays a name (opaque)."""
+        for key in FUNCTION_ATTRS.get(node.op, ()):
+            name = attrs.get(key)
+            if not isinstance(name, str) or name not in self.library:
+                continue
+            prefix = f"{self._name(node.name)}{BODY_SEP}{key}{BODY_SEP}"
+            try:
+                attrs[key] = self._lower_function(self.library[name], prefix, _arg_shapes(node, attrs, inputs))
+            except (ModelLoadError, UnsupportedModelError, ValueError) as exc:
+                logger.info("function %s of %s stays opaque: %s", name, node.name, first_line(exc))
+                continue
+            self.functions[prefix[:-len(BODY_SEP)]] = name
+
+    def _lower_function(self, fdef: Any, prefix: str, shapes: list[Any] | None) -> Graph:
+        from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
+        graph_def, flat = function_def_to_graph_def(fdef, input_shapes=shapes)
+        graph_def.library.CopyFrom(self.source.graph_def.library)
+        inputs = [f"{arg.name}:0" for arg in fdef.signature.input_arg]
+        outputs = [flat[fdef.ret[arg.name]] for arg in fdef.signature.output_arg]
+        source = GraphSource(graph_def, inputs, outputs, list(inputs), list(outputs))
+        body = _Lowerer(source, import_graph(graph_def), prefix, self.library, self.shells, self.functions)
+        return body.lower_graph()
 
     def _read_inputs(self, node: node_def_pb2.NodeDef) -> tuple[list[Value], list[str]]:
         """The node's data inputs as values, and the names of its control inputs."""
@@ -850,6 +909,18 @@ class _Lowerer:
                 raise ModelLoadError(f"node {node.name!r} reads {ref!r}, which is not a tensor of the graph")
             inputs.append(value)
         return inputs, control
+
+
+def _arg_shapes(node: node_def_pb2.NodeDef, attrs: dict[str, Any], inputs: list[Value]) -> list[Any] | None:
+    """The shapes a functional op's function arguments have: a While's ``output_shapes``
+    (loop-invariant shapes), an If's inputs after the condition, a call's inputs."""
+    if node.op in ("While", "StatelessWhile"):
+        shapes = attrs.get("output_shapes")
+        if isinstance(shapes, list) and len(shapes) == len(inputs):
+            return [tf.TensorShape(None if s is None else [d if d >= 0 else None for d in s]) for s in shapes]
+        return None
+    args = inputs[1:] if node.op in ("If", "StatelessIf") else inputs
+    return [tf.TensorShape(None if v.shape is None else list(v.shape)) for v in args]
 
 
 def derived_type_attrs(definition: Any, attrs: dict[str, Any], in_dtypes: list[DType],
