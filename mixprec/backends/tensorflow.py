@@ -49,6 +49,10 @@ from mixprec.naming import claim, identifier
 logger = logging.getLogger(__name__)
 
 _SUFFIX = re.compile(r"_mp[0-9a-f]{8}\Z")
+#: names a gradient function registered in the exporting process only (tf.custom_gradient,
+#: e.g. Keras's swish): never written, the converted graph is for inference, and saving a
+#: SavedModel would trace that FP32 gradient on the converted bf16 ops and fail
+CUSTOM_GRADIENT = "_gradient_op_type"
 
 
 # --------------------------------------------------------------------- interface ---
@@ -345,6 +349,8 @@ class _Emitter:
         kinds = {a.name: a.type for a in definition.attr} if definition is not None else {}
         kinds = {**tf_meta.get("kinds", {}), **kinds}
         for key, value in node.attrs.items():
+            if key == CUSTOM_GRADIENT:
+                continue
             if isinstance(value, Graph):
                 out.attr[key].func.name = self._emit_body(value, node)
             elif key != CONTROL_INPUTS:
