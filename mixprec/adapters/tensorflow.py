@@ -4,6 +4,10 @@ directories, ``.keras`` files and frozen ``.pb`` GraphDefs.
 The converted model is a :class:`mixprec.backends.tensorflow.GraphModel` (a frozen
 GraphDef that calls like a function); emitting validates it by importing it into TF.
 ``save`` writes a ``.pb`` GraphDef, or a SavedModel directory for a path without suffix.
+``config.inputs`` / ``config.outputs`` choose a GraphDef's interface (for the conversion
+and the FP32 reference run alike). Output-check inputs come from
+``mixprec.sample_inputs.shape_ladder`` (unknown image sides 224, 320, 640, 32); an FP32
+run whose outputs are empty or at the float32 limit rejects its sample.
 
 Runtime capability: an op whose float type attribute (``T``, ...) has no CPU kernel
 registered for the target dtype stays FP32 (probed in TF's kernel registry; ops with no

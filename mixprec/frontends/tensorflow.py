@@ -39,9 +39,19 @@ IR conventions for TF graphs (``mixprec.backends.tensorflow`` reads exactly thes
   ``T`` of While) stay: they also say how many tensors an argument has.
 - The cast is ``Cast`` with DType attrs ``SrcT``/``DstT`` and ``Truncate`` (TF's own form;
   passes keep them right).
-- Functions of the library (While/If bodies, PartitionedCall targets) are not lowered:
-  the FunctionDefLibrary is kept serialized in ``model.meta["tensorflow"]["library"]``
-  and the nodes that call them keep their dtypes (the policy denies them).
+- The functions that While/StatelessWhile (``cond``, ``body``), If/StatelessIf (branches)
+  and (Stateful)PartitionedCall (``f``) run are lowered as IR subgraphs in place of the
+  function name attribute: graph ``<node>>``<attr>``, every value and node name inside
+  prefixed with ``<node>>``<attr>>`` (unique across the tree), inputs = the function's
+  arguments, outputs = its results; ``model.meta["tensorflow"]["functions"]`` maps each
+  body graph's name to its FunctionDef's. Passes paint them like the main graph; their
+  inputs and outputs keep their dtypes, so loop-carried values agree with the While's
+  ``T``. A function TF cannot import stays a name (opaque); the FunctionDefLibrary is
+  kept serialized in ``model.meta["tensorflow"]["library"]``.
+- Constant-only subgraphs are evaluated by TF at load (``fold_constants``): the IR sees
+  Consts (a frozen Keras BatchNorm's scale and offset), which convert-constants can store
+  in bf16.
+- Variant and resource tensors (TensorList handles) are UNKNOWN: never float.
 
 ``model.meta["tensorflow"]`` keys: ``library`` (bytes), ``versions`` (bytes),
 ``shells`` ({name: NodeDef bytes} for Placeholder and Const nodes), ``input_keys`` /
