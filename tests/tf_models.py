@@ -96,3 +96,47 @@ def make_control_flow(seed: int = 0) -> tf.types.experimental.PolymorphicFunctio
 
     model.variables_ = (weight, dense)  # keep the variables alive with the function
     return model
+
+
+def make_fully_convolutional(seed: int = 0) -> keras.Model:
+    """A Keras CNN on images of any size (input ``(None, None, None, 3)``): three
+    stride-2 valid 5x5 convolutions (receptive field 29 pixels: an 8x8 input is too small)
+    with BatchNorm and ReLU, global max pooling and a Dense head; calibrated on 64x64
+    versions of :func:`images`."""
+    keras.utils.set_random_seed(seed)
+    init = keras.initializers.HeNormal(seed=seed)
+    inputs = keras.Input((None, None, 3), name="image")
+    x = inputs
+    for width in (8, 16, 16):
+        x = keras.layers.Conv2D(width, 5, strides=2, padding="valid", kernel_initializer=init)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    outputs = keras.layers.Dense(CLASSES, kernel_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=seed))(x)
+    model = keras.Model(inputs, outputs, name="fully_convolutional")
+    _calibrate_batch_norm(model, np.repeat(np.repeat(images(8, seed=5), 4, axis=1), 4, axis=2))
+    return model
+
+
+def make_tensor_array(seed: int = 0) -> tf.types.experimental.PolymorphicFunction:
+    """A tf.function that writes MatMul results into TensorArrays (TensorList ops on
+    DT_VARIANT handles): two writes in the main graph, then a tf.while_loop that
+    accumulates tanh(h @ W) steps in a second TensorArray; returns a MatMul of the max of
+    the first stack plus the sum of the second."""
+    rng = np.random.default_rng(seed)
+    weight = tf.constant((rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, WIDTH], tf.float32, name="x")])
+    def model(x):
+        first = tf.TensorArray(tf.float32, size=2, element_shape=[None, WIDTH])
+        first = first.write(0, tf.matmul(x, weight)).write(1, tf.matmul(x * 2.0, weight))
+        steps = tf.TensorArray(tf.float32, size=3)
+
+        def body(i, h, steps):
+            h = tf.tanh(tf.matmul(h, weight))
+            return i + 1, h, steps.write(i, h)
+
+        _, h, steps = tf.while_loop(lambda i, h, steps: i < 3, body, [0, x, steps])
+        return tf.matmul(tf.reduce_max(first.stack(), 0), weight) + tf.reduce_sum(steps.stack(), 0) + h
+
+    return model

@@ -4,6 +4,10 @@ directories, ``.keras`` files and frozen ``.pb`` GraphDefs.
 The converted model is a :class:`mixprec.backends.tensorflow.GraphModel` (a frozen
 GraphDef that calls like a function); emitting validates it by importing it into TF.
 ``save`` writes a ``.pb`` GraphDef, or a SavedModel directory for a path without suffix.
+``config.inputs`` / ``config.outputs`` choose a GraphDef's interface (for the conversion
+and the FP32 reference run alike). Output-check inputs come from
+``mixprec.sample_inputs.shape_ladder`` (unknown image sides 224, 320, 640, 32); an FP32
+run whose outputs are empty or at the float32 limit rejects its sample.
 
 Runtime capability: an op whose float type attribute (``T``, ...) has no CPU kernel
 registered for the target dtype stays FP32 (probed in TF's kernel registry; ops with no
@@ -13,33 +17,39 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
 
 from mixprec.adapters.base import Adapter, RuntimeLimits
 from mixprec.backends import tensorflow as backend
 from mixprec.config import MixedPrecisionConfig
-from mixprec.errors import ConfigError
+from mixprec.errors import SampleInputError
 from mixprec.frontends import tensorflow as frontend
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node
 from mixprec.passes.common import graph_policy, target_dtype
 from mixprec.passes.policies import Policy
+from mixprec.sample_inputs import SEED, InputSpec, input_bytes_limit, make_arrays, shape_ladder
 
 logger = logging.getLogger(__name__)
-
-BATCH = 2          # unknown dim 0 of generated sample inputs
-OTHER_DIM = 8      # any other unknown dim
-INT_HIGH = 4       # generated integer inputs lie in [0, INT_HIGH)
-
 
 class TensorflowAdapter(Adapter):
     name = "tensorflow"
 
+    def __init__(self) -> None:
+        #: config.inputs / config.outputs of the model being converted: the interface of
+        #: a GraphDef, which the FP32 reference run must use too
+        self._graph_io: tuple[list[str] | None, list[str] | None] = (None, None)
+
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
-        return frontend.load(model, input_signature=_signature(model, config.example_inputs))
+        self._graph_io = (config.inputs, config.outputs)
+        signature = _signature(model, config.example_inputs)
+        if signature is None and frontend.is_keras(model) and not has_defined_input(model):
+            signature = _signature(model, config.sample_inputs)  # a subclassed model: trace it on those
+        return frontend.load(model, input_signature=signature, inputs=config.inputs, outputs=config.outputs)
 
     def runtime_limits(self, ir_model: Model, config: MixedPrecisionConfig) -> RuntimeLimits:
         target = frontend.tf_dtype(target_dtype(config.precision)).as_datatype_enum
@@ -55,6 +65,8 @@ class TensorflowAdapter(Adapter):
         return backend.graph_model(ir_model).load()
 
     def native(self, model: Any) -> Any:
+        if isinstance(model, graph_pb2.GraphDef):
+            return self._graph_model(model)
         if not isinstance(model, (str, os.PathLike)):
             return model
         path = os.fspath(model)
@@ -63,29 +75,41 @@ class TensorflowAdapter(Adapter):
         if path.lower().endswith(".keras"):
             import keras
             return keras.models.load_model(path, compile=False)
-        source = frontend.graph_def_source(frontend.read_graph_def(path))
-        ir_model = frontend.lower(source)
-        return backend.graph_model(ir_model, source.graph_def)
+        return self._graph_model(frontend.read_graph_def(path))
+
+    def _graph_model(self, graph_def: Any) -> backend.GraphModel:
+        """The FP32 GraphDef, callable, with the interface the conversion used."""
+        inputs, outputs = self._graph_io
+        source = frontend.graph_def_source(graph_def, outputs, inputs)
+        return backend.graph_model(frontend.lower(source), source.graph_def)
 
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         if config.sample_inputs is not None:
             return config.sample_inputs
-        return make_sample_inputs(ir_model)
+        return next(iter(self.candidate_inputs(original, ir_model, config)))
+
+    def candidate_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Iterator[Any]:
+        """The user's sample inputs alone, else one list of arrays (in input order) per
+        shape of ``mixprec.sample_inputs.shape_ladder``: unknown dims of NHWC/NCHW images
+        take 224, 320, 640, 32; ``config.input_shapes`` (by input key) wins."""
+        if config.sample_inputs is not None:
+            yield config.sample_inputs
+            return
+        specs = input_specs(ir_model)
+        limit = input_bytes_limit(weight_bytes(ir_model))
+        for shapes in shape_ladder(specs, given=config.input_shapes, limit_bytes=limit):
+            arrays = make_arrays(specs, shapes)
+            yield [arrays[spec.name] for spec in specs]
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
         native = self.native(original)
         if isinstance(native, backend.GraphModel):
-            return to_numpy(native(*_ordered(inputs, native.input_keys)))
+            return checked_reference(to_numpy(native(*_ordered(inputs, native.input_keys))))
         if frontend.is_keras(native):
-            if isinstance(inputs, dict):
-                return to_numpy(native(inputs, training=False))
-            arrays = _input_list(inputs)
-            nested = isinstance(native.input, (list, tuple, dict))
-            structure = tf.nest.pack_sequence_as(native.input, arrays) if nested else arrays[0]
-            return to_numpy(native(structure, training=False))
+            return checked_reference(to_numpy(native(keras_structure(native, inputs), training=False)))
         signature = getattr(native, "structured_input_signature", None)
         keys = sorted(signature[1]) if signature is not None and not signature[0] else []
-        return to_numpy(_call_function(native, _ordered(inputs, keys)))
+        return checked_reference(to_numpy(_call_function(native, _ordered(inputs, keys))))
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
         return to_numpy(converted(*_ordered(inputs, converted.input_keys)))
@@ -160,29 +184,77 @@ def to_numpy(outputs: Any) -> list[np.ndarray]:
     return out
 
 
-def make_sample_inputs(ir_model: Model, seed: int = 0) -> list[np.ndarray]:
-    """One array per graph input: float standard normal, ints in [0, INT_HIGH), bools
-    random; unknown dims are BATCH (dim 0) or OTHER_DIM."""
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for value in ir_model.graph.inputs:
-        if value.shape is None:
-            raise ConfigError(f"input {value.name} has unknown rank; pass sample_inputs")
-        shape = tuple(d if isinstance(d, int) and d >= 0 else (BATCH if i == 0 else OTHER_DIM)
-                      for i, d in enumerate(value.shape))
-        arrays.append(_random(rng, value.dtype, shape, value.name))
-    return arrays
+def has_defined_input(model: Any) -> bool:
+    """True when a Keras model has ``model.input`` (functional and built Sequential models;
+    a subclassed model never does, even after a call)."""
+    try:
+        model.input
+    except (AttributeError, ValueError):
+        return False
+    return True
 
 
-def _random(rng: np.random.Generator, dtype: DType, shape: tuple, name: str) -> np.ndarray:
-    if dtype.is_float:
-        return rng.standard_normal(shape).astype(np.float32).astype(dtype.to_numpy())
-    if dtype == DType.BOOL:
-        return rng.random(shape) < 0.5
-    if dtype in (DType.INT8, DType.INT16, DType.INT32, DType.INT64, DType.UINT8, DType.UINT16, DType.UINT32,
-                 DType.UINT64):
-        return rng.integers(0, INT_HIGH, shape).astype(dtype.to_numpy())
-    raise ConfigError(f"cannot generate sample data for input {name} of type {dtype.value}; pass sample_inputs")
+def keras_structure(model: Any, inputs: Any) -> Any:
+    """The inputs as the Keras model takes them (and as the frontend traced it): a dict as
+    is; else packed like ``model.input`` when it has one, otherwise one array alone or a
+    list (a subclassed model was traced on exactly that structure)."""
+    if isinstance(inputs, dict):
+        return inputs
+    arrays = _input_list(inputs)
+    if has_defined_input(model) and isinstance(model.input, (list, tuple, dict)):
+        return tf.nest.pack_sequence_as(model.input, arrays)
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+#: an FP32 output at this magnitude is the identity of an empty reduction (max of nothing
+#: is -FLT_MAX) or an overflow, not a value the network computes on a sensible input
+DEGENERATE = 0.5 * float(np.finfo(np.float32).max)
+
+
+def checked_reference(outputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The FP32 outputs, or SampleInputError when they are empty or reach the float32
+    limit: the sample input did not fit the network (e.g. smaller than its receptive
+    field), so comparing a converted model with them would prove nothing."""
+    for index, array in enumerate(outputs):
+        if array.dtype.kind != "f":
+            continue
+        if array.size == 0:
+            raise SampleInputError(f"FP32 output {index} is empty on this sample input")
+        finite = array[np.isfinite(array)]
+        if finite.size and float(np.abs(finite).max()) >= DEGENERATE:
+            raise SampleInputError(f"FP32 output {index} reaches {float(np.abs(finite).max()):.3g}, the float32 "
+                                   "limit (an empty reduction or an overflow) on this sample input")
+    return outputs
+
+
+def input_specs(ir_model: Model) -> list[InputSpec]:
+    """One InputSpec per graph input, named by its input key (the names ``input_shapes``
+    uses); unknown dims are None, float inputs are FP32 (whatever keep_io_types did)."""
+    keys = ir_model.meta.get(frontend.TF_META, {}).get("input_keys") or []
+    values = ir_model.graph.inputs
+    names = list(keys) if len(keys) == len(values) else [v.name for v in values]
+    specs = []
+    for name, value in zip(names, values):
+        shape = None if value.shape is None else tuple(d if isinstance(d, int) and d >= 0 else None
+                                                       for d in value.shape)
+        dtype = DType.FLOAT32 if value.dtype.is_float and value.dtype != DType.FLOAT64 else value.dtype
+        specs.append(InputSpec(name, dtype, shape))
+    return specs
+
+
+def weight_bytes(ir_model: Model) -> int:
+    """Bytes of the model's constants (all graphs)."""
+    return sum(int(np.asarray(v.data).nbytes) for g in ir_model.graph.all_graphs()
+               for v in g.constants.values() if v.data is not None)
+
+
+def make_sample_inputs(ir_model: Model, seed: int = SEED) -> list[np.ndarray]:
+    """The first candidate of the shape ladder, one array per graph input (see
+    ``TensorflowAdapter.candidate_inputs``)."""
+    specs = input_specs(ir_model)
+    shapes = next(iter(shape_ladder(specs, limit_bytes=input_bytes_limit(weight_bytes(ir_model)))))
+    arrays = make_arrays(specs, shapes, seed=seed)
+    return [arrays[spec.name] for spec in specs]
 
 
 def lowerable_type_attrs(node: Node, policy: Policy) -> tuple[str, ...]:

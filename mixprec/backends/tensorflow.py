@@ -38,8 +38,8 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, v
 
 from mixprec.errors import ConfigError, ConversionError, UnsupportedModelError
 from mixprec.fileio import atomic_write_bytes, atomic_write_dir, same_file
-from mixprec.frontends.tensorflow import (CONTROL_INPUTS, TF_META, RawAttr, arg_ranges, op_def, parse_input, sanitize,
-                                         tf_dtype)
+from mixprec.frontends.tensorflow import (BODY_SEP, CONTROL_INPUTS, TF_META, RawAttr, arg_ranges, convert_attrs, op_def,
+                                         ir_dtype, parse_input, sanitize, tf_dtype)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.naming import claim, identifier
@@ -47,6 +47,10 @@ from mixprec.naming import claim, identifier
 logger = logging.getLogger(__name__)
 
 _SUFFIX = re.compile(r"_mp[0-9a-f]{8}\Z")
+#: names a gradient function registered in the exporting process only (tf.custom_gradient,
+#: e.g. Keras's swish): never written, the converted graph is for inference, and saving a
+#: SavedModel would trace that FP32 gradient on the converted bf16 ops and fail
+CUSTOM_GRADIENT = "_gradient_op_type"
 
 
 # --------------------------------------------------------------------- interface ---
@@ -178,12 +182,24 @@ class _Names:
 
 
 class _Emitter:
-    def __init__(self, model: Model) -> None:
+    """Emits one graph of the tree: the main graph (``run``) or a function body
+    (``function``), sharing ``bodies`` (FunctionDefs emitted from body subgraphs, by
+    name) and the original ``library`` with the emitters of the graphs nested in it."""
+
+    def __init__(self, model: Model, graph: Graph | None = None, library: dict[str, Any] | None = None,
+                 bodies: dict[str, Any] | None = None) -> None:
         self.model = model
-        self.graph = model.graph
+        self.graph = graph if graph is not None else model.graph
         self.meta = model.meta.get(TF_META, {})
         self.shells: dict[str, bytes] = self.meta.get("shells", {})
         self.names = _Names(self.graph)
+        if library is None:
+            parsed = graph_pb2.GraphDef().library
+            if self.meta.get("library"):
+                parsed.ParseFromString(self.meta["library"])
+            library = {f.signature.name: f for f in parsed.function}
+        self.library = library
+        self.bodies: dict[str, Any] = bodies if bodies is not None else {}
 
     def run(self) -> graph_pb2.GraphDef:
         if self.graph.framework != "tensorflow":
@@ -194,13 +210,85 @@ class _Emitter:
         else:
             graph_def.versions.CopyFrom(versions_pb2.VersionDef(producer=tf.version.GRAPH_DEF_VERSION))
         nodes = [self._placeholder(v) for v in self.graph.inputs]
-        nodes += [self._const(v) for v in self.graph.constants.values()]
-        nodes += [self._node(n) for n in self.graph.iter_nodes()]
+        nodes += self._body_nodes()
         graph_def.node.extend(_outputs_last(nodes, self._output_producers()))
         if self.meta.get("library"):
             graph_def.library.ParseFromString(self.meta["library"])
+        _replace_functions(graph_def.library, self.bodies)
         rename_functions(graph_def)
         return graph_def
+
+    def _body_nodes(self) -> list[node_def_pb2.NodeDef]:
+        nodes = [self._const(v) for v in self.graph.constants.values()]
+        return nodes + [self._node(n) for n in self.graph.iter_nodes()]
+
+    def function(self, original: Any) -> Any:
+        """The body graph as a FunctionDef with ``original``'s signature (argument and
+        result names, attributes), node names without the body's prefix, and inputs in
+        the FunctionDef form (``node:output_arg:index``; arguments by name)."""
+        from tensorflow.core.framework import function_pb2
+        prefix = self.graph.name + BODY_SEP
+        args = {self.names.value(v): arg.name for v, arg in zip(self.graph.inputs, original.signature.input_arg)}
+        nodes = self._body_nodes()
+        local = {n.name: _strip(n.name, prefix) for n in nodes}
+        out = function_pb2.FunctionDef()
+        out.signature.CopyFrom(original.signature)
+        for key in original.attr:
+            out.attr[key].CopyFrom(original.attr[key])
+        for index in original.arg_attr:
+            out.arg_attr[index].CopyFrom(original.arg_attr[index])
+        for index in original.resource_arg_unique_id:
+            out.resource_arg_unique_id[index] = original.resource_arg_unique_id[index]
+        by_name = {n.name: n for n in nodes}
+        for node in nodes:
+            copy = node_def_pb2.NodeDef()
+            copy.CopyFrom(node)
+            copy.name = local[node.name]
+            copy.input[:] = [self._function_ref(ref, by_name, local, args) for ref in node.input]
+            out.node_def.append(copy)
+        for value, arg in zip(self.graph.outputs, original.signature.output_arg):
+            out.ret[arg.name] = self._function_ref(self.names.ref(value), by_name, local, args)
+        kept = set(local.values())
+        for key, target in original.control_ret.items():
+            if target in kept:
+                out.control_ret[key] = target
+        del out.signature.control_output[:]
+        out.signature.control_output.extend(k for k in original.signature.control_output if k in out.control_ret)
+        for values, arg_defs in ((self.graph.inputs, out.signature.input_arg),
+                                 (self.graph.outputs, out.signature.output_arg)):
+            for value, arg in zip(values, arg_defs):
+                if value.dtype.is_float and ir_dtype(arg.type).is_float:  # never a variant/resource arg
+                    arg.type = _datatype(value.dtype, arg.name)
+        return out
+
+    def _function_ref(self, ref: str, by_name: dict[str, node_def_pb2.NodeDef], local: dict[str, str],
+                      args: dict[str, str]) -> str:
+        """A GraphDef tensor reference inside a body in FunctionDef form."""
+        name, index = parse_input(ref)
+        if index < 0:
+            return f"^{local.get(name, name)}"
+        if name in args:
+            return args[name]
+        node = by_name[name]
+        arg, offset = _output_arg(node, index, self.library, self.bodies)
+        return f"{local[name]}:{arg}:{offset}"
+
+    def _emit_body(self, graph: Graph, node: Node) -> str:
+        """Emit a body subgraph of ``node`` into ``bodies``; the name its caller uses."""
+        functions = self.meta.get("functions", {})
+        original_name = functions.get(graph.name)
+        original = self.library.get(original_name) if original_name else None
+        if original is None:
+            raise UnsupportedModelError(f"node {node.name!r}: subgraph {graph.name!r} names no library function")
+        fdef = _Emitter(self.model, graph, self.library, self.bodies).function(original)
+        name = original_name
+        taken = set(self.library) | set(self.bodies)
+        if name in self.bodies and self.bodies[name] != fdef:
+            same = next((k for k, v in self.bodies.items() if v == fdef), None)
+            name = same or claim(f"{original_name}_v", taken)
+        fdef.signature.name = name
+        self.bodies[name] = fdef
+        return name
 
     def _output_producers(self) -> list[str]:
         return [self.names.ref(v, explicit=True).rsplit(":", 1)[0] for v in self.graph.outputs]
@@ -259,13 +347,48 @@ class _Emitter:
         kinds = {a.name: a.type for a in definition.attr} if definition is not None else {}
         kinds = {**tf_meta.get("kinds", {}), **kinds}
         for key, value in node.attrs.items():
-            if key != CONTROL_INPUTS:
+            if key == CUSTOM_GRADIENT:
+                continue
+            if isinstance(value, Graph):
+                out.attr[key].func.name = self._emit_body(value, node)
+            elif key != CONTROL_INPUTS:
                 out.attr[key].CopyFrom(python_to_attr(value, kinds.get(key), f"{node.name}.{key}"))
         if definition is not None:
             _retype(out, definition, node)
         if tf_meta.get("experimental") and not _retyped(out, node):
             out.MergeFrom(node_def_pb2.NodeDef.FromString(tf_meta["experimental"]))
         return out
+
+
+def _strip(name: str, prefix: str) -> str:
+    return name[len(prefix):] if name.startswith(prefix) and len(name) > len(prefix) else name
+
+
+def _output_arg(node: node_def_pb2.NodeDef, index: int, library: dict[str, Any],
+                bodies: dict[str, Any]) -> tuple[str, int]:
+    """(output arg name, offset in it) of output ``index`` of ``node``: from its OpDef,
+    or from the signature of the library function it calls."""
+    definition = op_def(node.op)
+    if definition is None:
+        function = bodies.get(node.op) or library.get(node.op)
+        if function is None:
+            raise UnsupportedModelError(f"node {node.name!r}: op {node.op!r} is neither registered nor a function")
+        definition = function.signature
+    for arg, positions in arg_ranges(definition.output_arg, convert_attrs(node)[0]):
+        if index in positions:
+            return arg.name, index - positions.start
+    raise UnsupportedModelError(f"node {node.name!r} ({node.op}) has no output {index}")
+
+
+def _replace_functions(library: Any, bodies: dict[str, Any]) -> None:
+    """Put the FunctionDefs emitted from body subgraphs into ``library`` (replacing the
+    originals of the same name, adding the others)."""
+    if not bodies:
+        return
+    kept = [f for f in library.function if f.signature.name not in bodies]
+    del library.function[:]
+    library.function.extend(kept)
+    library.function.extend(bodies[name] for name in sorted(bodies))
 
 
 def _outputs_last(nodes: list[node_def_pb2.NodeDef], producers: list[str]) -> list[node_def_pb2.NodeDef]:
@@ -379,9 +502,10 @@ def _retype(out: node_def_pb2.NodeDef, definition: Any, node: Node) -> None:
     """Set the type attributes of ``out`` from the dtypes of the values bound to them
     (inputs first; an output binds only attributes no input binds)."""
     in_dtypes = [v.dtype if v is not None else DType.UNKNOWN for v in node.inputs]
-    _bind(out, arg_ranges(definition.input_arg, node.attrs), in_dtypes, set())
+    opaque = {key for key, value in node.attrs.items() if isinstance(value, RawAttr)}  # a variant/resource type
+    _bind(out, arg_ranges(definition.input_arg, node.attrs), in_dtypes, opaque)
     bound = {a.type_attr or a.type_list_attr for a in definition.input_arg} - {""}
-    _bind(out, arg_ranges(definition.output_arg, node.attrs), [v.dtype for v in node.outputs], bound)
+    _bind(out, arg_ranges(definition.output_arg, node.attrs), [v.dtype for v in node.outputs], bound | opaque)
 
 
 def _retyped(out: node_def_pb2.NodeDef, node: Node) -> bool:
@@ -498,7 +622,7 @@ def _dims(shape: tuple | None) -> list | None:
 
 def _unique_keys(keys: Sequence[str]) -> list[str]:
     taken: set[str] = set()
-    return [claim(identifier(key), taken) for key in keys]
+    return [claim(identifier(key, fallback="output"), taken) for key in keys]
 
 
 def save_saved_model(model: GraphModel, path: Path) -> None:

@@ -74,7 +74,7 @@ def test_keras_cnn_lowering(models):
     assert "T" not in conv.attrs and conv.attrs["padding"] == "SAME"  # T follows the values' dtypes
     assert conv.attrs["strides"] == [1, 1, 1, 1] and conv.outputs[0].shape[1:] == (16, 16, 16)
     assert conv.name == conv.outputs[0].name
-    kernel = conv.inputs[1].producer.inputs[0]  # Identity(ReadVariableOp) of the frozen variable
+    kernel = conv.inputs[1]  # the frozen variable; its Identity(ReadVariableOp) was folded
     assert kernel.is_constant and kernel.data.shape == (3, 3, 3, 16) and kernel.dtype == DType.FLOAT32
     output = graph.outputs[0].producer
     assert output.op == "Identity" and output.attrs[frontend.CONTROL_INPUTS] == ["NoOp"]
@@ -95,15 +95,21 @@ def test_cast_is_canonical():
     assert casts[0].attrs == {"SrcT": DType.FLOAT32, "DstT": DType.FLOAT16, "Truncate": False}
 
 
-def test_control_flow_functions_stay_opaque(models):
-    """While/If bodies stay in the library (kept in meta); their nodes name them."""
+def test_control_flow_functions_are_subgraphs(models):
+    """While/If bodies are IR subgraphs of their node, named ``<node>>``<attr>``, their
+    values prefixed so names stay unique; meta maps each to its library function."""
     ir_model = frontend.load(models["control_flow"][0])
     ops = {n.op: n for n in ir_model.graph.nodes}
     assert {"While", "StatelessIf"} <= set(ops)
     library = tf.compat.v1.GraphDef().library
     library.ParseFromString(ir_model.meta["tensorflow"]["library"])
     names = {f.signature.name for f in library.function}
-    assert ops["While"].attrs["body"] in names and ops["StatelessIf"].attrs["then_branch"] in names
+    functions = ir_model.meta["tensorflow"]["functions"]
+    body, branch = ops["While"].attrs["body"], ops["StatelessIf"].attrs["then_branch"]
+    assert body.name == "while>body" and functions[body.name] in names and functions[branch.name] in names
+    assert {n.op for n in body.nodes} >= {"MatMul", "Tanh"}
+    assert all(v.name.startswith("while>body>") for v in body.values())
+    assert len(body.inputs) == len(ops["While"].inputs) == len(body.outputs)
     assert ir_model.meta["tensorflow"]["output_keys"] == ["mean", "out"]
 
 
