@@ -50,7 +50,7 @@ def keras_file(name: str, side: int, **kwargs):
     def build(out: Path) -> dict:
         model, x = _application(name, side, **kwargs)
         model.save(str(out))
-        return {model.inputs[0].name: x}
+        return {model.inputs[0]._keras_history.operation.name: x}  # the InputLayer's name
     return build
 
 
