@@ -90,9 +90,12 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return _run([sys.executable, "-m", "mixprec.cli", *args], CONVERT_TIMEOUT)
 
 
-def run_without_mixprec(framework: str, model: Path, feeds: Path, out: Path) -> tuple[list[np.ndarray], str]:
-    """Run ``model`` in a fresh interpreter (-I) where ``import mixprec`` fails; its outputs and runtime."""
-    code = BLOCK_MIXPREC + (f"import runpy, sys\nsys.argv = {[str(RUN_MODEL), framework, str(model), str(feeds), str(out)]!r}\n"
+def run_without_mixprec(framework: str, model: Path, feeds: Path, out: Path,
+                        onnx_runtime: str = "auto") -> tuple[list[np.ndarray], str]:
+    """Run ``model`` in a fresh interpreter (-I) where ``import mixprec`` fails; its outputs and
+    runtime. ONNX runs in onnxruntime, else onnx.reference; ``onnx_runtime="reference"`` forces the latter."""
+    code = BLOCK_MIXPREC + (f"import os, runpy, sys\nos.environ['MIXPREC_CORPUS_ONNX_RUNTIME'] = {onnx_runtime!r}\n"
+                            f"sys.argv = {[str(RUN_MODEL), framework, str(model), str(feeds), str(out)]!r}\n"
                             f"runpy.run_path({str(RUN_MODEL)!r}, run_name='__main__')\n")
     done = _run([sys.executable, "-I", "-c", code], RUN_TIMEOUT)
     if done.returncode != 0:
@@ -222,6 +225,7 @@ def run_entry(entry: Entry, work: Path | None = None) -> dict[str, Any]:
         row.update(report_figures(json.loads(report.read_text())))
         got = _reload(entry, out, feeds, work / "lp.npz", row)
         if got is not None:
+            expected = _same_runtime_reference(entry, expected, feeds, work, row)
             _match(entry, expected, got, row)
             _reconvert(entry, out, feeds, got, work, row)
     if entry.framework != "torch":
@@ -237,8 +241,36 @@ def _reload(entry: Entry, out: Path, feeds: Path, result: Path, row: dict) -> li
         got, row["lp_runtime"] = run_without_mixprec(entry.framework, out, feeds, result)
         return got
     except RuntimeError as exc:
-        row["failures"].append(("reload", str(exc)))
+        message = str(exc)
+        if entry.framework == "onnx" and "onnx.reference:" in message:
+            message += _reference_on_fp32(entry, feeds, result)
+        row["failures"].append(("reload", message))
         return None
+
+
+def _reference_on_fp32(entry: Entry, feeds: Path, result: Path) -> str:
+    """Whether onnx.reference runs the FP32 model at all (if not, the evaluator is the limit)."""
+    try:
+        run_without_mixprec("onnx", entry.model_path(), feeds, result.with_name("fp32-reference.npz"), "reference")
+        return " [onnx.reference runs the FP32 model]"
+    except RuntimeError:
+        return " [onnx.reference fails on the FP32 model too: only onnxruntime could run it, and it has no kernel]"
+
+
+def _same_runtime_reference(entry: Entry, expected: list[np.ndarray], feeds: Path, work: Path,
+                            row: dict) -> list[np.ndarray]:
+    """The FP32 outputs from the runtime that ran the converted model: when onnxruntime cannot
+    run the converted ONNX model and onnx.reference does, FP32 is re-run in onnx.reference too,
+    so the comparison measures the conversion, not the difference between two runtimes."""
+    if entry.framework != "onnx" or not str(row.get("lp_runtime", "")).startswith("onnx.reference"):
+        return expected
+    try:
+        reference, _ = run_without_mixprec("onnx", entry.model_path(), feeds, work / "fp32-reference.npz", "reference")
+    except RuntimeError as exc:
+        row.setdefault("remarks", []).append(f"FP32 under onnx.reference fails ({exc}); compared with onnxruntime FP32")
+        return expected
+    row["runtime_cosine"] = min_cosine(expected, reference)  # FP32 onnxruntime vs FP32 onnx.reference
+    return reference
 
 
 def _match(entry: Entry, expected: list[np.ndarray], got: list[np.ndarray], row: dict) -> None:

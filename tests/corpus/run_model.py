@@ -46,6 +46,8 @@ def run_onnx(path, feeds):
     onnx.checker.check_model(path, full_check=True)
     import onnxruntime as ort
     try:
+        if os.environ.get("MIXPREC_CORPUS_ONNX_RUNTIME") == "reference":
+            raise RuntimeError("onnxruntime not used (MIXPREC_CORPUS_ONNX_RUNTIME=reference)")
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         return session.run(None, feeds), "onnxruntime"
     except Exception as exc:  # no CPU kernel (BF16 Conv/MatMul): the spec's reference evaluator
