@@ -352,6 +352,9 @@ def failures_text(rows: list[dict]) -> str:
     for row in rows:
         for stage, message in row["failures"]:
             lines.append(f"- **{row['model']}** ({row['framework']}), {stage}: `{message.replace('`', chr(39))}`")
+        if row.get("runtime_cosine") is not None and row["runtime_cosine"] < MIN_COSINE:
+            lines.append(f"- {row['model']}: note: FP32 itself has cosine {row['runtime_cosine']:.5f} between "
+                         "onnxruntime and onnx.reference; the BF16 model was compared with FP32 under onnx.reference")
         for remark in row.get("remarks", []):
             lines.append(f"- {row['model']}: note: {remark}")
     return "\n".join(lines) or "none"
@@ -385,6 +388,15 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
     ])
 
 
+def merge_rows(earlier: list[dict], fresh: list[dict]) -> list[dict]:
+    """The rows of ``earlier`` with those of ``fresh`` in place of the same models, in registry order."""
+    by_name = {r["model"]: r for r in earlier}
+    by_name.update({r["model"]: r for r in fresh})
+    for row in by_name.values():
+        row["failures"] = [tuple(f) for f in row["failures"]]
+    return [by_name[e.name] for e in registry.ENTRIES if e.name in by_name]
+
+
 def select(args: argparse.Namespace) -> list[Entry]:
     if args.all:
         return list(registry.ENTRIES)
@@ -403,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ci", action="store_true", help="the CI subset")
     parser.add_argument("--output", default=str(ROOT / "bench" / "corpus.md"))
     parser.add_argument("--json", help="also write the raw rows here")
+    parser.add_argument("--merge", metavar="JSON", help="replace the named entries' rows in the rows of an "
+                        "earlier --all --json run and rewrite the table from them")
     args = parser.parse_args(argv)
     entries = select(args)
     start, rows = time.perf_counter(), []
@@ -414,7 +428,13 @@ def main(argv: list[str] | None = None) -> int:
               + "".join(f"\n    {s}: {m}" for s, m in row["failures"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
-    if args.all:
+    if args.merge:
+        rows = merge_rows(json.loads(Path(args.merge).read_text()), rows)
+        Path(args.merge).write_text(json.dumps(rows, indent=1, default=str))
+        names = " ".join(e.name for e in entries)
+        Path(args.output).write_text(markdown(rows, f"python bench/corpus.py --all, then {names} re-run with "
+                                              "--merge", time.perf_counter() - start))
+    elif args.all:
         Path(args.output).write_text(markdown(rows, "python bench/corpus.py --all", time.perf_counter() - start))
     else:
         print(table(rows))

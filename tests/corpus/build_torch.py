@@ -213,7 +213,7 @@ def onnx_export(name: str, dynamo: bool, opset: int = 17):
             warnings.simplefilter("ignore")
             if dynamo:
                 batch = torch.export.Dim("batch", min=1, max=64)
-                shapes = {n: {0: batch} for n in names}
+                shapes = tuple({0: batch} for _ in names)  # positional, like the wrappers' forward(*args)
                 torch.onnx.export(module, args, str(out), dynamo=True, input_names=names, output_names=["output"],
                                   dynamic_shapes=shapes, opset_version=18, external_data=False)
             else:
