@@ -201,6 +201,11 @@ def pt2(name: str):
     return build
 
 
+def _takes_var_args(module) -> bool:
+    import inspect
+    return any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
+
+
 def onnx_export(name: str, dynamo: bool, opset: int = 17):
     """A builder exporting MODELS[name] with torch.onnx.export: the TorchScript exporter
     (dynamo=False) with dynamic batch/sequence axes, or the dynamo exporter with a dynamic batch."""
@@ -213,7 +218,9 @@ def onnx_export(name: str, dynamo: bool, opset: int = 17):
             warnings.simplefilter("ignore")
             if dynamo:
                 batch = torch.export.Dim("batch", min=1, max=64)
-                shapes = tuple({0: batch} for _ in names)  # positional, like the wrappers' forward(*args)
+                shapes = tuple({0: batch} for _ in names)
+                if _takes_var_args(module):  # forward(*args): one entry, a tuple for the args
+                    shapes = (shapes,)
                 torch.onnx.export(module, args, str(out), dynamo=True, input_names=names, output_names=["output"],
                                   dynamic_shapes=shapes, opset_version=18, external_data=False)
             else:
