@@ -360,8 +360,17 @@ def failures_text(rows: list[dict]) -> str:
     return "\n".join(lines) or "none"
 
 
-def markdown(rows: list[dict], command: str, seconds: float) -> str:
+def stage_counts(rows: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        for stage in dict.fromkeys(stage for stage, _ in row["failures"]):
+            counts[stage] = counts.get(stage, 0) + 1
+    return ", ".join(f"{stage} {n}" for stage, n in counts.items()) or "none"
+
+
+def markdown(rows: list[dict], command: str, seconds: float, rerun: str = "") -> str:
     passed = sum(r["status"] == "pass" for r in rows)
+    but_shape = sum(all(stage == "input-shape" for stage, _ in r["failures"]) for r in rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return "\n".join([
         "# The real-model corpus",
@@ -375,9 +384,11 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         "nodes painted BF16; nodes and casts come from the report. Cosine and agreement compare the",
         "converted model run by its framework (ONNX: onnxruntime, else onnx.reference) with the FP32 model.",
         "",
-        f"Command: `{command}` (commit {commit}, {time.strftime('%Y-%m-%d')}, {seconds / 60:.0f} min on 2 shared cores)",
+        f"Command: `{command}` (commit {commit}, {time.strftime('%Y-%m-%d')}, {seconds / 60:.0f} min on 2 shared cores)"
+        + (f"; {rerun}" if rerun else ""),
         "",
-        f"**{passed} of {len(rows)} pass.**",
+        f"**{passed} of {len(rows)} pass**; {but_shape} pass every stage but input-shape. Models failing each "
+        f"stage: {stage_counts(rows)}.",
         "",
         table(rows),
         "",
@@ -432,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = merge_rows(json.loads(Path(args.merge).read_text()), rows)
         Path(args.merge).write_text(json.dumps(rows, indent=1, default=str))
         names = " ".join(e.name for e in entries)
-        Path(args.output).write_text(markdown(rows, f"python bench/corpus.py --all, then {names} re-run with "
-                                              "--merge", time.perf_counter() - start))
+        Path(args.output).write_text(markdown(rows, "python bench/corpus.py --all --json ROWS", time.perf_counter() - start,
+                                              f"then `python bench/corpus.py {names} --merge ROWS` re-ran those rows"))
     elif args.all:
         Path(args.output).write_text(markdown(rows, "python bench/corpus.py --all", time.perf_counter() - start))
     else:
