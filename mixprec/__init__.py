@@ -20,13 +20,13 @@ __version__ = "0.1.0"
 
 def load(model: Any, config: MixedPrecisionConfig | None = None):
     """The model (object or path) as an ``ir.Model``, without converting it."""
-    from mixprec.adapters import adapter_for
+    from mixprec.runtimes import adapter_for
     return adapter_for(model).load(model, config or MixedPrecisionConfig())
 
 
 def emit(ir_model, config: MixedPrecisionConfig | None = None) -> Any:
     """An ``ir.Model`` back as a native, validated model of its framework."""
-    from mixprec.adapters import get_adapter
+    from mixprec.runtimes import get_adapter
     return get_adapter(ir_model.framework).emit(ir_model, config or MixedPrecisionConfig())
 
 

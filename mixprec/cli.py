@@ -157,7 +157,7 @@ def _write(converted, args: argparse.Namespace) -> None:
 
 
 def _load_and_run(args: argparse.Namespace, stop_after: str | None):
-    from mixprec.adapters import adapter_for
+    from mixprec.runtimes import adapter_for
     from mixprec.config import pickle_trust
     from mixprec.fileio import check_dump_dir
     from mixprec.mix_precision import run_pipeline

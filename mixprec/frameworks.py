@@ -35,7 +35,7 @@ class Framework:
     - ``module_roots``: top-level module names of its model objects' classes;
     - ``cast``: how its cast op is spelled in the IR;
     - ``policy``: a built-in policy name or the path of a policy TOML file;
-    - ``adapter``: ``"module:Class"`` of its ``mixprec.adapters.base.Adapter``."""
+    - ``adapter``: ``"module:Class"`` of its ``mixprec.runtimes.base.Adapter``."""
     name: str
     suffixes: tuple[str, ...]
     module_roots: tuple[str, ...]

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mixprec.adapters import Adapter, adapter_for, framework_of
+from mixprec.runtimes import Adapter, adapter_for, framework_of
 from mixprec.config import AccuracyCriterion, MixedPrecisionConfig, pickle_trust
 from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, OutputCheckUnavailable, OutputPathError,
                             SampleInputError, UnsupportedModelError)

@@ -213,7 +213,7 @@ def test_sample_inputs_file_is_used_by_the_check(model, tmp_path, capsys):
 
 
 def test_bare_input_shape_names_the_only_input(model):
-    from mixprec.adapters import adapter_for
+    from mixprec.runtimes import adapter_for
     from mixprec.config import MixedPrecisionConfig
     from mixprec.mix_precision import _resolve_bare_shape
     config = _resolve_bare_shape(adapter_for(str(model)), str(model), MixedPrecisionConfig(input_shapes=[2, 3, 32, 32]))

@@ -22,7 +22,7 @@ except Exception as exc:  # MissingDependencyError, or mxnet failing to import
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
 from tests.fresh_process import BLOCK_MIXPREC  # noqa: E402
-from mixprec.adapters.mxnet import BF16_CPU  # noqa: E402
+from mixprec.runtimes.mxnet import BF16_CPU  # noqa: E402
 from mixprec.cli import main as cli_main  # noqa: E402
 from mixprec.errors import ConfigError  # noqa: E402
 from mixprec.ir import DType, Node  # noqa: E402

@@ -24,7 +24,7 @@ tf = pytest.importorskip("tensorflow", reason="the TensorFlow end-to-end tests n
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
 from tests.fresh_process import BLOCK_MIXPREC  # noqa: E402
-from mixprec.adapters.tensorflow import TensorflowAdapter, has_cpu_kernel, make_sample_inputs  # noqa: E402
+from mixprec.runtimes.tensorflow import TensorflowAdapter, has_cpu_kernel, make_sample_inputs  # noqa: E402
 from mixprec.backends import tensorflow as backend  # noqa: E402
 from mixprec.cli import main as cli_main  # noqa: E402
 from mixprec.errors import ConfigError, ModelLoadError  # noqa: E402

@@ -372,7 +372,7 @@ def test_embedding_table_is_stored_bf16_in_the_saved_program(tmp_path):
 def test_candidate_inputs_follow_the_example_then_the_ladder():
     """The example inputs come first; with a dynamic batch, generated inputs of the same
     structure follow, with token ids below the embedding's rows."""
-    from mixprec.adapters.torch import TorchAdapter
+    from mixprec.runtimes.torch import TorchAdapter
     module, inputs = tm.embedding_norm_head(batch=3)
     config = MixedPrecisionConfig(example_inputs=inputs, dynamic_batch=True)
     adapter = TorchAdapter()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mixprec import MixedPrecisionConfig, mix_precision
-from mixprec.adapters import get_adapter
+from mixprec.runtimes import get_adapter
 
 
 def _scores():

@@ -10,5 +10,5 @@ logger = logging.getLogger(__name__)
 
 FRAMEWORK = Framework(
     name="mxnet", suffixes=(".json", ".params"), module_roots=("mxnet",), cast=CastSpec("amp_cast", "dtype"),
-    policy="mxnet", adapter="mixprec.adapters.mxnet:MxnetAdapter",
+    policy="mxnet", adapter="mixprec.runtimes.mxnet:MxnetAdapter",
     description="MXNet -symbol.json/.params pairs")

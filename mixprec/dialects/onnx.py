@@ -10,4 +10,4 @@ logger = logging.getLogger(__name__)
 
 FRAMEWORK = Framework(
     name="onnx", suffixes=(".onnx",), module_roots=("onnx",), cast=CastSpec("Cast", "to"), policy="onnx",
-    adapter="mixprec.adapters.onnx:OnnxAdapter", description=".onnx files (external data too)")
+    adapter="mixprec.runtimes.onnx:OnnxAdapter", description=".onnx files (external data too)")

@@ -11,5 +11,5 @@ logger = logging.getLogger(__name__)
 FRAMEWORK = Framework(
     name="tensorflow", suffixes=(".pb", ".keras"), module_roots=("tensorflow", "keras", "tf_keras"),
     cast=CastSpec("Cast", "DstT", "SrcT", extra={"Truncate": False}), policy="tensorflow",
-    adapter="mixprec.adapters.tensorflow:TensorflowAdapter", directory_marker="saved_model.pb",
+    adapter="mixprec.runtimes.tensorflow:TensorflowAdapter", directory_marker="saved_model.pb",
     description="TensorFlow SavedModel directories, frozen .pb graphs and .keras files")

@@ -10,4 +10,4 @@ logger = logging.getLogger(__name__)
 
 FRAMEWORK = Framework(
     name="torch", suffixes=(".pt2",), module_roots=("torch",), cast=CastSpec("aten._to_copy.default", "dtype"),
-    policy="torch", adapter="mixprec.adapters.torch:TorchAdapter", description="torch.export .pt2 programs")
+    policy="torch", adapter="mixprec.runtimes.torch:TorchAdapter", description="torch.export .pt2 programs")

@@ -315,6 +315,6 @@ def test_not_a_model():
 
 
 def test_import_mixprec_does_not_import_mxnet():
-    code = "import sys, mixprec, mixprec.adapters, mixprec.cli; print('mxnet' in sys.modules)"
+    code = "import sys, mixprec, mixprec.runtimes, mixprec.cli; print('mxnet' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

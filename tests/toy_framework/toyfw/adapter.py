@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 import toyfw
-from mixprec.adapters.base import Adapter
+from mixprec.runtimes.base import Adapter
 from mixprec.ir import DType, GraphBuilder
 from mixprec.ir.graph import Model
 from mixprec.sample_inputs import InputSpec, make_arrays, shape_ladder

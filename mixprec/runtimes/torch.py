@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from mixprec.adapters.base import Adapter
+from mixprec.runtimes.base import Adapter
 from mixprec.backends import torch as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.errors import ConfigError, ConversionError

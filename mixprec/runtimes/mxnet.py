@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from mixprec.adapters.base import Adapter, RuntimeLimits
+from mixprec.runtimes.base import Adapter, RuntimeLimits
 from mixprec.backends import mxnet as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.errors import ConfigError

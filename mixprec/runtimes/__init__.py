@@ -1,5 +1,6 @@
-"""Framework adapters: the glue between ``mix_precision.fit`` and one framework's
-frontend and backend (load, runtime capability, emit, validate, run, save).
+"""Running each framework: ``runtimes/X.py`` holds framework X's adapter, the glue between
+``mix_precision.fit`` and its frontend and backend (load, runtime capability, emit,
+validate, run, make sample inputs, save).
 
 ``adapter_for(model)`` picks one through the framework registry (mixprec.frameworks) from
 the model object's type or the file's suffix, without importing any framework the model
@@ -10,7 +11,7 @@ import logging
 from typing import Any
 
 from mixprec import frameworks
-from mixprec.adapters.base import Adapter
+from mixprec.runtimes.base import Adapter
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from mixprec.adapters.base import Adapter, RuntimeLimits
+from mixprec.runtimes.base import Adapter, RuntimeLimits
 from mixprec.backends import tensorflow as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.errors import SampleInputError

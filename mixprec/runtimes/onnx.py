@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import onnx
 
-from mixprec.adapters.base import Adapter, RuntimeLimits
+from mixprec.runtimes.base import Adapter, RuntimeLimits
 from mixprec.backends import onnx as backend
 from mixprec.backends import onnx_runtime as runtime
 from mixprec.config import MixedPrecisionConfig
