@@ -28,6 +28,15 @@ class PassError(MixprecError):
     """A pass failed or left the IR broken; the message names the pass."""
 
 
+class PreconditionError(PassError):
+    """A pass was run on a graph it cannot work on (its ``requires`` failed), e.g.
+    insert-casts before any pass decided the precisions; the message names the pass."""
+
+
+class PostconditionError(PassError):
+    """A pass left the graph without what it guarantees (its ``ensures`` failed)."""
+
+
 class PipelineError(MixprecError):
     """A pipeline specification names an unknown pass or option."""
 

@@ -2,7 +2,14 @@
 
 A pass may rewrite the graph in place and returns the graph it produced plus whether it
 changed anything; the PassManager verifies the IR after every pass that reports a change.
-Options are dataclass fields, so ``build_pipeline("pass{opt=1}")`` can set them."""
+Options are dataclass fields, so ``build_pipeline("pass{opt=1}")`` can set them.
+
+A pass states what it needs and what it guarantees: ``requires(graph)`` and
+``ensures(graph)`` return None when the condition holds, else one line saying what does
+not (defaults: nothing). The manager checks ``requires`` before the pass runs
+(PreconditionError naming the pass) and ``ensures`` after a run that changed something
+(PostconditionError naming the pass), so the order passes depend on is declared by the
+passes themselves."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +42,14 @@ class Pass(ABC):
     @abstractmethod
     def run(self, graph: Graph) -> PassResult:
         """Rewrite ``graph`` (in place or not) and say whether anything changed."""
+
+    def requires(self, graph: Graph) -> str | None:
+        """None when ``graph`` is fit for this pass, else what is missing."""
+        return None
+
+    def ensures(self, graph: Graph) -> str | None:
+        """None when ``graph`` holds what this pass guarantees after it ran, else what not."""
+        return None
 
     @classmethod
     def options(cls) -> dict[str, dataclasses.Field]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from mixprec.errors import PipelineError
+from mixprec.ir.cast import is_cast
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.passes.policies import Policy, load_policy
@@ -75,3 +76,33 @@ def value_owners(root: Graph) -> dict[int, Graph]:
         for value in graph.constants.values():
             owners[id(value)] = graph
     return owners
+
+
+def undecided_node(graph: Graph) -> str | None:
+    """What insert-casts and the passes after it need: every node that is not a cast
+    carries a precision decision (``meta["precision"]``). None when so, else the first
+    node without one."""
+    for node in graph.all_nodes():
+        if "precision" not in node.meta and not is_cast(node):
+            return (f"node {node.name!r} ({node.qualified_op}) has no precision decision; run assign-precision "
+                    "(after infer-dtypes and mark-shape-subgraphs) first")
+    return None
+
+
+def mixed_float_inputs(graph: Graph, policy: Policy) -> str | None:
+    """What insert-casts guarantees and the passes after it keep: a node decided FP32 or
+    low precision reads one float type on all its inputs, the policy's pinned inputs
+    aside. None when so, else the first node that mixes."""
+    for node in graph.all_nodes():
+        if node.meta.get("precision") in (None, KEEP) or is_cast(node):
+            continue
+        seen: DType | None = None
+        for index, value in enumerate(node.inputs):
+            if value is None or not value.dtype.is_float or policy.is_pinned(node.qualified_op, index):
+                continue
+            if seen is None:
+                seen = value.dtype
+            elif value.dtype != seen:
+                return (f"node {node.name!r} ({node.op}) mixes float input types: {seen.value} and "
+                        f"{value.dtype.value} (input {index}, %{value.name})")
+    return None

@@ -17,7 +17,7 @@ from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType, convert_array
 from mixprec.ir.graph import Graph
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import target_dtype
+from mixprec.passes.common import graph_policy, mixed_float_inputs, target_dtype
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ class ConvertConstants(Pass):
     name = "convert-constants"
     description = "store constants in bf16/fp16 when every reader casts them to it"
     precision: str = "bf16"
+
+    def ensures(self, graph: Graph) -> str | None:
+        return mixed_float_inputs(graph, graph_policy(graph, None))
 
     def run(self, graph: Graph) -> PassResult:
         wanted = target_dtype(self.precision)

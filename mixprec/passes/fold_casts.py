@@ -14,6 +14,7 @@ from mixprec.ir.cast import cast_spec, cast_target, is_cast
 from mixprec.ir.dtypes import holds_exactly
 from mixprec.ir.graph import Graph, Node
 from mixprec.passes.base import Pass, PassResult
+from mixprec.passes.common import graph_policy, mixed_float_inputs
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 class FoldCasts(Pass):
     name = "fold-casts"
     description = "drop casts to the same dtype, lossless round trips, cast chains, duplicate and dead casts"
+
+    def ensures(self, graph: Graph) -> str | None:
+        return mixed_float_inputs(graph, graph_policy(graph, None))
 
     def run(self, graph: Graph) -> PassResult:
         modified = False

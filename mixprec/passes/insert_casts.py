@@ -18,7 +18,8 @@ from mixprec.ir.cast import cast_target, is_cast, make_cast, set_cast_target
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import decide, graph_policy, is_lowered, owning_graph, target_dtype, value_owners
+from mixprec.passes.common import (decide, graph_policy, is_lowered, mixed_float_inputs, owning_graph, target_dtype,
+                                   undecided_node, value_owners)
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ class InsertCasts(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         return PassResult(graph, _CastInserter(graph, target_dtype(self.precision), self.policy).run())
+
+    def requires(self, graph: Graph) -> str | None:
+        return undecided_node(graph)
+
+    def ensures(self, graph: Graph) -> str | None:
+        return mixed_float_inputs(graph, graph_policy(graph, self.policy))
 
 
 class _CastInserter:

@@ -12,6 +12,7 @@ from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph
 from mixprec.passes.base import Pass, PassResult
+from mixprec.passes.common import graph_policy, mixed_float_inputs
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ class KeepIoTypes(Pass):
     name = "keep-io-types"
     description = "keep graph inputs/outputs in FP32 (default) or, with keep=false, let them be bf16/fp16"
     keep: bool = True
+
+    def ensures(self, graph: Graph) -> str | None:
+        return mixed_float_inputs(graph, graph_policy(graph, None))
 
     def run(self, graph: Graph) -> PassResult:
         if self.keep:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mixprec.errors import IRError, MixprecError, PassError, PolicyError
+from mixprec.errors import IRError, MixprecError, PassError, PostconditionError, PreconditionError
 from mixprec.ir.gcpause import paused_gc
-from mixprec.ir.graph import Graph, Node
+from mixprec.ir.graph import Graph
 from mixprec.ir.text import dump
 from mixprec.ir.verify import verify as verify_ir
 from mixprec.passes.base import Pass, PassResult
@@ -28,9 +28,11 @@ class PassRecord:
 
 @dataclass
 class PassManager:
-    """Runs ``passes`` on a graph. Invariant: after every pass that reports a structural
-    change the IR verifies, and no node mixes float input types unless the policy pins that input or
-    the node already did so before the first pass; otherwise PassError names the pass."""
+    """Runs ``passes`` on a graph. Invariants: each pass's ``requires`` holds before it
+    runs (else PreconditionError); after every pass that reports a structural change the
+    IR verifies (else PassError) and the pass's ``ensures`` holds (else
+    PostconditionError); each error names the pass. The manager knows no policy: what a
+    pass guarantees about dtypes is the pass's own ``ensures``."""
 
     passes: Sequence[Pass]
     verify: bool = True
@@ -44,7 +46,6 @@ class PassManager:
 
     def _run(self, graph: Graph) -> PassResult:
         self.history = []
-        mixed_ok = self._mixed_input_rule(graph) if self.verify else None
         if self.verify:
             try:
                 verify_ir(graph)
@@ -57,6 +58,10 @@ class PassManager:
         for index, p in enumerate(self.passes, start=1):
             if self.progress:
                 self.progress(index, len(self.passes), p.name)
+            if self.verify:
+                problem = p.requires(graph)
+                if problem:
+                    raise PreconditionError(f"pass {p.name!r} cannot run on this graph: {problem}")
             start = time.perf_counter()
             try:
                 result = p.run(graph)
@@ -73,33 +78,18 @@ class PassManager:
             changed_any = True
             if self.verify and p.changes_structure:
                 try:
-                    verify_ir(graph, mixed_ok)
+                    verify_ir(graph)
                 except IRError as exc:
                     raise PassError(f"pass {p.name!r} broke the IR: {exc}") from None
+                problem = p.ensures(graph)
+                if problem:
+                    raise PostconditionError(f"pass {p.name!r} broke its guarantee: {problem}")
             if self.dump_dir is not None:
                 _write(Path(self.dump_dir) / f"{index:02d}-{p.name}.ir", dump(graph))
         return PassResult(graph, changed_any)
 
     def __str__(self) -> str:
         return ",".join(str(p) for p in self.passes)
-
-    @staticmethod
-    def _mixed_input_rule(graph: Graph) -> Callable[[Node, int], bool]:
-        from mixprec.passes.common import graph_policy
-        try:
-            policy = graph_policy(graph, None)
-        except PolicyError:
-            policy = None
-        already_mixed = {id(n) for n in graph.all_nodes() if _mixes_floats(n)}
-
-        def ok(node: Node, index: int) -> bool:
-            return id(node) in already_mixed or (policy is not None and policy.is_pinned(node.qualified_op, index))
-        return ok
-
-
-def _mixes_floats(node: Node) -> bool:
-    kinds = {v.dtype for v in node.inputs if v is not None and v.dtype.is_float}
-    return len(kinds) > 1
 
 
 def _write(path: Path, text: str) -> None:

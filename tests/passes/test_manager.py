@@ -4,7 +4,8 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from mixprec.errors import ConfigError, PassError, PipelineError
+from mixprec.errors import ConfigError, PassError, PipelineError, PostconditionError, PreconditionError
+from mixprec.passes.common import graph_policy, mixed_float_inputs
 from mixprec.ir import DType, dump, parse
 from mixprec.passes import (DEFAULT_PIPELINE, Pass, PassManager, PassResult, build_pipeline, function_pass,
                             list_passes, parse_pipeline, registry)
@@ -58,14 +59,41 @@ def test_pass_that_breaks_the_ir_is_named():
         PassManager([breaker()]).run(parse(SRC))
 
 
-def test_pass_that_mixes_float_types_is_caught():
-    @function_pass("test-mixer", register=False)
-    def mixer(graph):
-        graph.inputs[0].dtype = DType.BFLOAT16
-        return True
+def test_a_pass_that_breaks_its_guarantee_is_named():
+    """fold-casts ensures every decided node reads one float type; a fold that forgets a
+    cast is caught after it runs, naming it (PostconditionError)."""
+    graph = parse(SRC)
+    build_pipeline("infer-dtypes,mark-shape-subgraphs,assign-precision,insert-casts").run(graph)
 
-    with pytest.raises(PassError, match="mixes float input types"):
-        PassManager([mixer()]).run(parse(SRC))
+    @dataclass
+    class BadFold(Pass):
+        name = "bad-fold"
+
+        def run(self, graph):
+            cast = next(n for n in graph.nodes if n.op == "Cast" and n.outputs[0].dtype == DType.BFLOAT16)
+            cast.outputs[0].replace_all_uses_with(cast.inputs[0])
+            graph.remove(cast)
+            return PassResult(graph, True)
+
+        def ensures(self, graph):
+            return mixed_float_inputs(graph, graph_policy(graph, None))
+
+    with pytest.raises(PostconditionError, match="pass 'bad-fold' broke its guarantee: node .* mixes float input"):
+        PassManager([BadFold()]).run(graph)
+
+
+def test_insert_casts_before_any_decision_is_a_precondition_error():
+    with pytest.raises(PreconditionError, match="pass 'insert-casts' cannot run .* no precision decision; run "
+                                                "assign-precision"):
+        build_pipeline("infer-dtypes,insert-casts").run(parse(SRC))
+
+
+def test_the_default_pipeline_declares_its_order_through_requires():
+    from mixprec.passes.insert_casts import InsertCasts
+    graph = parse(SRC)
+    assert InsertCasts().requires(graph) is not None
+    build_pipeline("infer-dtypes,mark-shape-subgraphs,assign-precision").run(graph)
+    assert InsertCasts().requires(graph) is None
 
 
 def test_registering_a_name_twice_is_an_error():
