@@ -421,3 +421,24 @@ def test_transformers_models_through_the_default_cli_path(name, tmp_path):
     assert min(_cosine(g.float(), w.float()) for g, w in zip(got, want)) >= 0.999
     tables = [v.dtype for k, v in program.state_dict.items() if "embeddings.weight" in k or k in ("wte.weight", "wpe.weight")]
     assert all(d == torch.bfloat16 for d in tables)
+
+
+def test_empty_lifted_constant_saves_and_reloads(tmp_path):
+    """transformers' GPT-2/LLaMA/T5 attention lifts empty tensors as constants; stored as
+    bf16 views of an empty buffer they made torch.export.save fail ("numel: integer
+    multiplication overflow", an internal error on every such .pt2)."""
+    class WithEmpty(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(x) + torch.tensor([]).sum()
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    model = WithEmpty().eval()
+    converted = mix_precision.fit(model, MixedPrecisionConfig(example_inputs=(x,)))
+    path = converted.save(tmp_path / "m.pt2")
+    got = torch.export.load(path).module()(x)
+    assert got.dtype == torch.float32 and torch.allclose(got, model(x), atol=0.05)

@@ -273,6 +273,8 @@ def numpy_to_tensor(data: np.ndarray, dtype: DType) -> torch.Tensor:
     if data.dtype != expected:
         data = convert_array(data, dtype) if dtype.is_float and data.dtype.kind == "f" else data.astype(expected)
     data = np.array(data, copy=True, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
+    if data.size == 0:  # a view of an empty buffer makes torch.export.save overflow (numel) on bf16
+        return torch.empty(data.shape, dtype=torch_dtype(dtype))
     if dtype in (DType.BFLOAT16, DType.FLOAT16):
         return torch.from_numpy(data.view(np.int16)).view(torch_dtype(dtype))
     if dtype in (DType.FLOAT8E4M3, DType.FLOAT8E5M2):
