@@ -112,13 +112,16 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, list[int]] | list[int]
 
 
 def _dims(text: str, item: str) -> list[int]:
+    """``d1,d2,...`` (or ``d1xd2``) -> dims; nothing after ``NAME=`` is a scalar input."""
+    if not text.strip() and "=" in item:
+        return []
     try:
         dims = [int(d) for d in text.replace("x", ",").split(",")]
     except ValueError:
         dims = []
     if not dims or any(d < 1 for d in dims):
         raise ConfigError(f"--input-shape {item}: give whole numbers >= 1 separated by commas, e.g. "
-                          "image=1,3,224,224")
+                          "image=1,3,224,224 (NAME= alone for a scalar input)")
     return dims
 
 

@@ -324,9 +324,10 @@ def _input_shapes(value: Any) -> dict[str, list[int]] | list[int] | None:
 
 
 def _dims(where: str, dims: Any, example: str) -> list[int]:
-    if not isinstance(dims, (list, tuple)) or not dims or not all(_is_int(d) and d >= 1 for d in dims):
-        raise ConfigError(f"{where} must be a list of whole numbers >= 1 such as [1, 3, 224, 224] "
-                          f"(input_shapes={example}), not {dims!r}")
+    """Dims of one input: whole numbers >= 1; [] is a scalar (0-d input)."""
+    if not isinstance(dims, (list, tuple)) or not all(_is_int(d) and d >= 1 for d in dims):
+        raise ConfigError(f"{where} must be a list of whole numbers >= 1 such as [1, 3, 224, 224], or [] for a "
+                          f"scalar (input_shapes={example}), not {dims!r}")
     return [int(d) for d in dims]
 
 

@@ -161,6 +161,7 @@ def test_convert_help_states_security_and_exit_codes(capsys):
     (["image=1,3,224,224"], {"image": [1, 3, 224, 224]}),
     (["a=1,16", "b:0=1,16"], {"a": [1, 16], "b:0": [1, 16]}),
     (["1,3,224,224"], [1, 3, 224, 224]),
+    (["input=1,512", "sr="], {"input": [1, 512], "sr": []}),  # a scalar input (silero-vad's sample rate)
 ])
 def test_input_shape_option_parses(items, expected):
     from mixprec.cli import parse_input_shapes
