@@ -185,15 +185,30 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_ir(path: str):
+    from mixprec.ir import parse
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse(text)
+
+
+def cmd_opt(args: argparse.Namespace) -> int:
+    """The IR text after a pipeline: bugs reported and tested as text in, text out."""
+    from mixprec.ir import dump
+    from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
+    graph = _read_ir(args.input)
+    build_pipeline(args.pipeline or DEFAULT_PIPELINE, precision=args.precision).run(graph)
+    sys.stdout.write(dump(graph))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     if args.input.endswith(".ir"):
-        from mixprec.ir import parse
         from mixprec.report import Report
-        try:
-            text = open(args.input).read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.input}: {exc.strerror}") from None
-        report = Report.from_graph(parse(text), args.precision)
+        report = Report.from_graph(_read_ir(args.input), args.precision)
     else:
         _, report = _load_and_run(args, None)
     sys.stdout.write((report.to_json() if args.json else report.to_text()) + "\n")
@@ -243,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dump)
     p = sub.add_parser("passes", help="list the registered passes")
     p.set_defaults(func=cmd_passes)
+    p = sub.add_parser("opt", help="print the IR text of an .ir file after a pipeline (text in, text out)")
+    p.add_argument("input", help="an .ir file (`mixprec dump`, --dump-dir, or written by hand)")
+    p.add_argument("--pipeline", metavar="SPEC", help="pass pipeline (default: the default pipeline)")
+    p.add_argument("--precision", choices=["bf16", "fp16"], default="bf16")
+    p.set_defaults(func=cmd_opt)
     p = sub.add_parser("report", help="explain, node by node, what converting a model does")
     p.add_argument("input", help="model file, or an .ir file written by `mixprec dump`/--dump-dir")
     p.add_argument("--json", action="store_true")

@@ -244,3 +244,18 @@ def test_failed_check_exits_4_without_writing_and_keep_failed_writes(model, tmp_
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and captured.err.startswith("mixprec: warning: failed check: output ")
     assert out.exists() and "FAILED output check" in captured.out
+
+
+def test_opt_prints_the_ir_after_a_pipeline(tmp_path, capsys):
+    """Text in, text out: a runtime limit given as a pin leaves no neighbour in bf16."""
+    src = tmp_path / "m.ir"
+    src.write_text("graph main(%x: f32[2,4], %w: f32[4,4]) -> (%out: f32[2,4]) {\n"
+                   "  %m: f32[2,4] = MatMul(%x, %w)\n  %out: f32[2,4] = Relu(%m)\n  return %out\n}\n")
+    assert main(["opt", str(src), "--pipeline", "infer-dtypes,mark-shape-subgraphs,"
+                 "apply-overrides{runtime_fp32_ops=[MatMul],runtime=ort},assign-precision,insert-casts"]) == 0
+    out = capsys.readouterr().out
+    assert "%m: f32[2,4] = MatMul(%x, %w)  # f32 allow: ort has no bf16 kernel for MatMul" in out
+    assert "Cast" not in out
+    assert main(["opt", str(src)]) == 0
+    assert "%m: bf16[2,4] = MatMul(%x.bf16, %w.bf16)  # bf16 allow: allow list" in capsys.readouterr().out
+    assert main(["opt", str(tmp_path / "missing.ir")]) == 2
