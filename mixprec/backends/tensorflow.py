@@ -1,7 +1,8 @@
 """TensorFlow backend: ``ir.Model`` -> frozen ``tf.compat.v1.GraphDef``, a callable that runs
 it, and writers for a ``.pb`` file or a SavedModel directory.
 
-Emission is the inverse of ``mixprec.frontends.tensorflow`` (see its conventions):
+Emission is the inverse of ``mixprec.frontends.tensorflow`` (the conventions are in
+``mixprec.dialects.tensorflow``):
 
 - a node's NodeDef name is its first output's value name (node.name for nodes without
   outputs), made a valid TF name and unique; so a graph output keeps its tensor name
@@ -36,10 +37,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, versions_pb2
 
-from mixprec.errors import ConfigError, ConversionError, UnsupportedModelError
-from mixprec.fileio import atomic_write_bytes, atomic_write_dir, same_file
-from mixprec.frontends.tensorflow import (BODY_SEP, CONTROL_INPUTS, TF_META, RawAttr, arg_ranges, convert_attrs, op_def,
+from mixprec.dialects.tensorflow import (BODY_SEP, CONTROL_INPUTS, TF_META, RawAttr, arg_ranges, convert_attrs, op_def,
                                          ir_dtype, parse_input, sanitize, tf_dtype)
+from mixprec.errors import ConfigError, ConversionError, UnsupportedModelError
+from mixprec.fileio import atomic_write_bytes, atomic_write_dir, first_line, same_file
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.naming import claim, identifier
@@ -118,7 +119,7 @@ def wrap_graph_def(graph_def: graph_pb2.GraphDef, inputs: Sequence[str], outputs
         return wrapped.prune([graph.get_tensor_by_name(n) for n in inputs],
                              [graph.get_tensor_by_name(n) for n in outputs])
     except Exception as exc:  # noqa: BLE001 - import errors come in many types
-        raise ConversionError(f"TensorFlow cannot load the graph: {_oneline(exc)}") from None
+        raise ConversionError(f"TensorFlow cannot load the graph: {first_line(exc)}") from None
 
 
 def graph_model(model: Model, graph_def: graph_pb2.GraphDef | None = None) -> GraphModel:
@@ -636,11 +637,6 @@ def save_saved_model(model: GraphModel, path: Path) -> None:
         tf.saved_model.save(module, os.fspath(new), signatures={"serving_default": concrete})
 
     atomic_write_dir(path, write, kind="a SavedModel mixprec wrote")
-
-
-def _oneline(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 __all__ = ["GraphModel", "emit", "graph_model", "wrap_graph_def", "rename_functions", "save", "save_saved_model",

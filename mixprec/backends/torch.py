@@ -1,7 +1,7 @@
 """PyTorch backend: ``mixprec.ir.Model`` -> a runnable ``torch.nn.Module``, and a
 ``torch.export`` program (``.pt2``) that runs without mixprec.
 
-It reads the IR conventions documented in ``mixprec.frontends.torch``: each node calls
+It reads the IR conventions documented in ``mixprec.dialects.torch``: each node calls
 the ATen op named by ``node.op`` with the schema's argument layout rebuilt from the node's
 inputs and attributes. With no pass in between, ``emit(load(m, x))(x)`` computes exactly
 what ``m(x)`` computes (same kernels, same arguments), so outputs are bit-identical.
@@ -25,10 +25,10 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
+from mixprec.dialects.torch import (COMPLEX_TAG, INPUT_REF, META_KEY, NAME, TENSOR_LISTS_ATTR, dynamic_batch_shapes,
+                                    load_spec, split_inputs, tensor_kind, torch_dtype)
 from mixprec.errors import ConversionError, UnsupportedModelError
 from mixprec.fileio import atomic_write
-from mixprec.frontends.torch import (COMPLEX_TAG, FRAMEWORK, INPUT_REF, TENSOR_LISTS_ATTR, dynamic_batch_shapes,
-                                     load_spec, split_inputs, tensor_kind, torch_dtype)
 from mixprec.ir.dtypes import DType, convert_array
 from mixprec.ir.graph import Graph, Model, Node, Value
 
@@ -59,7 +59,7 @@ class CallConvention:
 
     @classmethod
     def from_model(cls, model: Model) -> "CallConvention":
-        meta = model.meta.get(FRAMEWORK, {})
+        meta = model.meta.get(META_KEY, {})
         graph = model.graph
         arg_names = list(meta.get("arg_names", [f"arg{i}" for i in range(len(graph.inputs))]))
         kwarg_names = list(meta.get("kwarg_names", []))
@@ -203,9 +203,9 @@ def _forward_signature(arg_names: list[str], kwarg_names: list[str],
 def emit(model: Model) -> torch.nn.Module:
     """A module that runs ``model``'s graph in eager mode (see :class:`EmittedModule`)."""
     graph = model.graph
-    if graph.framework != FRAMEWORK:
+    if graph.framework != NAME:
         raise ConversionError(f"the torch backend emits torch graphs, not {graph.framework!r} ones")
-    meta = model.meta.get(FRAMEWORK, {})
+    meta = model.meta.get(META_KEY, {})
     call = CallConvention.from_model(model)
     cls = _signature_class(*_forward_signature(call.arg_names, call.kwarg_names, call.forward_params))
     module = cls(_build_graph_module(graph), call)
@@ -233,7 +233,7 @@ def save(model_or_module: Model | torch.nn.Module, path: str | os.PathLike, exam
     _warn_unloadable_names(module)
     if dynamic_batch is None:
         dynamic_batch = bool(isinstance(model_or_module, Model)
-                             and model_or_module.meta.get(FRAMEWORK, {}).get("dynamic_batch"))
+                             and model_or_module.meta.get(META_KEY, {}).get("dynamic_batch"))
     args, kwargs = split_inputs(example_inputs)
     dynamic_shapes = dynamic_batch_shapes(args, kwargs) if dynamic_batch else None
     try:

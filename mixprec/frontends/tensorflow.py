@@ -8,66 +8,15 @@ the model's input shapes, batch dim None); a SavedModel contributes its
 ``convert_variables_to_constants_v2(..., lower_control_flow=False)`` so that v2 control
 flow (While/If) stays v2. A ``.pb`` file is read as is.
 
-IR conventions for TF graphs (``mixprec.backends.tensorflow`` reads exactly these):
-
-- ``Graph(framework="tensorflow")``; one IR node per GraphDef node, ``node.op`` the TF op
-  type, ``node.name`` the NodeDef name, nodes in a topological order of data and control
-  edges that keeps the GraphDef order where it can.
-- Output ``i`` of node ``n`` is the value ``n`` (``i == 0``) or ``n:i``; its dtype and
-  shape come from the graph TF imports (op registry shape inference). Value names are
-  therefore unique and never contain ``:`` for output 0.
-- ``Placeholder`` nodes are graph inputs named by the node, in the traced function's
-  argument order; ``Const`` nodes are graph constants named by the node, holding numpy
-  data (bf16 through ml_dtypes). Their other NodeDef fields (shape attr, ``_class``,
-  control inputs) are kept in ``model.meta["tensorflow"]["shells"]``.
-- Data inputs ``name:idx`` read the producer's output ``idx``; control inputs ``^name``
-  are kept, in order, as ``attrs["_control_inputs"]`` (node names), which the backend
-  turns back into control inputs (dropping names that no longer exist).
-- Attributes: ``type`` -> DType, ``list(type)`` -> list of DType, ``shape`` -> list of ints
-  (-1 unknown dim) or None (unknown rank), ``tensor`` -> np.ndarray, ``func`` -> the
-  function's name, strings -> str (bytes if not UTF-8), ints/floats/bools as is, lists
-  of those -> lists. Anything else (a func with bound attrs, a placeholder attr, a dtype
-  the IR has no name for) is a :class:`RawAttr` holding the serialized AttrValue. The
-  kind of every attribute is kept in ``node.meta["tensorflow"]["kinds"]`` for
-  attributes the op's OpDef does not declare, with the NodeDef's device, its
-  ``experimental_type`` / ``experimental_debug_info`` fields (``experimental``, bytes)
-  and the type attributes left out (``types``, below).
-- Single-type attributes that the OpDef binds to tensors (``T`` of Conv2D, ``Tidx`` of
-  Mean, ...) are left out of ``attrs`` when the values' dtypes determine them: the
-  values are the truth (a pass that retypes a value needs to know nothing about TF) and
-  the backend derives the attributes from them. ``list(type)`` attributes (``Tin``,
-  ``T`` of While) stay: they also say how many tensors an argument has.
-- The cast is ``Cast`` with DType attrs ``SrcT``/``DstT`` and ``Truncate`` (TF's own form;
-  passes keep them right).
-- The functions that While/StatelessWhile (``cond``, ``body``), If/StatelessIf (branches)
-  and (Stateful)PartitionedCall (``f``) run are lowered as IR subgraphs in place of the
-  function name attribute: graph ``<node>>``<attr>``, every value and node name inside
-  prefixed with ``<node>>``<attr>>`` (unique across the tree), inputs = the function's
-  arguments, outputs = its results; ``model.meta["tensorflow"]["functions"]`` maps each
-  body graph's name to its FunctionDef's. Passes paint them like the main graph; their
-  inputs and outputs keep their dtypes, so loop-carried values agree with the While's
-  ``T``. A function TF cannot import stays a name (opaque); the FunctionDefLibrary is
-  kept serialized in ``model.meta["tensorflow"]["library"]``.
-- Constant-only subgraphs are evaluated by TF at load (``fold_constants``): the IR sees
-  Consts (a frozen Keras BatchNorm's scale and offset), which convert-constants can store
-  in bf16.
-- Variant and resource tensors (TensorList handles) are UNKNOWN: never float.
-
-``model.meta["tensorflow"]`` keys: ``library`` (bytes), ``versions`` (bytes),
-``shells`` ({name: NodeDef bytes} for Placeholder and Const nodes), ``input_keys`` /
-``output_keys`` (the names callers use: signature keys or flattened output paths),
-``call`` (``args``, ``keras`` or ``kwargs``: how the source callable takes its inputs),
-``source`` (``keras``, ``function``, ``concrete_function``, ``saved_model``,
-``keras_file``, ``graph_def``).
+IR conventions for TF graphs and the ``model.meta["tensorflow"]`` keys: see
+``mixprec.dialects.tensorflow``.
 """
 from __future__ import annotations
 
 import difflib
-import hashlib
 import heapq
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -75,9 +24,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
-from tensorflow.python.framework import op_def_registry
+from tensorflow.core.framework import graph_pb2, node_def_pb2
 
+from mixprec.dialects.tensorflow import (BODY_SEP, CAST_OP, CONTROL_INPUTS, NAME, TF_META, arg_ranges, convert_attrs,
+                                         ir_dtype, op_def, parse_input, tensor_to_array)
 from mixprec.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from mixprec.fileio import first_line
 from mixprec.ir.dtypes import DType
@@ -86,153 +36,13 @@ from mixprec.naming import claim, identifier
 
 logger = logging.getLogger(__name__)
 
-FRAMEWORK = "tensorflow"
-TF_META = "tensorflow"
-CONTROL_INPUTS = "_control_inputs"
-CAST_OP = "Cast"
 
-_TF_TO_DTYPE: dict[str, DType] = {
-    "float32": DType.FLOAT32, "bfloat16": DType.BFLOAT16, "float16": DType.FLOAT16, "float64": DType.FLOAT64,
-    "int8": DType.INT8, "int16": DType.INT16, "int32": DType.INT32, "int64": DType.INT64,
-    "uint8": DType.UINT8, "uint16": DType.UINT16, "uint32": DType.UINT32, "uint64": DType.UINT64,
-    "bool": DType.BOOL, "string": DType.STRING, "complex64": DType.COMPLEX64, "complex128": DType.COMPLEX128,
-    "float8_e4m3fn": DType.FLOAT8E4M3, "float8_e5m2": DType.FLOAT8E5M2, "int4": DType.INT4, "uint4": DType.UINT4,
-}
-_DTYPE_TO_TF: dict[DType, str] = {v: k for k, v in _TF_TO_DTYPE.items()}
-
-
-# ------------------------------------------------------------------------- dtypes ---
-def ir_dtype(dtype: Any) -> DType:
-    """The IR dtype of a TF dtype (DataType enum, tf.DType); UNKNOWN for resource, variant,
-    quantized and other types the IR does not model."""
-    try:
-        return _TF_TO_DTYPE.get(tf.dtypes.as_dtype(dtype).name, DType.UNKNOWN)
-    except TypeError:
-        return DType.UNKNOWN
-
-
-def tf_dtype(dtype: DType) -> tf.DType:
-    """The TF dtype of an IR dtype; ValueError for UNKNOWN."""
-    try:
-        return tf.dtypes.as_dtype(_DTYPE_TO_TF[dtype])
-    except KeyError:
-        raise ValueError(f"dtype {dtype.value} has no TensorFlow equivalent") from None
-
-
+# ------------------------------------------------------------------------- shapes ---
 def ir_shape(shape: tf.TensorShape) -> Shape:
     """A TensorShape as an IR shape: None for unknown rank, None for unknown dims."""
     if shape.rank is None:
         return None
     return tuple(shape.as_list())
-
-
-class RawAttr:
-    """An attribute value the IR does not model, kept as its serialized AttrValue. Its
-    repr is deterministic (kind and a digest), so the IR text stays stable."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, value: attr_value_pb2.AttrValue) -> None:
-        self.data = value.SerializeToString(deterministic=True)
-
-    def proto(self) -> attr_value_pb2.AttrValue:
-        value = attr_value_pb2.AttrValue()
-        value.ParseFromString(self.data)
-        return value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RawAttr) and self.data == other.data
-
-    def __hash__(self) -> int:
-        return hash(self.data)
-
-    def __repr__(self) -> str:
-        return f"tf_attr({self.proto().WhichOneof('value')}:{hashlib.sha1(self.data).hexdigest()[:12]})"
-
-
-# ------------------------------------------------------------------ attributes ---
-_LIST_FIELDS = ("s", "i", "f", "b", "type", "shape", "tensor", "func")
-
-
-def attr_kind(value: attr_value_pb2.AttrValue) -> str:
-    """The OpDef-style kind of an AttrValue: ``type``, ``list(int)``, ``func``, ..."""
-    which = value.WhichOneof("value")
-    names = {"s": "string", "i": "int", "f": "float", "b": "bool"}
-    if which == "list":
-        for name in _LIST_FIELDS:
-            if len(getattr(value.list, name)):
-                return f"list({names.get(name, name)})"
-        return "list(empty)"
-    return names.get(which, which or "none")
-
-
-def shape_to_list(shape: Any) -> list[int] | None:
-    """A TensorShapeProto as a list of ints (-1 unknown), None for unknown rank."""
-    if shape.unknown_rank:
-        return None
-    return [int(d.size) for d in shape.dim]
-
-
-def _tensor_to_array(tensor: Any) -> np.ndarray | None:
-    if ir_dtype(tensor.dtype) == DType.UNKNOWN:
-        return None
-    try:
-        return tf.make_ndarray(tensor)
-    except Exception:  # noqa: BLE001 - exotic encodings stay raw
-        return None
-
-
-def attr_to_python(value: attr_value_pb2.AttrValue) -> Any:
-    """One AttrValue as a python value (see the module docstring); RawAttr if the IR
-    cannot express it."""
-    which = value.WhichOneof("value")
-    if which == "s":
-        return _decode(value.s)
-    if which in ("i", "f", "b"):
-        return getattr(value, which)
-    if which == "type":
-        dtype = ir_dtype(value.type)
-        return dtype if dtype != DType.UNKNOWN else RawAttr(value)
-    if which == "shape":
-        return shape_to_list(value.shape)
-    if which == "tensor":
-        array = _tensor_to_array(value.tensor)
-        return array if array is not None else RawAttr(value)
-    if which == "func":
-        return value.func.name if not value.func.attr else RawAttr(value)
-    if which == "list":
-        return _list_to_python(value)
-    return RawAttr(value)
-
-
-def _list_to_python(value: attr_value_pb2.AttrValue) -> Any:
-    lst = value.list
-    if len(lst.s):
-        return [_decode(s) for s in lst.s]
-    if len(lst.i):
-        return list(lst.i)
-    if len(lst.f):
-        return list(lst.f)
-    if len(lst.b):
-        return list(lst.b)
-    if len(lst.type):
-        types = [ir_dtype(t) for t in lst.type]
-        return types if DType.UNKNOWN not in types else RawAttr(value)
-    if len(lst.shape):
-        return [shape_to_list(s) for s in lst.shape]
-    if len(lst.func):
-        return [f.name for f in lst.func] if not any(f.attr for f in lst.func) else RawAttr(value)
-    if len(lst.tensor):
-        arrays = [_tensor_to_array(t) for t in lst.tensor]
-        return arrays if all(a is not None for a in arrays) else RawAttr(value)
-    return []
-
-
-def _decode(data: bytes) -> str | bytes:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data
 
 
 # -------------------------------------------------------------------- sources ---
@@ -550,16 +360,6 @@ def _num_outputs(node: node_def_pb2.NodeDef) -> int:
     return ranges[-1][1].stop if ranges else 0
 
 
-def parse_input(ref: str) -> tuple[str, int]:
-    """``name``, ``name:3`` or ``^name`` -> (node name, output index; -1 for control)."""
-    if ref.startswith("^"):
-        return ref[1:], -1
-    name, sep, index = ref.rpartition(":")
-    if sep and index.isdigit():
-        return name, int(index)
-    return ref, 0
-
-
 # ------------------------------------------------------------- constant folding ---
 #: a folded tensor may be at most this large, or as large as the constants it reads (a
 #: Fill or Tile that makes a big tensor from a small shape stays an op, as in grappler)
@@ -745,8 +545,6 @@ FUNCTION_ATTRS: dict[str, tuple[str, ...]] = {
     "If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
     "PartitionedCall": ("f",), "StatefulPartitionedCall": ("f",),
 }
-#: separator between a function body's prefix (``<calling node>>``<attr>``) and its names
-BODY_SEP = ">"
 
 
 class _Lowerer:
@@ -761,7 +559,7 @@ class _Lowerer:
                                   list(source.input_keys), list(source.output_keys), source.call, source.source)
         self.tf_graph = tf_graph
         self.prefix = prefix
-        self.graph = Graph(prefix[:-len(BODY_SEP)] if prefix else "main", FRAMEWORK)
+        self.graph = Graph(prefix[:-len(BODY_SEP)] if prefix else "main", NAME)
         self.values: dict[tuple[str, int], Value] = {}
         self.shells: dict[str, bytes] = shells if shells is not None else {}
         self.library = library if library is not None else {f.signature.name: f for f in
@@ -843,7 +641,7 @@ class _Lowerer:
 
     @staticmethod
     def _const_data(node: node_def_pb2.NodeDef) -> np.ndarray | None:
-        return _tensor_to_array(node.attr["value"].tensor) if "value" in node.attr else None
+        return tensor_to_array(node.attr["value"].tensor) if "value" in node.attr else None
 
     def _lower_const(self, node: node_def_pb2.NodeDef) -> None:
         data = self._const_data(node)
@@ -968,25 +766,6 @@ def _only_control(refs: Iterable[str]) -> bool:
     return all(ref.startswith("^") for ref in refs)
 
 
-def convert_attrs(node: node_def_pb2.NodeDef) -> tuple[dict[str, Any], dict[str, str]]:
-    """A NodeDef's attributes as python values, and each attribute's kind."""
-    attrs: dict[str, Any] = {}
-    kinds: dict[str, str] = {}
-    for key in sorted(node.attr):
-        value = node.attr[key]
-        attrs[key] = attr_to_python(value)
-        kinds[key] = attr_kind(value)
-    return attrs, kinds
-
-
-def op_def(op: str) -> Any:
-    """The registered OpDef of ``op``, or None (function names, unknown custom ops)."""
-    try:
-        return op_def_registry.get(op)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def topological_order(nodes: Sequence[node_def_pb2.NodeDef]) -> list[node_def_pb2.NodeDef]:
     """The nodes in a topological order of data and control edges, as close to the given
     order as possible (a stable Kahn sort). UnsupportedModelError on a cycle (v1 while
@@ -1020,28 +799,3 @@ def topological_order(nodes: Sequence[node_def_pb2.NodeDef]) -> list[node_def_pb
     return [nodes[i] for i in order]
 
 
-def arg_ranges(args: Sequence[Any], attrs: dict[str, Any]) -> list[tuple[Any, range]]:
-    """(OpDef arg, positions) for each input or output arg of an op, given the node's IR
-    attributes (``number_attr`` ints and ``type_list_attr`` lists say how many tensors an
-    arg stands for)."""
-    out = []
-    position = 0
-    for arg in args:
-        if arg.number_attr:
-            count = attrs.get(arg.number_attr, 1)
-        elif arg.type_list_attr:
-            types = attrs.get(arg.type_list_attr)
-            count = len(types) if isinstance(types, list) else 0
-        else:
-            count = 1
-        count = count if isinstance(count, int) else 0
-        out.append((arg, range(position, position + count)))
-        position += count
-    return out
-
-
-def sanitize(name: str) -> str:
-    """``name`` as a valid TF node name (``[A-Za-z0-9.][A-Za-z0-9_.\\-/>]*``); valid names
-    are returned unchanged."""
-    text = re.sub(r"[^A-Za-z0-9_.\-/>]", "_", name)
-    return text if text and re.match(r"[A-Za-z0-9.]", text) else f"t_{text}"

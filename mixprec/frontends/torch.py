@@ -6,48 +6,7 @@ keeps composite ops such as ``aten.linear`` and ``aten.conv2d`` whole. With
 ``fallback_fx=True`` a module that export cannot capture is traced with ``make_fx`` on the
 real example inputs instead (see :func:`load`).
 
-IR conventions for torch graphs (``mixprec.backends.torch`` reads exactly these):
-
-- ``Graph(framework="torch")``; ``node.op`` is the fx target as a string, overload kept
-  (``aten.conv2d.default``); python callables on symbolic ints are named by their
-  qualified name (``_operator.mul``). ``node.domain`` is empty. ``node.name`` is the fx
-  node name; ``node.meta["scope"]`` is the fully qualified name of the innermost module
-  that ran the op (``""`` for the root module) and ``node.meta["module_type"]`` its class.
-- Inputs follow the op schema's argument order. Every ``Tensor`` / ``Tensor?`` argument is
-  exactly one input slot (``None`` when omitted or None). A ``Tensor[]`` / ``Tensor?[]``
-  argument is flattened into consecutive slots and ``attrs["_tensor_lists"][name]`` holds
-  its length. A python number passed where the schema says Tensor (``aten.add.Tensor(x,
-  1)``) leaves the slot ``None`` and is kept in ``attrs[name]``.
-- Every other argument that the fx node spells out is ``attrs[name]`` (schema argument
-  name): ints, floats, bools, strings, None and lists of them; ``torch.dtype`` ->
-  ``mixprec.ir.DType``; ``torch.device`` -> ``"cpu"``; layouts and memory formats -> their
-  short names (``"strided"``, ``"contiguous_format"``). A symbolic scalar computed in the
-  graph (a SymInt from ``aten.sym_size.int``) inside such an argument becomes an extra
-  input slot, referenced from the attribute as ``{"$input": slot}``; the slots no
-  attribute references are exactly the tensor arguments, in schema order. A complex
-  number is ``{"$complex": [real, imag]}``. Ops without a schema (python callables) name
-  their positional arguments ``arg0``, ``arg1``, ... the same way.
-- ``aten._assert_tensor_metadata`` checks are dropped (they pin dtypes that passes change).
-- A multi-output op (tuple or list result) has one IR output per element; the fx
-  ``operator.getitem`` nodes are folded away and give the outputs their names.
-- Every value's dtype and shape come from the fake tensor in ``fx_node.meta["val"]``;
-  symbolic dims are strings (dim 0 of the inputs is ``"batch"`` with ``dynamic_batch``).
-  Symbolic scalars are values of dtype ``i64`` / ``f64`` / ``bool`` and shape ``()``.
-- Parameters, buffers and lifted tensor constants are graph constants named by their FQN
-  (``layer1.0.conv1.weight``) holding numpy data (bf16 through ml_dtypes); user inputs are
-  graph inputs named from the forward signature (a dict input contributes its keys).
-- ``aten.to.*`` / ``aten._to_copy`` dtype conversions are the canonical cast
-  ``aten._to_copy.default`` with ``attrs["dtype"]: DType`` and nothing else, unless they
-  carry kwargs that change something besides the dtype (then kept as extra attrs).
-- ``Model.meta["torch"]`` records what the backend needs to rebuild the user-facing call:
-  ``in_spec`` / ``out_spec`` (pytree specs, serialized with ``treespec_dumps`` when
-  possible), ``arg_names`` (positional parameters of ``forward`` that were given),
-  ``kwarg_names``, ``forward_params`` (every positional parameter of ``forward``),
-  ``constant_kinds`` (FQN -> parameter | buffer | buffer_nonpersistent |
-  constant), ``specialized_inputs`` (flat input index -> the python scalar the graph was
-  specialized to; such inputs stay graph inputs of a scalar type), ``constant_outputs``
-  (flat output index -> a python constant the module returned, not a graph output),
-  ``dynamic_batch`` and ``capture`` (``export`` or ``make_fx``).
+IR conventions for torch graphs and the ``Model.meta["torch"]`` keys: see ``mixprec.dialects.torch``.
 
 The user's module is never mutated: everything happens on a deep copy in eval mode.
 """
@@ -70,27 +29,14 @@ import torch.fx as fx
 from torch.utils import _pytree as pytree
 
 from mixprec.config import TRUST_PICKLE
+from mixprec.dialects.torch import (BATCH_DIM, CAST_OP, COMPLEX_TAG, INPUT_REF, META_KEY, NAME, TENSOR_LISTS_ATTR,
+                                    dynamic_batch_shapes, ir_dtype, split_inputs, tensor_kind)
 from mixprec.errors import ModelLoadError, UnsupportedModelError, UntrustedPickleError
+from mixprec.fileio import first_line
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
 
 logger = logging.getLogger(__name__)
-
-FRAMEWORK = "torch"
-CAST_OP = "aten._to_copy.default"
-TENSOR_LISTS_ATTR = "_tensor_lists"
-INPUT_REF = "$input"
-COMPLEX_TAG = "$complex"
-BATCH_DIM = "batch"
-
-_TORCH_TO_DTYPE: dict[torch.dtype, DType] = {
-    torch.float32: DType.FLOAT32, torch.float16: DType.FLOAT16, torch.bfloat16: DType.BFLOAT16,
-    torch.float64: DType.FLOAT64, torch.int8: DType.INT8, torch.int16: DType.INT16, torch.int32: DType.INT32,
-    torch.int64: DType.INT64, torch.uint8: DType.UINT8, torch.uint16: DType.UINT16, torch.uint32: DType.UINT32,
-    torch.uint64: DType.UINT64, torch.bool: DType.BOOL, torch.complex64: DType.COMPLEX64,
-    torch.complex128: DType.COMPLEX128, torch.float8_e4m3fn: DType.FLOAT8E4M3, torch.float8_e5m2: DType.FLOAT8E5M2,
-}
-DTYPE_TO_TORCH: dict[DType, torch.dtype] = {v: k for k, v in _TORCH_TO_DTYPE.items()}
 
 # Nodes that only check or set tracing state; they carry no computation. Dropping
 # _assert_tensor_metadata matters: it pins a dtype that a cast-inserting pass may change.
@@ -152,7 +98,7 @@ def read_program(path: str | os.PathLike, trust_pickle: bool | None = None) -> "
     except UntrustedPickleError:
         raise
     except Exception as exc:  # torch raises many types for a bad archive
-        raise ModelLoadError(f"{path}: not a torch.export program ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"{path}: not a torch.export program ({first_line(exc)})") from exc
 
 
 _ARCHIVE_CONFIG_RE = re.compile(r"(?:^|/)data/(?:weights|constants)/[^/]+_(?:weights|constants)_config\.json$")
@@ -191,7 +137,7 @@ def _pickled_payloads(archive: Any, member: str) -> list[str]:
     try:
         config = json.loads(archive.read(member)).get("config", {})
     except (ValueError, AttributeError, OSError) as exc:
-        raise ModelLoadError(f"{archive.filename}: {member} is not a payload config ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{archive.filename}: {member} is not a payload config ({first_line(exc)})") from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{archive.filename}: {member} is not a payload config")
     kind = "weight" if "/weights/" in f"/{member}" else "constant"
@@ -212,7 +158,7 @@ def _unsafe_pickle(archive: Any, member: str) -> str | None:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"WeightsUnpickler error: ([^.\n]+)", text)
         detail = f"it calls {found[1]}" if found and found.re.pattern.startswith("Unsupported") else \
-            (found[1] if found else _first_line(exc)[:120])
+            (found[1] if found else first_line(exc, limit=120))
         return f"{member} is a pickle that torch.load(weights_only=True) refuses ({detail})"
     return None
 
@@ -274,22 +220,6 @@ def from_exported_program(program: "torch.export.ExportedProgram") -> Model:
     return _lower(capture, arg_names, kwarg_names, names)
 
 
-def torch_dtype(dtype: DType) -> torch.dtype:
-    """The torch dtype of an IR dtype (UnsupportedModelError when torch has none)."""
-    try:
-        return DTYPE_TO_TORCH[dtype]
-    except KeyError:
-        raise UnsupportedModelError(f"torch has no dtype for {dtype.value}") from None
-
-
-def ir_dtype(dtype: torch.dtype) -> DType:
-    """The IR dtype of a torch dtype (UnsupportedModelError for quantized and other exotics)."""
-    try:
-        return _TORCH_TO_DTYPE[dtype]
-    except KeyError:
-        raise UnsupportedModelError(f"torch dtype {dtype} has no IR equivalent") from None
-
-
 def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A numpy array with the tensor's data; bf16/fp8 through ml_dtypes (shares memory
     where torch allows)."""
@@ -321,18 +251,6 @@ class _Capture:
     batch_symbols: set = field(default_factory=set)
 
 
-def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` from example inputs: a tuple/list is positional, a dict keywords."""
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    raise TypeError(f"example_inputs must be a tuple of positional arguments or a dict of keyword "
-                    f"arguments, not {type(example_inputs).__name__}")
-
-
 def _private_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A deep copy in eval mode: capture may set modes or mutate state, never on the user's module."""
     if not isinstance(module, torch.nn.Module):
@@ -340,7 +258,7 @@ def _private_copy(module: torch.nn.Module) -> torch.nn.Module:
     try:
         work = copy.deepcopy(module)
     except Exception as exc:
-        raise UnsupportedModelError(f"cannot copy {type(module).__name__} ({_first_line(exc)}); mixprec never "
+        raise UnsupportedModelError(f"cannot copy {type(module).__name__} ({first_line(exc)}); mixprec never "
                                     f"captures the user's module itself") from exc
     return work.eval()
 
@@ -364,17 +282,6 @@ def _forward_params(module: torch.nn.Module) -> list[str]:
     return [p.name for p in _signature_params(module) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def dynamic_batch_shapes(args: tuple, kwargs: dict) -> tuple | dict:
-    """torch.export ``dynamic_shapes`` making dim 0 of every tensor one shared ``batch`` Dim."""
-    batch = torch.export.Dim(BATCH_DIM, min=1)
-
-    def spec(x: Any) -> Any:
-        return {0: batch} if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
-    if kwargs:
-        return {k: pytree.tree_map(spec, v) for k, v in kwargs.items()}
-    return tuple(pytree.tree_map(spec, a) for a in args)
-
-
 def _capture_export(module: torch.nn.Module, args: tuple, kwargs: dict, dynamic_batch: bool) -> _Capture:
     dynamic_shapes = dynamic_batch_shapes(args, kwargs) if dynamic_batch else None
     try:
@@ -391,7 +298,7 @@ def _capture_from_program(program: "torch.export.ExportedProgram", source: str) 
         program = program.run_decompositions({})
         functional = True
     except Exception as exc:  # e.g. a submodule named like a GraphModule attribute ("meta")
-        logger.warning("run_decompositions failed (%s); functionalizing in-place ops by hand", _first_line(exc))
+        logger.warning("run_decompositions failed (%s); functionalizing in-place ops by hand", first_line(exc))
         functional = False
     graph = program.graph_module.graph
     roles, tensors = _program_state(program)
@@ -458,18 +365,13 @@ def _batch_symbols(capture: _Capture) -> set:
 
 def _export_failure_message(module: torch.nn.Module, exc: BaseException, dynamic_batch: bool) -> str:
     where = _user_frame(str(exc))
-    message = f"torch.export cannot capture {type(module).__name__}: {_first_line(exc)}"
+    message = f"torch.export cannot capture {type(module).__name__}: {first_line(exc)}"
     if where:
         message += f"\n  raised at: {where}"
     if dynamic_batch and "Constraints violated" in str(exc):
         message += "\n  dynamic_batch needs example inputs whose batch is >= 2 and a model whose batch is not fixed"
     return message + ("\n  Pass fallback_fx=True to trace it with make_fx on the example inputs instead "
                       "(python control flow is then specialized to the path these inputs take).")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _user_frame(text: str) -> str:
@@ -513,7 +415,7 @@ def _capture_make_fx(module: torch.nn.Module, args: tuple, kwargs: dict) -> _Cap
             gm = make_fx(run, tracing_mode="real", pre_dispatch=True,
                          _error_on_data_dependent_ops=False)(*state.values(), *flat_inputs)
     except Exception as exc:
-        raise UnsupportedModelError(f"make_fx cannot trace {type(module).__name__} either: {_first_line(exc)}") from exc
+        raise UnsupportedModelError(f"make_fx cannot trace {type(module).__name__} either: {first_line(exc)}") from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -616,7 +518,7 @@ class _Lowering:
         self.capture = capture
         self.arg_names = arg_names
         self.kwarg_names = kwarg_names
-        self.graph = Graph("main", framework=FRAMEWORK)
+        self.graph = Graph("main", framework=NAME)
         self.env: dict[fx.Node, Value | list[Value] | None] = {}
         self.specialized_inputs: dict[int, Any] = {}
         self.constant_outputs: dict[int, Any] = {}
@@ -832,23 +734,10 @@ def _lower(capture: _Capture, arg_names: list[str], kwarg_names: list[str], forw
     }
     logger.info("lowered torch graph: %d nodes, %d constants, %d inputs", len(lowering.graph),
                 len(lowering.graph.constants), len(lowering.graph.inputs))
-    return Model(lowering.graph, {FRAMEWORK: meta})
+    return Model(lowering.graph, {META_KEY: meta})
 
 
 # ---------------------------------------------------------------------------- helpers ---
-def tensor_kind(schema_type: Any) -> str:
-    """'tensor' for Tensor / Tensor?, 'list' for Tensor[] / Tensor?[], else 'other'."""
-    inner = schema_type.getElementType() if isinstance(schema_type, torch.OptionalType) else schema_type
-    if isinstance(inner, torch.TensorType):
-        return "tensor"
-    if isinstance(inner, torch.ListType):
-        elem = inner.getElementType()
-        elem = elem.getElementType() if isinstance(elem, torch.OptionalType) else elem
-        if isinstance(elem, torch.TensorType):
-            return "list"
-    return "other"
-
-
 def _argument(node: fx.Node, index: int, arg: Any) -> tuple[bool, Any]:
     """(given, value) of schema argument ``arg`` in the fx call."""
     if not arg.kwarg_only and index < len(node.args):
@@ -957,8 +846,3 @@ def _dump_spec(spec: pytree.TreeSpec) -> str | pytree.TreeSpec:
         return pytree.treespec_dumps(spec)
     except Exception:  # unregistered container types cannot be serialized
         return spec
-
-
-def load_spec(spec: str | pytree.TreeSpec) -> pytree.TreeSpec:
-    """Inverse of the spec encoding used in ``Model.meta["torch"]``."""
-    return pytree.treespec_loads(spec) if isinstance(spec, str) else spec

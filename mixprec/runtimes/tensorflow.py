@@ -26,6 +26,7 @@ from tensorflow.core.framework import graph_pb2
 from mixprec.runtimes.base import Adapter, RuntimeLimits
 from mixprec.backends import tensorflow as backend
 from mixprec.config import MixedPrecisionConfig
+from mixprec.dialects import tensorflow as dialect
 from mixprec.errors import SampleInputError
 from mixprec.frontends import tensorflow as frontend
 from mixprec.ir.dtypes import DType
@@ -52,7 +53,7 @@ class TensorflowAdapter(Adapter):
         return frontend.load(model, input_signature=signature, inputs=config.inputs, outputs=config.outputs)
 
     def runtime_limits(self, ir_model: Model, config: MixedPrecisionConfig) -> RuntimeLimits:
-        target = frontend.tf_dtype(target_dtype(config.precision)).as_datatype_enum
+        target = dialect.tf_dtype(target_dtype(config.precision)).as_datatype_enum
         policy = graph_policy(ir_model.graph, config.policy)
         ops = set()
         for node in ir_model.graph.all_nodes():
@@ -115,7 +116,7 @@ class TensorflowAdapter(Adapter):
         return to_numpy(converted(*_ordered(inputs, converted.input_keys)))
 
     def output_names(self, ir_model: Model) -> list[str]:
-        keys = ir_model.meta.get(frontend.TF_META, {}).get("output_keys") or []
+        keys = ir_model.meta.get(dialect.TF_META, {}).get("output_keys") or []
         return list(keys) if len(keys) == len(ir_model.graph.outputs) else [v.name for v in ir_model.graph.outputs]
 
     def save(self, converted: Any, path: str, ir_model: Model, config: MixedPrecisionConfig,
@@ -230,7 +231,7 @@ def checked_reference(outputs: list[np.ndarray]) -> list[np.ndarray]:
 def input_specs(ir_model: Model) -> list[InputSpec]:
     """One InputSpec per graph input, named by its input key (the names ``input_shapes``
     uses); unknown dims are None, float inputs are FP32 (whatever keep_io_types did)."""
-    keys = ir_model.meta.get(frontend.TF_META, {}).get("input_keys") or []
+    keys = ir_model.meta.get(dialect.TF_META, {}).get("input_keys") or []
     values = ir_model.graph.inputs
     names = list(keys) if len(keys) == len(values) else [v.name for v in values]
     specs = []
@@ -261,17 +262,17 @@ def lowerable_type_attrs(node: Node, policy: Policy) -> tuple[str, ...]:
     """The type attributes that lowering the node would turn from float32 to the target:
     those bound to a float32 input the policy does not pin, and those bound only to
     float32 outputs (sorted names; none for casts and ops without an OpDef)."""
-    definition = frontend.op_def(node.op)
-    if definition is None or node.op == frontend.CAST_OP:
+    definition = dialect.op_def(node.op)
+    if definition is None or node.op == dialect.CAST_OP:
         return ()
     found: set[str] = set()
-    for arg, positions in frontend.arg_ranges(definition.input_arg, node.attrs):
+    for arg, positions in dialect.arg_ranges(definition.input_arg, node.attrs):
         if arg.type_attr and any(i < len(node.inputs) and node.inputs[i] is not None
                                  and node.inputs[i].dtype == DType.FLOAT32
                                  and not policy.is_pinned(node.qualified_op, i) for i in positions):
             found.add(arg.type_attr)
     bound = {arg.type_attr for arg in definition.input_arg}
-    for arg, positions in frontend.arg_ranges(definition.output_arg, node.attrs):
+    for arg, positions in dialect.arg_ranges(definition.output_arg, node.attrs):
         if arg.type_attr and arg.type_attr not in bound and \
                 any(i < len(node.outputs) and node.outputs[i].dtype == DType.FLOAT32 for i in positions):
             found.add(arg.type_attr)

@@ -14,6 +14,7 @@ import torch
 from mixprec.runtimes.base import Adapter
 from mixprec.backends import torch as backend
 from mixprec.config import MixedPrecisionConfig
+from mixprec.dialects.torch import META_KEY
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import same_file
 from mixprec.frontends import torch as frontend
@@ -93,7 +94,7 @@ class TorchAdapter(Adapter):
         if input_path is not None and same_file(path, input_path):
             raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
         backend.save(converted, path, config.example_inputs,
-                     dynamic_batch=bool(ir_model.meta.get(frontend.FRAMEWORK, {}).get("dynamic_batch")))
+                     dynamic_batch=bool(ir_model.meta.get(META_KEY, {}).get("dynamic_batch")))
 
 
 def input_specs(graph: Graph) -> list[InputSpec]:

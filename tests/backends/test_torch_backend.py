@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch_models as tm  # noqa: E402
 
 from mixprec.backends.torch import emit, save  # noqa: E402
+from mixprec.dialects.torch import ir_dtype  # noqa: E402
 from mixprec.errors import ConversionError  # noqa: E402
-from mixprec.frontends.torch import ir_dtype, load, tensor_to_numpy  # noqa: E402
+from mixprec.frontends.torch import load, tensor_to_numpy  # noqa: E402
 from mixprec.ir import DType, Graph, Model, Value, dump, parse, verify  # noqa: E402
 
 MODELS = list(tm.BUILDERS)

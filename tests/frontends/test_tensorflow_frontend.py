@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow", reason="the TensorFlow frontend tests need tensorflow")
 
 from mixprec.backends import tensorflow as backend  # noqa: E402
+from mixprec.dialects import tensorflow as dialect  # noqa: E402
 from mixprec.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 from mixprec.frontends import tensorflow as frontend  # noqa: E402
 from mixprec.ir import DType, dump, parse, verify  # noqa: E402
@@ -219,16 +220,16 @@ def test_attribute_values_round_trip():
         attr_value_pb2.AttrValue(placeholder="T"),
     ]
     for value in values:
-        python = frontend.attr_to_python(value)
-        back = backend.python_to_attr(python, frontend.attr_kind(value))
+        python = dialect.attr_to_python(value)
+        back = backend.python_to_attr(python, dialect.attr_kind(value))
         if value.HasField("tensor"):
             np.testing.assert_array_equal(tf.make_ndarray(back.tensor), tf.make_ndarray(value.tensor))
         else:
             assert back == value, (value, python)
-    assert isinstance(frontend.attr_to_python(values[-1]), frontend.RawAttr)
-    assert frontend.attr_to_python(values[4]) == DType.BFLOAT16
-    assert frontend.attr_to_python(values[5]) == [-1, 3] and frontend.attr_to_python(values[6]) is None
-    assert frontend.attr_to_python(values[12]) == ["a", b"\xff"]
+    assert isinstance(dialect.attr_to_python(values[-1]), dialect.RawAttr)
+    assert dialect.attr_to_python(values[4]) == DType.BFLOAT16
+    assert dialect.attr_to_python(values[5]) == [-1, 3] and dialect.attr_to_python(values[6]) is None
+    assert dialect.attr_to_python(values[12]) == ["a", b"\xff"]
 
 
 def test_attribute_kinds_are_inferred_without_an_op_def():
