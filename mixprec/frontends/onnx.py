@@ -19,7 +19,7 @@ Lowering rules (the ONNX backend, mixprec.backends.onnx, is the exact inverse):
 Model meta keys: ``ir_version``, ``opset_import`` ({domain: version}), ``producer_name``,
 ``producer_version``, ``domain``, ``model_version``, ``doc_string``, ``metadata_props``
 ({key: value}), ``functions`` (FunctionProtos), ``training_info`` (TrainingInfoProtos) and
-``onnx`` (a dict of private round-trip data, see :data:`ONNX_META`).
+``onnx`` (a dict of private round-trip data, see :data:`mixprec.dialects.onnx.ONNX_META`).
 """
 from __future__ import annotations
 
