@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mixprec.errors import ConfigError, ConversionError
 from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx, graph_key,
                                    onnx_type_string, sparse_to_dense, type_from_proto)
+from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publish, same_file
 from mixprec.ir.dtypes import DType
 from mixprec.ir.cast import make_cast
