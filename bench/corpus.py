@@ -259,7 +259,7 @@ def run_converted(entry: Entry, out: Path, feeds: Path, result: Path) -> tuple[l
         if entry.framework != "onnx" or "onnx.reference:" not in str(exc):
             raise
         import onnx
-        from mixprec.backends.onnx_runtime import run_emulated
+        from mixprec.runtimes.onnx import run_emulated
         from mixprec.errors import MixprecError
         try:
             with np.load(feeds) as data:

@@ -341,9 +341,9 @@ def feeds(name: str, proto: "onnx.ModelProto") -> dict[str, np.ndarray]:
 
 def generated_feeds(proto: "onnx.ModelProto", batch: int = BATCH) -> dict[str, np.ndarray]:
     """The output check's first generated sample inputs for ``proto``
-    (``mixprec.backends.onnx_runtime.candidate_feeds``), with ``batch`` on every dynamic
+    (``mixprec.runtimes.onnx.candidate_feeds``), with ``batch`` on every dynamic
     leading dim."""
-    from mixprec.backends.onnx_runtime import candidate_feeds, input_specs
+    from mixprec.runtimes.onnx import candidate_feeds, input_specs
     from mixprec.frontends.onnx import load
 
     model = load(proto)

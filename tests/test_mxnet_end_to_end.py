@@ -24,6 +24,7 @@ from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
 from tests.fresh_process import BLOCK_MIXPREC  # noqa: E402
 from mixprec.runtimes.mxnet import BF16_CPU  # noqa: E402
 from mixprec.cli import main as cli_main  # noqa: E402
+from mixprec.dialects.mxnet import mx_bfloat16  # noqa: E402
 from mixprec.errors import ConfigError  # noqa: E402
 from mixprec.ir import DType, Node  # noqa: E402
 from mixprec.passes.policies import load_policy  # noqa: E402
@@ -210,7 +211,7 @@ def test_kernel_table_matches_this_mxnet(op, call, runs):
     assert (BF16_CPU.why_not(node) is None) == runs
 
     def bf16(*shape):
-        return mx.nd.ones(shape).astype(frontend.MX_BFLOAT16)
+        return mx.nd.ones(shape).astype(mx_bfloat16())
 
     if runs:
         assert frontend.dtype_from_mx(call(bf16).dtype) == DType.BFLOAT16

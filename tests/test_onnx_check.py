@@ -25,8 +25,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import mixprec.backends.onnx as backend  # noqa: E402
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
-from mixprec.backends.onnx_runtime import (candidate_feeds, check_feeds, input_specs, run_emulated,  # noqa: E402
-                                           run_onnxruntime, run_reference)
+from mixprec.runtimes.onnx import (candidate_feeds, check_feeds, input_specs, run_emulated,  # noqa: E402
+                                   run_onnxruntime, run_reference)
 from mixprec.errors import ConfigError, SampleInputError  # noqa: E402
 from mixprec.frontends.onnx import load  # noqa: E402
 from tests import onnx_models  # noqa: E402
@@ -154,7 +154,7 @@ def test_given_input_shapes_win():
 
 # ---------------------------------------------------------------------- the check ---
 def test_bf16_check_runs_on_the_emulation_not_the_reference_evaluator(monkeypatch):
-    import mixprec.backends.onnx_runtime as runtime
+    import mixprec.runtimes.onnx as runtime
 
     def no_reference(*args, **kwargs):
         raise AssertionError("the reference evaluator must not run by default")
@@ -177,7 +177,7 @@ def test_check_runtime_reference_uses_the_evaluator_and_its_failure_only_skips_t
 
 
 def test_a_runtime_failure_on_the_converted_model_only_skips_the_check(monkeypatch):
-    import mixprec.backends.onnx_runtime as runtime
+    import mixprec.runtimes.onnx as runtime
     from mixprec.errors import ConversionError
 
     real = runtime.run_onnxruntime

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime", reason="ONNX end-to-end tests need onnxruntim
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
-from mixprec.backends.onnx_runtime import run_onnxruntime, run_reference  # noqa: E402
+from mixprec.runtimes.onnx import run_onnxruntime, run_reference  # noqa: E402
 from mixprec.errors import ConversionError  # noqa: E402
 from mixprec.ir import DType  # noqa: E402
 from mixprec.ir.cast import cast_target, is_cast  # noqa: E402
@@ -233,7 +233,7 @@ def test_bf16_check_falls_back_to_a_float_emulation_when_the_reference_evaluator
 
 
 def test_float_emulation_matches_the_reference_evaluator():
-    from mixprec.backends.onnx_runtime import emulate_in_float
+    from mixprec.runtimes.onnx import emulate_in_float
     proto, feeds = _model("torch_cnn")
     bf16 = mix_precision.fit(proto, config=MixedPrecisionConfig(check_outputs=False)).model
     emulated = emulate_in_float(bf16)

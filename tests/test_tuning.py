@@ -90,7 +90,7 @@ def test_fit_with_dataloader_and_metric():
     model = onnx.load(str(EXAMPLE))
     rng = np.random.default_rng(0)
     images = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
-    from mixprec.backends.onnx_runtime import run_onnxruntime
+    from mixprec.runtimes.onnx import run_onnxruntime
     labels = run_onnxruntime(model, {"image": images})[0].argmax(axis=1)  # FP32 is 100% right by definition
 
     class Top1:

@@ -25,16 +25,18 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mixprec.dialects.mxnet import (CAST_OP, DTYPE_TO_FLAG, DTYPE_TO_NAME, META, dtype_to_mx, error_text,
+                                    import_mxnet, numpy_to_ndarray, quiet, version_key)
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import atomic_write, atomic_write_text, same_file
-from mixprec.frontends.mxnet import (CAST_OP, DTYPE_TO_FLAG, DTYPE_TO_NAME, META, dtype_to_mx, mx,
-                                     numpy_to_ndarray, quiet, version_key)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.naming import claim
 
 
 logger = logging.getLogger(__name__)
+
+mx = import_mxnet()
 
 DEFAULT_JSON_ATTRS = {"mxnet_version": ["int", 10901]}
 _PARAMS_RE = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)\.params$")
@@ -51,7 +53,7 @@ def emit(model: Model) -> Triple:
     try:
         symbol = mx.sym.load_json(json.dumps(doc))
     except mx.base.MXNetError as exc:
-        raise ConversionError(f"MXNet rejects the emitted symbol: {_oneline(exc)}") from None
+        raise ConversionError(f"MXNet rejects the emitted symbol: {error_text(exc)}") from None
     args, aux = _params(model, symbol)
     return symbol, args, aux
 
@@ -193,7 +195,7 @@ def validate(symbol: Any, arg_params: Mapping[str, Any], aux_params: Mapping[str
                 shapes.update({n: tuple(v.shape) for n, v in params.items()})
                 symbol.infer_shape(**shapes)
     except mx.base.MXNetError as exc:
-        raise ConversionError(f"MXNet rejects the converted model: {_oneline(exc)}") from None
+        raise ConversionError(f"MXNet rejects the converted model: {error_text(exc)}") from None
     if out_types is None:
         raise ConversionError("MXNet cannot infer the converted model's output types")
 
@@ -215,7 +217,7 @@ def to_block(symbol: Any, arg_params: Mapping[str, Any], aux_params: Mapping[str
         loaded = {**{f"arg:{k}": v for k, v in arg_params.items()}, **{f"aux:{k}": v for k, v in aux_params.items()}}
         block.collect_params().load_dict(loaded, ctx=mx.cpu(), cast_dtype=True, dtype_source="saved")
     except (mx.base.MXNetError, AssertionError, ValueError) as exc:
-        raise ConversionError(f"cannot build a SymbolBlock from the converted model: {_oneline(exc)}") from None
+        raise ConversionError(f"cannot build a SymbolBlock from the converted model: {error_text(exc)}") from None
     return block
 
 
@@ -261,13 +263,6 @@ def _check_casts_kept(model: Model, text: str) -> None:
     expected = sum(1 for n in model.graph.iter_nodes() if n.op == CAST_OP)
     if written != expected:
         raise ConversionError(f"the symbol JSON holds {written} amp_cast nodes instead of {expected}")
-
-
-
-
-def _oneline(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()).replace("Traceback (most recent call last): ", "")
-    return text[:limit] if text else type(exc).__name__
 
 
 __all__ = ["emit", "to_json", "to_block", "validate", "save", "output_files"]

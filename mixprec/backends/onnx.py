@@ -25,11 +25,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx, graph_key,
+                                   onnx_type_string, sparse_to_dense, type_from_proto)
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publish, same_file
-from mixprec.frontends.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx,
-                                    _oneline, graph_key, onnx_type_string, sparse_to_dense,
-                                    type_from_proto)
 from mixprec.ir.dtypes import DType
 from mixprec.ir.cast import make_cast
 from mixprec.ir.graph import Graph, Model, Node, Value
@@ -468,7 +467,7 @@ def _convert_opset(proto: onnx.ModelProto, current: int, target: int, reason: st
         converted = version_converter.convert_version(proto, target)
     except Exception as exc:
         raise ConversionError(f"cannot convert the model from opset {current} to {target} ({reason}): "
-                              f"{_oneline(exc, 400)}") from None
+                              f"{first_line(exc, 400)}") from None
     finally:
         _unstash_data(proto, stash)
         _restore_sparse(proto, sparse)
@@ -497,7 +496,7 @@ def _retype_from_inference(proto: onnx.ModelProto) -> None:
     try:
         inferred = onnx.shape_inference.infer_shapes(bare, check_type=False, strict_mode=False)
     except Exception as exc:  # inference gaps leave the declared types as they are
-        logger.debug("type inference after the opset conversion failed: %s", _oneline(exc, 200))
+        logger.debug("type inference after the opset conversion failed: %s", first_line(exc, 200))
         return
     types = {vi.name: vi.type.tensor_type.elem_type for graph in _all_graphs(inferred.graph)
              for vi in graph.value_info if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
@@ -606,7 +605,7 @@ def validate(proto: onnx.ModelProto) -> None:
     except ConversionError:
         raise
     except Exception as exc:
-        raise ConversionError(f"the ONNX model fails onnx.checker: {_oneline(exc, 1000)}") from None
+        raise ConversionError(f"the ONNX model fails onnx.checker: {first_line(exc, 1000)}") from None
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None,

@@ -21,7 +21,7 @@ Lowering rules (the MXNet backend, mixprec.backends.mxnet, is the exact inverse)
 - dtypes come from ``infer_type`` and shapes from ``infer_shape_partial`` given the input
   dtypes/shapes (example inputs, ``input_shapes``, the inputs' ``__shape__`` attributes,
   or shapes guessed from the first layer's weights); an unknown dim is ``None``;
-- what the IR does not model is kept in ``model.meta["mxnet"]`` (see :data:`META`).
+- what the IR does not model is kept in ``model.meta["mxnet"]`` (see :data:`mixprec.dialects.mxnet.META`).
 
 Invariants: the user's block, symbol and parameter dicts are never modified; every
 failure to read the model is a ModelLoadError saying what to do.
@@ -29,51 +29,29 @@ failure to read the model is a ModelLoadError saying what to do.
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
 import itertools
 import json
 import logging
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mixprec.errors import MissingDependencyError, ModelLoadError
+from mixprec.dialects.mxnet import (CAST_OP, META, dtype_from_mx, dtype_to_mx, error_text, import_mxnet,
+                                    ndarray_to_numpy, parse_cast_dtype, quiet, version_key)
+from mixprec.errors import ModelLoadError
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.naming import claim
 
 logger = logging.getLogger(__name__)
 
-FRAMEWORK = "mxnet"
-#: key of model.meta holding the round-trip data:
-#:   json_attrs:  the symbol JSON's top-level "attrs" (mxnet_version)
-#:   null_attrs:  {variable name: its node's attrs} for inputs and constants
-#:   aux:         names of constants that are auxiliary states
-#:   versions:    {"<node name>\x00<value name>": version} of non-zero input versions
-#:   subgraphs:   {node name: the node's raw "subgraphs" list} (control-flow ops)
-#:   shapes_from: where the input shapes came from (example inputs, __shape__, guessed, ...)
-#:   input_specs: {input name: {"dims", "high", "image"}} for inputs whose shape was
-#:                guessed: dims None where guessed, high the table rows token ids index
-META = "mxnet"
-CAST_OP = "amp_cast"
+mx = import_mxnet()
 
-#: MXNet's type flags (mshadow) and names, as used in ``__dtype__`` attributes and by
-#: ``amp_cast``'s ``dtype`` attribute.
-_FLAG_TO_DTYPE = {0: DType.FLOAT32, 1: DType.FLOAT64, 2: DType.FLOAT16, 3: DType.UINT8, 4: DType.INT32,
-                  5: DType.INT8, 6: DType.INT64, 7: DType.BOOL, 8: DType.INT16, 9: DType.UINT16,
-                  10: DType.UINT32, 11: DType.UINT64, 12: DType.BFLOAT16}
-DTYPE_TO_FLAG = {v: k for k, v in _FLAG_TO_DTYPE.items()}
-_NAME_TO_DTYPE = {"float32": DType.FLOAT32, "float64": DType.FLOAT64, "float16": DType.FLOAT16,
-                  "bfloat16": DType.BFLOAT16, "uint8": DType.UINT8, "int8": DType.INT8, "int16": DType.INT16,
-                  "int32": DType.INT32, "int64": DType.INT64, "uint16": DType.UINT16, "uint32": DType.UINT32,
-                  "uint64": DType.UINT64, "bool": DType.BOOL}
-DTYPE_TO_NAME = {v: k for k, v in _NAME_TO_DTYPE.items()}
+FRAMEWORK = "mxnet"
 
 _PARAMS_RE = re.compile(r"^(?P<prefix>.*)-(?P<epoch>\d+)\.params$")
 _SYMBOL_SUFFIX = "-symbol.json"
@@ -81,65 +59,6 @@ _SYMBOL_SUFFIX = "-symbol.json"
 _GUESS_SIZES = (32, 224, 28, 64, 16, 8, 96, 128, 256, 299)
 #: ops that keep their input's shape, looked through when guessing an input's shape
 _SHAPE_KEEPING = frozenset({"amp_cast", "Cast", "_copy", "BlockGrad"})
-
-
-# ----------------------------------------------------------------------------- mxnet ---
-def import_mxnet() -> Any:
-    """Import mxnet 1.9.1. Its Python code uses ``np.bool``, which numpy >= 1.24 removed,
-    so the alias is restored first (a no-op where numpy still has it); the warnings the
-    import itself raises are silenced."""
-    if "bool" not in np.__dict__:
-        np.bool = np.bool_  # type: ignore[attr-defined]
-    try:
-        with warnings.catch_warnings():  # mxnet probes numpy names that numpy deprecated
-            warnings.simplefilter("ignore")
-            import mxnet
-            from mxnet.contrib.amp import amp  # noqa: F401  (imported here, under the same filter)
-    except ImportError as exc:
-        raise MissingDependencyError(f"MXNet models need the mxnet package (pip install mxnet==1.9.1): {exc}") from None
-    return mxnet
-
-
-mx = import_mxnet()
-from mxnet.contrib.amp import amp as _amp  # noqa: E402  (needs the patch above)
-
-#: the numpy dtype MXNet uses for bf16 NDArrays (a structured uint16 type)
-MX_BFLOAT16 = _amp.bfloat16
-
-
-def dtype_from_mx(dtype: Any) -> DType:
-    """The IR dtype of a dtype MXNet reports (numpy type, bf16's structured type, or
-    None for an unknown one)."""
-    if dtype is None:
-        return DType.UNKNOWN
-    np_dtype = np.dtype(dtype)
-    if np_dtype.names == ("bfloat16",):
-        return DType.BFLOAT16
-    try:
-        return DType.from_numpy(np_dtype)
-    except ValueError:
-        return DType.UNKNOWN
-
-
-def dtype_to_mx(dtype: DType) -> Any:
-    """The dtype MXNet's NDArray calls take for ``dtype`` (bf16: amp's dtype object)."""
-    return MX_BFLOAT16 if dtype == DType.BFLOAT16 else dtype.to_numpy()
-
-
-def ndarray_to_numpy(array: Any) -> np.ndarray:
-    """An NDArray's data as numpy; bf16 becomes ml_dtypes.bfloat16 (exactly)."""
-    if dtype_from_mx(array.dtype) == DType.BFLOAT16:
-        return array.astype("float32").asnumpy().astype(DType.BFLOAT16.to_numpy())
-    return array.asnumpy()
-
-
-def numpy_to_ndarray(data: np.ndarray, dtype: DType) -> Any:
-    """numpy data as an NDArray of ``dtype`` on the CPU (bf16 values survive exactly:
-    they travel as float32, which holds every bf16 value)."""
-    if dtype == DType.BFLOAT16:
-        return mx.nd.array(np.asarray(data, dtype=np.float32), dtype=np.float32).astype(MX_BFLOAT16)
-    arr = np.asarray(data, dtype=dtype.to_numpy())
-    return mx.nd.array(arr, dtype=arr.dtype)
 
 
 def to_ndarray(value: Any) -> Any:
@@ -150,22 +69,6 @@ def to_ndarray(value: Any) -> Any:
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)
     return mx.nd.array(arr, dtype=arr.dtype)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence what MXNet's Python inference helpers print to stdout ("infer_shape
-    error. Arguments: ...") and warn about; their errors still raise."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def parse_cast_dtype(text: str, node_name: str) -> DType:
-    dtype = _NAME_TO_DTYPE.get(str(text))
-    if dtype is None:
-        raise ModelLoadError(f"amp_cast node {node_name!r} has an unknown dtype {text!r}")
-    return dtype
 
 
 # ----------------------------------------------------------------------------- files ---
@@ -230,14 +133,14 @@ def _load_json(text: str, where: str) -> Any:
     try:
         return mx.sym.load_json(text)
     except mx.base.MXNetError as exc:
-        raise ModelLoadError(f"MXNet cannot read the symbol in {where}: {_oneline(exc)}") from None
+        raise ModelLoadError(f"MXNet cannot read the symbol in {where}: {error_text(exc)}") from None
 
 
 def read_params(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         loaded = mx.nd.load(str(path))
     except mx.base.MXNetError as exc:
-        raise ModelLoadError(f"{path} is not an MXNet parameter file ({_oneline(exc)}); the file may be "
+        raise ModelLoadError(f"{path} is not an MXNet parameter file ({error_text(exc)}); the file may be "
                              "truncated: re-export the model") from None
     if isinstance(loaded, list) and not loaded:  # nd.save of an empty dict reads back as []
         return {}, {}
@@ -259,12 +162,6 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         else:
             args[key] = value
     return args, aux
-
-
-def _oneline(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    text = text.replace("Traceback (most recent call last): ", "")
-    return text[:limit] if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- input ---
@@ -369,11 +266,11 @@ def _trace_block(block: Any, example_inputs: Any, input_shapes: Any) -> _Source:
             with mx.autograd.predict_mode():
                 block(*[to_ndarray(x) for x in examples])
         except Exception as exc:  # the user's forward failed on the user's inputs
-            raise ModelLoadError(f"the block's forward pass on the example inputs failed: {_oneline(exc)}") from None
+            raise ModelLoadError(f"the block's forward pass on the example inputs failed: {error_text(exc)}") from None
     try:
         out = block(*[mx.sym.var(n) for n in names])
     except Exception as exc:
-        raise ModelLoadError(f"cannot trace the block symbolically ({_oneline(exc)}); check that hybrid_forward "
+        raise ModelLoadError(f"cannot trace the block symbolically ({error_text(exc)}); check that hybrid_forward "
                              "uses only F.* operators") from None
     symbol = out if isinstance(out, mx.sym.Symbol) else mx.sym.Group(_flatten_symbols(out))
     by_name = {p.name: p for p in block.collect_params().values()}
@@ -580,13 +477,13 @@ class _Lowerer:
             with quiet():
                 _, types, _ = self.internals.infer_type_partial(**dtypes)
         except mx.base.MXNetError as exc:
-            raise ModelLoadError(f"MXNet type inference fails on this model: {_oneline(exc)}") from None
+            raise ModelLoadError(f"MXNet type inference fails on this model: {error_text(exc)}") from None
         shapes = {**source.shapes, **self._param_shapes()}
         try:
             with quiet():
                 _, out_shapes, _ = self.internals.infer_shape_partial(**shapes)
         except mx.base.MXNetError as exc:
-            raise ModelLoadError(f"the parameters or input shapes do not fit the symbol: {_oneline(exc)}") from None
+            raise ModelLoadError(f"the parameters or input shapes do not fit the symbol: {error_text(exc)}") from None
         count = len(self.internals.list_outputs())
         return list(types or [None] * count), list(out_shapes or [()] * count)
 
@@ -713,9 +610,6 @@ def _visible_outputs(op: str, attrs_json: str, num_inputs: int) -> int:
         _VISIBLE_CACHE[key] = len(symbol.get_internals().list_outputs()) - num_inputs
     return _VISIBLE_CACHE[key]
 
-
-def version_key(node_name: str, value_name: str) -> str:
-    return f"{node_name}\x00{value_name}"
 
 
 def _declared_shape(node: Mapping[str, Any]) -> tuple | None:

@@ -24,14 +24,16 @@ import numpy as np
 from mixprec.runtimes.base import Adapter, RuntimeLimits
 from mixprec.backends import mxnet as backend
 from mixprec.config import MixedPrecisionConfig
+from mixprec.dialects.mxnet import META, dtype_from_mx, dtype_to_mx, import_mxnet, numpy_to_ndarray
 from mixprec.errors import ConfigError
 from mixprec.frontends import mxnet as frontend
-from mixprec.frontends.mxnet import mx
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node
 from mixprec.sample_inputs import InputSpec, input_bytes_limit, make_arrays, shape_ladder
 
 logger = logging.getLogger(__name__)
+
+mx = import_mxnet()
 
 RUNTIME = "mxnet 1.9.1 on CPU"
 SAMPLE_SEED = 0
@@ -177,7 +179,7 @@ class MxnetAdapter(Adapter):
         weights = sum(v.data.nbytes for v in graph.constants.values() if v.data is not None)
         for shapes in shape_ladder(specs, given=config.input_shapes, limit_bytes=input_bytes_limit(weights)):
             arrays = make_arrays(specs, shapes, seed=SAMPLE_SEED)
-            yield tuple(frontend.numpy_to_ndarray(arrays[v.name], _array_dtype(v.dtype)) for v in graph.inputs)
+            yield tuple(numpy_to_ndarray(arrays[v.name], _array_dtype(v.dtype)) for v in graph.inputs)
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
         return run_block(self.native(original), inputs)
@@ -200,7 +202,7 @@ def input_specs(ir_model: Model) -> list[InputSpec]:
     frontend guessed it (``meta["mxnet"]["input_specs"]``: guessed dims are None, so the
     ladder of conventional sizes fills them; token ids that an Embedding reads are
     integers below its table's row count, whatever dtype the input has)."""
-    guessed = ir_model.meta.get(frontend.META, {}).get("input_specs", {})
+    guessed = ir_model.meta.get(META, {}).get("input_specs", {})
     specs = []
     for value in ir_model.graph.inputs:
         hint = guessed.get(value.name)
@@ -237,9 +239,9 @@ def _as_list(inputs: Any) -> list[Any]:
 
 
 def _cast(array: Any, dtype: DType) -> Any:
-    if dtype == DType.UNKNOWN or frontend.dtype_from_mx(array.dtype) == dtype:
+    if dtype == DType.UNKNOWN or dtype_from_mx(array.dtype) == dtype:
         return array
-    return array.astype(frontend.dtype_to_mx(dtype))
+    return array.astype(dtype_to_mx(dtype))
 
 
 def _flatten(out: Any) -> list[Any]:
@@ -249,7 +251,7 @@ def _flatten(out: Any) -> list[Any]:
 
 
 def _to_numpy(array: Any) -> np.ndarray:
-    dtype = frontend.dtype_from_mx(array.dtype)
+    dtype = dtype_from_mx(array.dtype)
     if dtype.is_float:
         return array.astype("float32").asnumpy()
     return array.asnumpy()

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnx_models  # noqa: E402
 
 import mixprec.backends.onnx as backend  # noqa: E402
-import mixprec.backends.onnx_runtime as runtime  # noqa: E402
+import mixprec.runtimes.onnx_probes as runtime  # noqa: E402
 from mixprec.backends.onnx import emit, required_opset, save, validate  # noqa: E402
-from mixprec.backends.onnx_runtime import (candidate_feeds, missing_kernels, run_onnxruntime,  # noqa: E402
-                                           run_reference)
+from mixprec.runtimes.onnx import candidate_feeds, run_onnxruntime, run_reference  # noqa: E402
+from mixprec.runtimes.onnx_probes import missing_kernels  # noqa: E402
 from mixprec.errors import ConfigError, ConversionError  # noqa: E402
 from mixprec.frontends.onnx import load  # noqa: E402
 from mixprec.ir import DType, Graph, GraphBuilder, Model, verify  # noqa: E402

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnx_models  # noqa: E402
 
 from mixprec.errors import ModelLoadError  # noqa: E402
-from mixprec.frontends.onnx import ONNX_META, RawAttribute, dtype_from_onnx, load  # noqa: E402
+from mixprec.dialects.onnx import ONNX_META, RawAttribute, dtype_from_onnx  # noqa: E402
+from mixprec.frontends.onnx import load  # noqa: E402
 from mixprec.ir import DType, Graph, dump, parse, verify  # noqa: E402
 
 

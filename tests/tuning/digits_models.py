@@ -94,7 +94,7 @@ def onnx_mlp(layers: int, planted: list[int], residual: bool = False, seed: int 
 def onnx_top1(model, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of an FP32 or BF16 ONNX model (BF16 through mixprec's exact
     float emulation in onnxruntime, since onnxruntime's CPU provider has no BF16 kernels)."""
-    from mixprec.backends.onnx_runtime import emulate_in_float, run_onnxruntime
+    from mixprec.runtimes.onnx import emulate_in_float, run_onnxruntime
     from mixprec.ir.dtypes import DType
     runnable = emulate_in_float(model, DType.BFLOAT16)
     logits = run_onnxruntime(runnable, {"x": x})[0]

@@ -7,7 +7,7 @@ pytest.importorskip("onnxruntime", reason="the digits models run in onnxruntime"
 pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
-from mixprec.backends.onnx_runtime import emulate_in_float, run_onnxruntime  # noqa: E402
+from mixprec.runtimes.onnx import emulate_in_float, run_onnxruntime  # noqa: E402
 from mixprec.errors import AccuracyCheckError  # noqa: E402
 from mixprec.ir.dtypes import DType  # noqa: E402
 from mixprec.numerics import cosine  # noqa: E402
