@@ -13,7 +13,9 @@ Rules: attributes print sorted by key; a node's ``@name`` prints only when it di
 from its first output's name; ``_`` marks an omitted optional input; a constant's data
 prints inline when it has at most 8 elements, otherwise it is elided (and parses back as
 a constant without data); ``# <precision> <category>: <reason>`` carries the node's
-precision decision. A type without brackets has unknown rank; ``?`` is an unknown dim.
+precision decision, ``# <precision> <category> pin=<source>: <reason>`` a decision that a
+pin (mixprec.ir.pins) made, and ``# pin=<source> <precision>: <reason>`` a pin not yet
+painted. A type without brackets has unknown rank; ``?`` is an unknown dim.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import numpy as np
 from mixprec.errors import ParseError
 from mixprec.ir.dtypes import DType
 from mixprec.ir.gcpause import paused_gc
+from mixprec.ir.pins import SOURCES, Pin, pin_of
 from mixprec.ir.graph import Graph, Node, Value
 
 logger = logging.getLogger(__name__)
@@ -150,11 +153,16 @@ def format_node(node: Node, indent: str = "") -> str:
     if node.name != default_name:
         line += f" @{_name(node.name)}"
     precision = node.meta.get("precision")
+    pin = pin_of(node)
     if precision:
         line += f"  # {precision} {node.meta.get('category') or '-'}"
+        if pin is not None:
+            line += f" pin={pin.source}"
         reason = node.meta.get("reason")
         if reason:
             line += ": " + " ".join(str(reason).split())
+    elif pin is not None:
+        line += f"  # pin={pin.source} {pin.precision}: " + " ".join(pin.reason.split())
     return line
 
 
@@ -644,18 +652,33 @@ class _Scope:
         return value
 
 
-_COMMENT = re.compile(r"#\s*(\S+)\s+([^\s:]+)(?::\s*(.*))?$")
+_COMMENT = re.compile(r"#\s*(\S+)\s+([^\s:]+)(?:\s+pin=([\w-]+))?(?::\s*(.*))?$")
+_PIN_ONLY = re.compile(r"#\s*pin=([\w-]+)\s+([^\s:]+)(?::\s*(.*))?$")
 
 
 def _apply_comment(node: Node, comment: str) -> None:
-    m = _COMMENT.match(comment.rstrip())
+    """A decision comment (see the module docstring) back into ``node.meta``; a pin with
+    an unknown source is dropped (the decision stays)."""
+    comment = comment.rstrip()
+    m = _PIN_ONLY.match(comment)
+    if m:
+        _set_pin(node, m.group(2), m.group(1), m.group(3) or "")
+        return
+    m = _COMMENT.match(comment)
     if not m:
         return
     node.meta["precision"] = m.group(1)
     if m.group(2) != "-":
         node.meta["category"] = m.group(2)
+    if m.group(4):
+        node.meta["reason"] = m.group(4)
     if m.group(3):
-        node.meta["reason"] = m.group(3)
+        _set_pin(node, m.group(1), m.group(3), m.group(4) or "")
+
+
+def _set_pin(node: Node, precision: str, source: str, reason: str) -> None:
+    if source in SOURCES:
+        node.meta["pin"] = Pin(precision, source, reason)
 
 
 def parse(text: str) -> Graph:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mixprec.errors import IRError, MixprecError, PassError, PostconditionError, PreconditionError
+from mixprec.fileio import atomic_write_text
 from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph
 from mixprec.ir.text import dump
@@ -53,7 +54,7 @@ class PassManager:
                 raise PassError(f"the input graph is already broken: {exc}") from None
         if self.dump_dir is not None:
             Path(self.dump_dir).mkdir(parents=True, exist_ok=True)
-            _write(Path(self.dump_dir) / "00-input.ir", dump(graph))
+            atomic_write_text(Path(self.dump_dir) / "00-input.ir", dump(graph))
         changed_any = False
         for index, p in enumerate(self.passes, start=1):
             if self.progress:
@@ -85,14 +86,8 @@ class PassManager:
                 if problem:
                     raise PostconditionError(f"pass {p.name!r} broke its guarantee: {problem}")
             if self.dump_dir is not None:
-                _write(Path(self.dump_dir) / f"{index:02d}-{p.name}.ir", dump(graph))
+                atomic_write_text(Path(self.dump_dir) / f"{index:02d}-{p.name}.ir", dump(graph))
         return PassResult(graph, changed_any)
 
     def __str__(self) -> str:
         return ",".join(str(p) for p in self.passes)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -23,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from mixprec.dialects.onnx import dtype_to_onnx, onnx_type_string
 from mixprec.errors import ConfigError
-from mixprec.fileio import first_line
+from mixprec.fileio import atomic_write_text, first_line
 from mixprec.ir.dtypes import DType
 
 logger = logging.getLogger(__name__)
@@ -314,10 +313,6 @@ def _read_cache() -> dict[str, dict[str, bool]]:
 def _write_cache(data: dict[str, dict[str, bool]]) -> None:
     path = cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError as exc:
         logger.warning("cannot write the kernel cache %s (%s); probing again next time", path, exc)
