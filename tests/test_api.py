@@ -27,7 +27,7 @@ def test_load_run_custom_pipeline_emit():
     passes.insert(3, keep_first_conv())  # after apply-overrides, before assign-precision
     PassManager(passes).run(model.graph)
     text = dump(model.graph)
-    assert "@conv1  # f32 allow: first conv stays FP32" in text
+    assert "@conv1  # f32 allow pin=user: first conv stays FP32" in text
     assert "@conv2  # bf16 allow: allow list" in text
     proto = mixprec.emit(model)
     onnx.checker.check_model(proto, full_check=True)

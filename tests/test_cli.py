@@ -56,7 +56,7 @@ def test_fp16_conversion_runs_in_onnxruntime(model, tmp_path):
 def test_fp32_op_type_override_and_dump_after(model, tmp_path, capsys):
     assert main(["dump", str(model), "--after", "assign-precision", "--fp32-op-type", "Conv"]) == 0
     text = capsys.readouterr().out
-    assert "Conv(%image, %conv1.w, %conv1.b) {pads=[1, 1, 1, 1]} @conv1  # f32 allow: user override: op type Conv -> f32" in text
+    assert "Conv(%image, %conv1.w, %conv1.b) {pads=[1, 1, 1, 1]} @conv1  # f32 allow pin=user: user override: op type Conv -> f32" in text
     assert "Cast" not in text  # stopped before insert-casts
     assert main(["dump", str(model), "--format", "dot"]) == 0
     assert capsys.readouterr().out.startswith('digraph "tiny_cnn" {')
@@ -254,7 +254,7 @@ def test_opt_prints_the_ir_after_a_pipeline(tmp_path, capsys):
     assert main(["opt", str(src), "--pipeline", "infer-dtypes,mark-shape-subgraphs,"
                  "apply-overrides{runtime_fp32_ops=[MatMul],runtime=ort},assign-precision,insert-casts"]) == 0
     out = capsys.readouterr().out
-    assert "%m: f32[2,4] = MatMul(%x, %w)  # f32 allow: ort has no bf16 kernel for MatMul" in out
+    assert "%m: f32[2,4] = MatMul(%x, %w)  # f32 allow pin=runtime: ort has no bf16 kernel for MatMul" in out
     assert "Cast" not in out
     assert main(["opt", str(src)]) == 0
     assert "%m: bf16[2,4] = MatMul(%x.bf16, %w.bf16)  # bf16 allow: allow list" in capsys.readouterr().out

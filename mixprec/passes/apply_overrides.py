@@ -26,7 +26,7 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node
 from mixprec.ir.pins import FP32, Pin, set_pin
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import graph_policy, target_dtype, touches_fp32
+from mixprec.passes.common import SHAPE, graph_policy, target_dtype, touches_fp32
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ApplyOverrides(Pass):
     def run(self, graph: Graph) -> PassResult:
         target = target_dtype(self.precision)
         policy = graph_policy(graph, self.policy)
-        nodes = [n for n in graph.all_nodes() if n.meta.get("category") not in ("shape", "cast") and not is_cast(n)]
+        nodes = [n for n in graph.all_nodes() if n.meta.get("category") not in (SHAPE, "cast") and not is_cast(n)]
         present = {n.op for n in nodes} | {n.qualified_op for n in nodes} | {_packet(n.op) for n in nodes}
         for op in self.fp32_ops + self.lp_ops:
             if op not in present and op not in policy.known_ops:

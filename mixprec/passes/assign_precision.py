@@ -31,13 +31,12 @@ from mixprec.ir.dtypes import DType, finite_max
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.ir.pins import Pin, pin_of
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import FP32, KEEP, decide, graph_policy, target_dtype
+from mixprec.passes.common import FP32, KEEP, SHAPE, decide, graph_policy, target_dtype
 from mixprec.passes.policies import Policy
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
-SHAPE = "shape"
 
 
 @register_pass

@@ -13,6 +13,9 @@ logger = logging.getLogger(__name__)
 
 FP32 = "f32"
 KEEP = "keep"
+#: the category mark-shape-subgraphs gives nodes that compute shapes, indices, axes and
+#: scales (they keep their dtype and take no part in painting)
+SHAPE = "shape"
 _PRECISIONS = {"bf16": DType.BFLOAT16, "bfloat16": DType.BFLOAT16,
                "fp16": DType.FLOAT16, "f16": DType.FLOAT16, "float16": DType.FLOAT16}
 

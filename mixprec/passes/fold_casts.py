@@ -98,7 +98,8 @@ def _duplicate(node: Node, rw: _Rewriter) -> bool:
     twins = [r for r, _ in node.inputs[0].uses() if r is not node and r.graph is node.graph and is_cast(r)
              and cast_target(r) == cast_target(node) and id(r.outputs[0]) not in rw.protected]
     first = min(twins + [node], key=lambda n: rw.order.get(id(n), len(rw.order)))
-    if first is node:
+    if first is node:  # a rewrite (chain) may have made ``node`` the earlier twin of casts already seen
+        rw.work.extend(twins)
         return False
     rw.forward(node, first.outputs[0])
     return True

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from mixprec.ir.graph import Graph, Value
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import KEEP, decide, graph_policy
+from mixprec.passes.common import KEEP, SHAPE, decide, graph_policy
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
-SHAPE = "shape"
 
 
 @register_pass

@@ -23,7 +23,7 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.passes.base import Pass, PassResult
 from mixprec.ir.pins import FP32, Pin, set_pin
-from mixprec.passes.common import graph_policy
+from mixprec.passes.common import SHAPE, graph_policy
 from mixprec.passes.policies import Policy
 from mixprec.passes.registry import register_pass
 
@@ -58,7 +58,7 @@ def normalized_graph_input(node: Node, policy: Policy, graph_inputs: set[int]) -
     input normalizations and its data input leads back to a float graph input through
     single-data-input casts, clear ops and passthrough ops only."""
     index = policy.normalized_input(node.qualified_op)
-    if index is None or index >= len(node.inputs) or node.meta.get("category") == "shape":
+    if index is None or index >= len(node.inputs) or node.meta.get("category") == SHAPE:
         return None
     value = node.inputs[index]
     seen: set[int] = set()

@@ -4,6 +4,7 @@ registered once; a second registration is a PipelineError."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import logging
 from importlib.metadata import entry_points
 
@@ -13,10 +14,9 @@ from mixprec.passes.base import Pass
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mixprec.passes"
-_BUILTIN_MODULES = (
-    "infer_dtypes", "mark_shape_subgraphs", "pin_input_normalizations", "assign_precision", "apply_overrides",
-    "insert_casts", "fold_casts", "convert_constants", "keep_io_types",
-)
+#: modules of mixprec.passes that hold no pass (each other module declares its passes once,
+#: with @register_pass)
+_NOT_PASSES = frozenset({"base", "common", "manager", "pipeline", "registry", "policies"})
 _registry: dict[str, type[Pass]] = {}
 _loaded = False
 
@@ -38,8 +38,10 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(f"mixprec.passes.{module}")
+    package = importlib.import_module("mixprec.passes")
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _NOT_PASSES and not info.ispkg:
+            importlib.import_module(f"mixprec.passes.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = ep.load()

@@ -120,7 +120,7 @@ def test_conditional_rule_and_runtime_capability(run):
         }""", "infer-dtypes,mark-shape-subgraphs,apply-overrides{runtime_fp32_ops=[Conv],runtime=onnxruntime},"
            "assign-precision")
     assert "Resize(%c, %roi, %scales) {mode=\"cubic\"}  # f32 deny: deny list because mode='cubic'" in out
-    assert "Conv(%x, %w)  # f32 allow: onnxruntime has no bf16 kernel for Conv" in out
+    assert "Conv(%x, %w)  # f32 allow pin=runtime: onnxruntime has no bf16 kernel for Conv" in out
 
 
 def test_runtime_limit_is_a_pin_so_no_neighbour_is_stranded_in_bf16(run):
@@ -136,7 +136,7 @@ def test_runtime_limit_is_a_pin_so_no_neighbour_is_stranded_in_bf16(run):
            "assign-precision,insert-casts,fold-casts")
     assert out == textwrap.dedent("""\
         graph main<generic>(%x: f32[2,4], %w: f32[4,4]) -> (%out: f32[2,4]) {
-          %m: f32[2,4] = MatMul(%x, %w)  # f32 allow: onnxruntime has no bf16 kernel for MatMul
+          %m: f32[2,4] = MatMul(%x, %w)  # f32 allow pin=runtime: onnxruntime has no bf16 kernel for MatMul
           %out: f32[2,4] = Relu(%m)  # f32 clear: clear op not connected to an allow node
           return %out
         }

@@ -38,7 +38,7 @@ def test_mxnet_batchnorm_of_the_raw_input_stays_fp32(run):
           const %v: f32[3]
           const %w: bf16[4,3,1,1]
           %r: f32[1,3,8,8] = Reshape(%data) {{shape="(1, 3, 8, 8)"}}  # f32 deny: deny list
-          %bn: f32[1,3,8,8] = BatchNorm(%r, %g, %b, %m, %v)  # f32 clear: {RULE}
+          %bn: f32[1,3,8,8] = BatchNorm(%r, %g, %b, %m, %v)  # f32 clear pin=policy-rule: {RULE}
           %bn.bf16: bf16[1,3,8,8] = amp_cast(%bn) {{dtype=bf16}}  # bf16 cast: inserted: first reader 'out' runs in bf16
           %out.bf16: bf16[1,4,8,8] = Convolution(%bn.bf16, %w) {{kernel="(1, 1)", no_bias="True", num_filter="4"}} @out  # bf16 allow: allow list
           %out: f32[1,4,8,8] = amp_cast(%out.bf16) {{dtype=f32}} @out.bf16.f32  # f32 cast: inserted: graph output keeps its f32 type
@@ -77,7 +77,7 @@ def test_onnx_normalization_through_transpose_is_pinned(run):
           %out: f32[1,4,8,8] = Conv(%bn, %w)
           return %out
         }""", PAINT)
-    assert f"%bn: f32[1,3,8,8] = BatchNormalization(%t, %s, %b, %m, %v)  # f32 infer: {RULE}" in out
+    assert f"%bn: f32[1,3,8,8] = BatchNormalization(%t, %s, %b, %m, %v)  # f32 infer pin=policy-rule: {RULE}" in out
     assert "%out: f32[1,4,8,8] = Conv(%bn, %w)  # bf16 allow: allow list" in out
 
 
@@ -91,10 +91,10 @@ def test_torch_batch_norm_of_an_input_is_pinned_and_a_user_override_wins(run):
           %out: f32[2,3] = aten.linear.default(%ln, %w)
           return %out
         }"""
-    assert f"# f32 infer: {RULE}" in run(text, PAINT)
+    assert f"# f32 infer pin=policy-rule: {RULE}" in run(text, PAINT)
     forced = run(text, "infer-dtypes,mark-shape-subgraphs,pin-input-norms,apply-overrides{lp_nodes=[ln]},"
                        "assign-precision")
-    assert "%ln: f32[2,4] = aten.native_batch_norm.default(%data, %lw, %lb)  # bf16 infer: user override" in forced
+    assert "%ln: f32[2,4] = aten.native_batch_norm.default(%data, %lw, %lb)  # bf16 infer pin=user: user override" in forced
 
 
 EMBEDDING = """
@@ -172,7 +172,7 @@ def test_table_stays_fp32_when_nothing_runs_low_or_the_user_keeps_it(run):
     assert "const %table: f32[10,4]" in run(alone, DEFAULT_PIPELINE)
     kept = run(EMBEDDING, DEFAULT_PIPELINE.replace("apply-overrides", "apply-overrides{fp32_nodes=[e]}"))
     assert "const %table: f32[10,4]" in kept
-    assert "# f32 clear: user override: node 'e' -> f32" in kept
+    assert "# f32 clear pin=user: user override: node 'e' -> f32" in kept
 
 
 def test_mxnet_embedding_indices_are_never_cast(run):
