@@ -206,12 +206,31 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.errors:
+        return _report_errors(args)
     if args.input.endswith(".ir"):
         from mixprec.report import Report
         report = Report.from_graph(_read_ir(args.input), args.precision)
     else:
         _, report = _load_and_run(args, None)
     sys.stdout.write((report.to_json() if args.json else report.to_text()) + "\n")
+    return 0
+
+
+def _report_errors(args: argparse.Namespace) -> int:
+    """The twenty converted nodes that add the most error on sample inputs."""
+    import json
+    from mixprec.mix_precision import error_attribution
+    if args.input.endswith(".ir"):
+        raise ConfigError("--errors runs the model: give the model file, not an .ir file")
+    errors = error_attribution(args.input, _config(args))[:20]
+    if args.json:
+        sys.stdout.write(json.dumps([e.__dict__ for e in errors], indent=2) + "\n")
+        return 0
+    width = max((len(e.name) for e in errors), default=4)
+    print(f"{'node':<{width}}  {'op':<20} {'rel error':>10} {'added':>10}")
+    for e in errors:
+        print(f"{e.name:<{width}}  {e.op:<20} {e.rel_error:>10.3g} {e.local:>10.3g}")
     return 0
 
 
@@ -266,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="explain, node by node, what converting a model does")
     p.add_argument("input", help="model file, or an .ir file written by `mixprec dump`/--dump-dir")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--errors", action="store_true",
+                   help="run the FP32 and converted models side by side on sample inputs and list the 20 "
+                        "converted nodes that add the most error (relative error, and the error each adds)")
     _add_conversion_options(p)
     p.set_defaults(func=cmd_report)
     return parser

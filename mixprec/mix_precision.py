@@ -232,6 +232,22 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
     return native, ir_model, report
 
 
+def error_attribution(model: Any, config: MixedPrecisionConfig | None = None) -> list[attribution.NodeError]:
+    """The default conversion's error, node by node, on sample inputs: every converted
+    node's relative error against FP32 and the error it adds (largest first). Raises
+    SampleInputError when no sample input fits, AttributionUnavailable when the framework
+    cannot run the probes."""
+    config = config if config is not None else MixedPrecisionConfig()
+    adapter = adapter_for(model)
+    with pickle_trust(config.trust_pickle):
+        loaded = adapter.load(model, config)
+        default = _trial_converter(adapter, loaded, config, None)([], [])
+        inputs, _ = reference_run(adapter, model, loaded, config)
+        errors = attribution.measure(adapter, loaded, default.payload[0], [n for n, _, _ in default.lowered],
+                                     inputs, config)
+    return sorted(errors, key=lambda e: -e.local)
+
+
 def _trial_converter(adapter: Adapter, loaded: Model, config: MixedPrecisionConfig,
                      progress: Progress | None) -> Callable[[list[str], list[str]], Candidate]:
     """``convert(fallback_ops, fallback_nodes)`` on clones of ``loaded``; the default

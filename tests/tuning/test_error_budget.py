@@ -45,3 +45,19 @@ def test_margin_and_flip_rate():
     assert margin([ref], [ref], 0.999) == pytest.approx(0.001)
     assert margin([ref], [ref * np.nan], 0.999) == float("-inf")
     assert margin([ref], [np.array([[1.0, 2.0], [0.0, 3.0]])], 0.5, max_flip_rate=0.1) == pytest.approx(-0.4)
+
+
+def test_report_errors_lists_the_planted_node_first(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from mixprec.cli import main
+    path = tmp_path / "planted.onnx"
+    onnx.save(onnx_mlp(10, [3]), path)
+    assert main(["report", str(path), "--errors", "--json"]) == 0
+    errors = json.loads(capsys.readouterr().out)
+    assert len(errors) == 20 and errors[0]["name"] == "down3" and errors[0]["rel_error"] > 0.5
+    assert all(e["local"] < 0.1 for e in errors[2:])  # the rest adds little
+    assert main(["report", str(path), "--errors"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("down3 ")
