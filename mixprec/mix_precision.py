@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mixprec.runtimes import Adapter, adapter_for, framework_of
+from mixprec.runtimes import Adapter, adapter_for, framework_of, get_adapter
 from mixprec.config import AccuracyCriterion, MixedPrecisionConfig, pickle_trust
-from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, OutputCheckUnavailable, OutputPathError,
+from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, OutputCheckUnavailable,
                             SampleInputError, UnsupportedModelError)
 from mixprec.fileio import check_disjoint, check_dump_dir, check_output_dir, check_output_file, first_line
 from mixprec.ir.dtypes import DType
@@ -337,72 +337,11 @@ def input_names(ir_model: Model) -> list[str]:
 
 # ----------------------------------------------------------------- output paths ---
 def model_files(model: Any, external: bool = True) -> list[Path]:
-    """The files a model path makes a reader open: the file or SavedModel directory
-    itself, an ONNX model's external data files (parsed from the model only when
-    ``external``), an MXNet pair's symbol and params. Empty for an in-memory model."""
+    """The files a model path makes its reader open (see ``Adapter.input_files``); empty
+    for an in-memory model."""
     if not isinstance(model, (str, os.PathLike)):
         return []
-    path = Path(model)
-    framework = framework_of(path)
-    if framework == "mxnet":
-        from mixprec.frontends.mxnet import model_files as mxnet_files
-        return list(mxnet_files(path))
-    if framework == "onnx" and external:
-        return [path, *_onnx_external_files(path)]
-    return [path]
-
-
-def _onnx_external_files(path: Path) -> list[Path]:
-    import onnx
-    try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception:  # not readable: the loader says why; nothing else is read
-        return []
-    found: set[Path] = set()
-    for tensor in _onnx_tensors(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-            if location:
-                found.add(path.parent / location)
-    return sorted(found)
-
-
-def _onnx_tensors(graph: Any) -> Iterator[Any]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _onnx_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _onnx_tensors(sub)
-
-
-_DIRECTORY_OUTPUTS = {"tensorflow": "SavedModel"}
-
-
-def output_targets(framework: str, path: str | os.PathLike) -> list[tuple[str, Path]]:
-    """``(kind, path)`` of everything saving a ``framework`` model to ``path`` writes;
-    kind is ``"file"`` or ``"dir"``."""
-    path = Path(path)
-    if framework == "onnx":
-        return [("file", path), ("file", path.with_name(path.name + ".data"))]
-    if framework == "mxnet":
-        from mixprec.backends.mxnet import output_files
-        return [("file", p) for p in output_files(path)]
-    if framework == "tensorflow":
-        if path.suffix.lower() == ".pb":
-            return [("file", path)]
-        if path.suffix == "":
-            return [("dir", path)]
-        raise OutputPathError(f"{path}: TensorFlow output must be a .pb file or a directory path without a "
-                              "suffix (SavedModel)")
-    return [("file", path)]
+    return adapter_for(model).input_files(Path(model), external)
 
 
 def check_paths(model: Any, output: str | os.PathLike | None = None, report: str | os.PathLike | None = None,
@@ -412,8 +351,8 @@ def check_paths(model: Any, output: str | os.PathLike | None = None, report: str
     (device, FIFO, symlink, a directory mixprec did not write, a read-only or non-directory
     parent), or when one is, holds or lies inside a file ``model`` reads, or two of them
     collide. ``model`` is the input (a path; an object has no files)."""
-    framework = framework or framework_of(model)
-    targets = output_targets(framework, output) if output is not None else []
+    adapter = get_adapter(framework or framework_of(model))
+    targets = adapter.output_targets(Path(output)) if output is not None else []
     # an input's data file can only collide with an output path that exists already
     existing = any(os.path.lexists(p) for p in [*(t for _, t in targets), report, dump_dir] if p is not None)
     inputs = [("the input model's file", p) for p in model_files(model, external=existing)]
@@ -423,7 +362,7 @@ def check_paths(model: Any, output: str | os.PathLike | None = None, report: str
         check_disjoint(outputs, inputs)
         for kind, path in targets:
             if kind == "dir":
-                check_output_dir(path, "the output", f"a {_DIRECTORY_OUTPUTS.get(framework, 'model')} mixprec wrote")
+                check_output_dir(path, "the output", f"a {adapter.output_directory_kind} mixprec wrote")
             else:
                 check_output_file(path, "the output")
     if report is not None:

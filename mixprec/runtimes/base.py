@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -69,6 +70,20 @@ class Adapter(ABC):
     @abstractmethod
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
         """Outputs of the converted model, flattened, as float arrays."""
+
+    #: what a directory this framework's ``save`` writes is called in messages
+    output_directory_kind: str = "model"
+
+    def input_files(self, path: Path, external: bool = True) -> list[Path]:
+        """The files reading the model at ``path`` opens (the path itself by default;
+        ``external``: also files that only the model's contents name, which may cost a
+        parse). Outputs must not be, hold or lie inside any of them."""
+        return [path]
+
+    def output_targets(self, path: Path) -> list[tuple[str, Path]]:
+        """``(kind, path)`` of everything ``save(…, path)`` writes; kind is ``"file"`` or
+        ``"dir"``. OutputPathError for a path this framework cannot write to."""
+        return [("file", path)]
 
     @abstractmethod
     def output_names(self, ir_model: Model) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -186,6 +187,13 @@ class MxnetAdapter(Adapter):
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
         return run_block(converted, inputs, self._input_dtypes)
+
+    def input_files(self, path: Path, external: bool = True) -> list[Path]:
+        """The -symbol.json and -0000.params pair."""
+        return list(frontend.model_files(path))
+
+    def output_targets(self, path: Path) -> list[tuple[str, Path]]:
+        return [("file", p) for p in backend.output_files(path)]
 
     def output_names(self, ir_model: Model) -> list[str]:
         return [v.name for v in ir_model.graph.outputs]

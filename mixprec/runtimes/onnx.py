@@ -115,6 +115,14 @@ class OnnxAdapter(Adapter):
         return _unavailable_on_error("onnxruntime on the float32 emulation", run_emulated, converted,
                                      inputs, [target_dtype(config.precision)])
 
+    def input_files(self, path: Path, external: bool = True) -> list[Path]:
+        """The model file and, when ``external``, the external data files it names."""
+        return [path, *_external_files(path)] if external else [path]
+
+    def output_targets(self, path: Path) -> list[tuple[str, Path]]:
+        """The model file and the ``OUT.data`` file a large model's weights go to."""
+        return [("file", path), ("file", path.with_name(path.name + ".data"))]
+
     def output_names(self, ir_model: Model) -> list[str]:
         return [onnx_name(ir_model, v) for v in ir_model.graph.outputs]
 
@@ -534,3 +542,34 @@ def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32:
                 nodes.append(helper.make_node("Cast", [f"{name}__rounded"], [name], to=f32))
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _external_files(path: Path) -> list[Path]:
+    """The external data files an ONNX file names (read without loading the data)."""
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # not readable: the loader says why; nothing else is read
+        return []
+    found: set[Path] = set()
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location:
+                found.add(path.parent / location)
+    return sorted(found)
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)

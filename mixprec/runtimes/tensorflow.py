@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -27,7 +28,7 @@ from mixprec.runtimes.base import Adapter, RuntimeLimits
 from mixprec.backends import tensorflow as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects import tensorflow as dialect
-from mixprec.errors import SampleInputError
+from mixprec.errors import OutputPathError, SampleInputError
 from mixprec.frontends import tensorflow as frontend
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node
@@ -114,6 +115,17 @@ class TensorflowAdapter(Adapter):
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
         return to_numpy(converted(*_ordered(inputs, converted.input_keys)))
+
+    output_directory_kind = "SavedModel"
+
+    def output_targets(self, path: Path) -> list[tuple[str, Path]]:
+        """A ``.pb`` file (frozen graph) or a suffix-less directory (SavedModel)."""
+        if path.suffix.lower() == ".pb":
+            return [("file", path)]
+        if path.suffix == "":
+            return [("dir", path)]
+        raise OutputPathError(f"{path}: TensorFlow output must be a .pb file or a directory path without a "
+                              "suffix (SavedModel)")
 
     def output_names(self, ir_model: Model) -> list[str]:
         keys = ir_model.meta.get(dialect.TF_META, {}).get("output_keys") or []
