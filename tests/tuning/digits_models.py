@@ -99,3 +99,29 @@ def onnx_top1(model, x: np.ndarray, y: np.ndarray) -> float:
     runnable = emulate_in_float(model, DType.BFLOAT16)
     logits = run_onnxruntime(runnable, {"x": x})[0]
     return float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def torch_mlp(layers: int, planted: list[int], seed: int = 0):
+    """The same MLP as a torch module (Linear -> ReLU, the planted ``(h + 4096) - 4096``)."""
+    import torch
+
+    hidden, (wc, bc) = mlp_weights(layers, seed)
+
+    class PlantedMLP(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lins = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in hidden)
+            for lin, (w, b) in zip(self.lins, hidden):
+                lin.weight.data = torch.tensor(w.T.copy())
+                lin.bias.data = torch.tensor(b)
+            self.head = torch.nn.Linear(64, 10)
+            self.head.weight.data = torch.tensor(wc.T.copy())
+            self.head.bias.data = torch.tensor(bc)
+
+        def forward(self, x):
+            for i, lin in enumerate(self.lins):
+                x = torch.relu(lin(x))
+                if i in planted:
+                    x = (x + PLANT) - PLANT
+            return self.head(x)
+    return PlantedMLP().eval()

@@ -56,3 +56,31 @@ def test_planted_residual_mlp(k):
     planted = sorted(random.Random(k).sample(range(24), k))
     result, seen, baseline, eval_func = _tune(onnx_mlp(24, planted, residual=True))
     _assert_tuned(result, seen, baseline, eval_func, k)
+
+
+@pytest.mark.parametrize("layers, k", [(10, 1), (40, 2)])
+def test_planted_torch_mlp(layers, k):
+    """The same search on a torch module (torch.export path)."""
+    torch = pytest.importorskip("torch", reason="the torch MLP needs torch")
+    from tests.tuning.digits_models import torch_mlp
+    _, _, x, y = digits()
+    inputs = torch.tensor(x)
+
+    def eval_func(module):
+        with torch.no_grad():
+            logits = module(inputs)
+        return float((logits.float().argmax(1).numpy() == y).mean())
+
+    planted = sorted(random.Random(layers + k).sample(range(layers), k))
+    model = torch_mlp(layers, planted)
+    baseline = eval_func(model)
+    result = mix_precision.fit(model, MixedPrecisionConfig(example_inputs=(inputs[:4],),
+                                                           accuracy_criterion=AccuracyCriterion(tolerable_loss=0.01)),
+                               eval_func=eval_func)
+    tuning = result.report.tuning
+    nodes = [d for d in result.report.nodes if d.category != "cast"]
+    allow = [d for d in nodes if d.category == "allow"]
+    assert eval_func(result.model) >= baseline * 0.99
+    assert sum(d.precision == "bf16" for d in allow) >= 0.9 * len(allow)
+    assert len(tuning["fallback_nodes"]) <= 2 * k + 2
+    assert len(tuning["trials"]) <= 2 * math.ceil(math.log2(len(nodes))) + 4 * k + 4
