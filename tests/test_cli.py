@@ -16,12 +16,6 @@ from mixprec.cli import main  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
 
 
-@pytest.fixture
-def model(tmp_path):
-    path = tmp_path / "tiny_cnn.onnx"
-    shutil.copy(EXAMPLE, path)
-    return path
-
 
 def test_convert_writes_model_and_report_and_prints_the_table(model, tmp_path, capsys):
     import onnx

@@ -5,7 +5,6 @@ nothing printed on stdout (no work done), the input's bytes unchanged, nothing a
 import io
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -23,12 +22,6 @@ from mixprec.fileio import atomic_write_bytes, check_disjoint, stale_temps, temp
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
 
-
-@pytest.fixture
-def model(tmp_path):
-    path = tmp_path / "m.onnx"
-    shutil.copy(EXAMPLE, path)
-    return path
 
 
 def _snapshot(paths):
@@ -342,7 +335,6 @@ def test_a_pt2_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_path, caps
 
 def test_the_python_api_refuses_too_and_trust_pickle_opts_in(tmp_path):
     from mixprec import mix_precision
-    from mixprec.config import MixedPrecisionConfig
     from mixprec.errors import ModelLoadError, UntrustedPickleError
     src = _pt2(tmp_path / "net.pt2")
     marker = tmp_path / "pwned"

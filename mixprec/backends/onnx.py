@@ -83,7 +83,7 @@ def emit_legal(model: Model) -> tuple[onnx.ModelProto, list[str]]:
     stuck = [n for n in illegal_nodes(model.graph, current) if _lowest_opset_for(n, current) is None]
     if stuck:
         keep_in_float32(stuck)
-        notes.append(_kept_note(stuck, f"no opset of their op accepts their mixed types"))
+        notes.append(_kept_note(stuck, "no opset of their op accepts their mixed types"))
     needed, reason = required_opset(model.graph, current)
     if needed == current:
         return emit(model), notes

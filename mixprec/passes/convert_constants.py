@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixprec.ir.cast import cast_target, is_cast
-from mixprec.ir.dtypes import DType, convert_array
+from mixprec.ir.dtypes import convert_array
 from mixprec.ir.graph import Graph
 from mixprec.passes.base import Pass, PassResult
 from mixprec.passes.common import graph_policy, mixed_float_inputs, target_dtype

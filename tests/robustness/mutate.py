@@ -121,10 +121,9 @@ HUGE = (10**10, 2**31, 2**40, 2**62, -1, -7, 0, 3)
 
 
 def m_dims(rng, model):
-    tensors = _tensors(model)
-    if not tensors:
+    t = _pick(rng, model)
+    if t is None:
         return None
-    t = rng.choice(tensors)
     if t.dims and rng.random() < 0.7:
         t.dims[rng.randrange(len(t.dims))] = rng.choice(HUGE)
     else:
@@ -132,30 +131,33 @@ def m_dims(rng, model):
     return f"dims of tensor {t.name!r} -> {list(t.dims)}"
 
 
+def _pick(rng, model, keep=lambda t: True):
+    """One of the model's tensors that ``keep`` accepts, or None when there is none."""
+    tensors = [t for t in _tensors(model) if keep(t)]
+    return rng.choice(tensors) if tensors else None
+
+
 def m_elem_type(rng, model):
-    tensors = _tensors(model)
-    if not tensors:
+    t = _pick(rng, model)
+    if t is None:
         return None
-    t = rng.choice(tensors)
     t.data_type = rng.choice((0, 999, 30, -1 & 0x7FFFFFFF, rng.randrange(1, 29)))
     return f"data_type of {t.name!r} -> {t.data_type}"
 
 
 def m_raw_data(rng, model):
-    tensors = [t for t in _tensors(model) if t.raw_data]
-    if not tensors:
+    t = _pick(rng, model, lambda t: t.raw_data)
+    if t is None:
         return None
-    t = rng.choice(tensors)
     t.raw_data = t.raw_data[: rng.randrange(len(t.raw_data))]
     return f"raw_data of {t.name!r} cut to {len(t.raw_data)}"
 
 
 def m_external(rng, model):
     import onnx
-    tensors = _tensors(model)
-    if not tensors:
+    t = _pick(rng, model)
+    if t is None:
         return None
-    t = rng.choice(tensors)
     t.data_location = onnx.TensorProto.EXTERNAL
     del t.external_data[:]
     t.external_data.add(key="location", value=rng.choice(("missing.bin", "../../etc/passwd", "/etc/passwd",
@@ -184,21 +186,25 @@ def m_sparse(rng, model):
     return f"initializer {t.name!r} made sparse, indices {indices}, dims {list(sparse.dims)}"
 
 
-def m_op(rng, model):
+def _pick_node(rng, model):
+    """One of the model's nodes (any graph), or None when it has none."""
     nodes = _nodes(model)
-    if not nodes:
+    return rng.choice(nodes)[1] if nodes else None
+
+
+def m_op(rng, model):
+    node = _pick_node(rng, model)
+    if node is None:
         return None
-    _, node = rng.choice(nodes)
     node.op_type = rng.choice(("Conv", "NoSuchOp", "If", "Loop", "Constant", "", "Cast", "MatMul", "Softmax",
                                "Reshape", "Add"))
     return f"op of {node.name!r} -> {node.op_type!r}"
 
 
 def m_domain(rng, model):
-    nodes = _nodes(model)
-    if not nodes:
+    node = _pick_node(rng, model)
+    if node is None:
         return None
-    _, node = rng.choice(nodes)
     node.domain = rng.choice(("com.example", "ai.onnx.ml", "com.microsoft", "ai.onnx", "x" * 300))
     if rng.random() < 0.5:
         model.opset_import.add(domain=node.domain, version=1)
@@ -206,10 +212,9 @@ def m_domain(rng, model):
 
 
 def m_inputs(rng, model):
-    nodes = _nodes(model)
-    if not nodes:
+    node = _pick_node(rng, model)
+    if node is None:
         return None
-    _, node = rng.choice(nodes)
     choice = rng.randrange(4)
     if choice == 0 and node.input:
         node.input[rng.randrange(len(node.input))] = rng.choice(("nowhere", "", node.output[0] if node.output else "x"))
