@@ -138,6 +138,20 @@ def test_converting_the_converted_model_again_changes_nothing(converted):
     assert again.report.casts_inserted == 0
 
 
+def test_converting_a_model_with_fallbacks_again_keeps_them():
+    """The corpus' reconvert stage: a conversion whose error budget (here the user) kept a
+    Conv FP32 gave a model that a second conversion lowered again, inserting casts."""
+    proto, feeds = _model("torch_cnn")
+    config = MixedPrecisionConfig(sample_inputs=feeds, op_name_dict={"/block/block.0/Conv": {"activation": {"dtype": ["fp32"]}}})
+    first = mix_precision.fit(proto, config=config)
+    again = mix_precision.fit(first.model, config=MixedPrecisionConfig(sample_inputs=feeds))
+    assert [(n.op_type, list(n.input)) for n in again.model.graph.node] == \
+        [(n.op_type, list(n.input)) for n in first.model.graph.node]
+    assert again.report.casts_inserted == 0
+    kept = next(n for n in again.ir.graph.all_nodes() if n.name == "/block/block.0/Conv")
+    assert kept.meta["precision"] == "f32" and "already mixed precision" in kept.meta["reason"]
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_fp16_output_runs_in_onnxruntime_with_no_more_casts_than_onnxconverter_common(name):
     from onnxconverter_common import float16

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class AssignPrecision(Pass):
     """Options: ``precision`` (bf16|fp16), ``policy`` (name or file; default: the graph's
-    framework). Pins come from the passes before it (apply-overrides, pin-input-norms)."""
+    framework). Pins come from the passes before it (apply-overrides, pin-input-norms, pin-existing-fp32)."""
 
     name = "assign-precision"
     description = "paint nodes low precision or FP32 with grappler's allow/infer/clear/deny algorithm, recording why"

@@ -16,7 +16,7 @@ from mixprec.passes.registry import get_pass
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PIPELINE = ("infer-dtypes,mark-shape-subgraphs,pin-input-norms,apply-overrides,assign-precision,"
+DEFAULT_PIPELINE = ("infer-dtypes,mark-shape-subgraphs,pin-input-norms,pin-existing-fp32,apply-overrides,assign-precision,"
                     "insert-casts,fold-casts,convert-constants,keep-io-types")
 
 

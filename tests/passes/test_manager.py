@@ -43,8 +43,8 @@ def test_dump_dir_writes_ir_after_each_changing_pass(tmp_path):
     g = parse(SRC)
     build_pipeline(DEFAULT_PIPELINE, dump_dir=str(tmp_path)).run(g)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-input.ir", "05-assign-precision.ir", "06-insert-casts.ir"]
-    assert (tmp_path / "06-insert-casts.ir").read_text() == dump(g)
+    assert names == ["00-input.ir", "06-assign-precision.ir", "07-insert-casts.ir"]
+    assert (tmp_path / "07-insert-casts.ir").read_text() == dump(g)
 
 
 def test_pass_that_breaks_the_ir_is_named():

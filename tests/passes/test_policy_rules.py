@@ -193,3 +193,48 @@ def test_mxnet_embedding_indices_are_never_cast(run):
 def test_rule_tables_are_validated(key):
     with pytest.raises(PolicyError, match=key):
         parse_policy({"framework": "x", key: {"BatchNorm": "0"}}, "test.toml")
+
+
+MIXED = """
+    graph main<onnx>(%x: f32[2,4]) -> (%out: f32[2,4]) {
+      const %w1: bf16[4,4]
+      const %w2: f32[4,4]
+      %x.bf16: bf16[2,4] = Cast(%x) {to=bf16}
+      %h.bf16: bf16[2,4] = MatMul(%x.bf16, %w1)
+      %h: f32[2,4] = Cast(%h.bf16) {to=f32}
+      %r: f32[2,4] = Relu(%h)
+      %out: f32[2,4] = MatMul(%r, %w2)
+      return %out
+    }"""
+EXISTING = ("policy rule: the input model is already mixed precision (bf16 allow ops) and runs this allow op in f32 "
+            "(an earlier conversion or its author kept it): kept f32")
+
+
+def test_an_already_mixed_model_is_left_as_it_is(run):
+    """Converting a converted model lowered the MatMul an earlier conversion kept FP32
+    (the reconvert stage of the corpus failed on every model with a fallback)."""
+    assert run(MIXED, DEFAULT_PIPELINE) == golden(f"""
+        graph main<onnx>(%x: f32[2,4]) -> (%out: f32[2,4]) {{
+          const %w1: bf16[4,4]
+          const %w2: f32[4,4]
+          %x.bf16: bf16[2,4] = Cast(%x) {{to=bf16}}  # keep cast: existing cast kept as is
+          %h.bf16: bf16[2,4] = MatMul(%x.bf16, %w1)  # bf16 allow: allow list
+          %h: f32[2,4] = Cast(%h.bf16) {{to=f32}}  # keep cast: existing cast kept as is
+          %r: f32[2,4] = Relu(%h)  # f32 clear: clear op not connected to an allow node
+          %out: f32[2,4] = MatMul(%r, %w2)  # f32 allow pin=policy-rule: {EXISTING}
+          return %out
+        }}
+        """)
+
+
+def test_fp32_compute_with_low_precision_weights_is_not_mixed(run):
+    """FP16 weights cast up to FP32 (silero-vad-half) are not a mixed model: it converts."""
+    out = run("""
+        graph main<onnx>(%x: f32[2,4]) -> (%out: f32[2,4]) {
+          const %w: f16[4,4]
+          %w32: f32[4,4] = Cast(%w) {to=f32}
+          %out: f32[2,4] = MatMul(%x, %w32)
+          return %out
+        }""", PAINT.replace("pin-input-norms", "pin-input-norms,pin-existing-fp32"))
+    assert "pin=" not in out
+    assert "%out: f32[2,4] = MatMul(%x, %w32)  # bf16 allow: allow list" in out
