@@ -196,40 +196,100 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
                        progress: Progress | None) -> tuple[Any, Model, Report]:
     """The default conversion missed ``min_cosine`` (or ``max_flip_rate``) on the sample
     inputs: fall back the nodes most to blame (error attribution's ranking, then the
-    group-testing search of mixprec.tuning) until every output meets the budget on two
-    draws of sample inputs, then check the result again on a third, held-out draw (fit
-    raises AccuracyCheckError if it misses there). The report keeps each trial and names
+    group-testing search of mixprec.tuning, at most ``budget.trial_cap`` trials a round)
+    until every output meets the budget with slack (``budget.search_cosine``) on the
+    draws of sample inputs, then check the result on a fresh held-out draw. A miss there
+    joins the draws and the next round falls back more on top of what was found; after
+    ``budget.ROUNDS`` rounds (or when no fallback meets the draws) every converted node
+    goes FP32. So a budget that falling back can meet is met: fit raises
+    AccuracyCheckError only when even that misses. The report keeps every trial and names
     the fallbacks. User-given sample inputs are the same in every draw."""
     logger.info("%s; falling back the nodes most to blame", missed.failed_check)
     draws = [reference_run(adapter, model, loaded, config)]
-    with held_out(2):  # a second draw the search also meets, so that it does not fit one sample
+    _add_draw(adapter, model, loaded, config, draws, 2)  # a second draw, so that the search does not fit one
+    convert = _trial_converter(adapter, loaded, config, progress)
+    default = convert([], [])
+    converted = [name for name, _, _ in default.lowered]
+    ranking = _ranking(adapter, model, loaded, config, default)
+    fixed: list[str] = []
+    trials: list[Trial] = []
+    for index in range(budget.ROUNDS):
+        result = _budget_round(adapter, convert, draws, fixed, ranking, config, len(converted), trials)
+        if result is None:
+            break
+        fixed = fixed + result.fallback_nodes
+        native, (ir_model, report) = result.best.model, result.best.payload
+        if _held_out_check(adapter, model, native, ir_model, config, report, 3 + index):
+            return native, ir_model, _budget_report(report, missed, config, fixed, trials, ranking, "")
+        logger.info("error budget: %d fallback(s) miss held-out draw %d; falling back more", len(fixed), 3 + index)
+        _add_draw(adapter, model, loaded, config, draws, 3 + index)
+    last = convert([], converted)  # the last resort
+    native, (ir_model, report) = last.model, last.payload
+    _held_out_check(adapter, model, native, ir_model, config, report, 3 + budget.ROUNDS)
+    return native, ir_model, _budget_report(report, missed, config, converted, trials, ranking,
+                                            "; the search did not meet it on held-out inputs, so every "
+                                            "converted node is FP32")
+
+
+def _add_draw(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionConfig,
+              draws: list[tuple[Any, list[Any]]], variant: int) -> None:
+    """Append the sample inputs of held-out draw ``variant`` and their FP32 outputs (none
+    when no candidate fits in that draw)."""
+    with held_out(variant):
         try:
             draws.append(reference_run(adapter, model, loaded, config))
         except SampleInputError:
             pass
 
+
+def _budget_round(adapter: Adapter, convert: Callable[[list[str], list[str]], Candidate],
+                  draws: list[tuple[Any, list[Any]]], fixed: list[str], ranking: list[str] | None,
+                  config: MixedPrecisionConfig, converted: int, trials: list[Trial]) -> Any:
+    """One search for more fallbacks on top of ``fixed`` that meet the slack target on every
+    draw; its TuningResult (trials appended to ``trials``), or None when none does."""
+    target = budget.search_cosine(config.min_cosine)
+
     def score(native: Any) -> float:
-        return min(budget.margin(reference, adapter.run_converted(native, inputs, config), config.min_cosine,
+        return min(budget.margin(reference, adapter.run_converted(native, inputs, config), target,
                                  config.max_flip_rate) for inputs, reference in draws)
 
-    convert = _trial_converter(adapter, loaded, config, progress)
-    default = convert([], [])
-    ranking = _ranking(adapter, model, loaded, config, default)
+    def convert_more(ops: list[str], nodes: list[str]) -> Candidate:
+        return convert(ops, list(dict.fromkeys(fixed + nodes)))
+
+    cap = budget.trial_cap(converted, config.tuning_criterion.max_trials)
+    limits = dataclasses.replace(config.tuning_criterion, max_trials=cap)
     within = AccuracyCriterion(higher_is_better=True, criterion="absolute", tolerable_loss=0.0)
+    remaining = [name for name in ranking or () if name not in set(fixed)] or None
     try:
-        result = fallback_search(convert, score, 0.0, within, config.tuning_criterion, ranking=ranking)
+        result = fallback_search(convert_more, score, 0.0, within, limits, ranking=remaining)
     except ConversionError as exc:
-        missed.notes.append(f"error budget not met by any fallback: {first_line(exc)}")
-        return default.model, default.payload[0], missed
-    native, (ir_model, report) = result.best.model, result.best.payload
-    report.tuning = {**result.summary(), "kind": "error budget", "ranked": ranking is not None,
-                     "missed_before": missed.failed_check}
-    report.notes.append(f"error budget: {len(result.fallback_nodes)} node(s) kept in FP32 to meet "
-                        f"min_cosine={config.min_cosine} ({', '.join(result.fallback_nodes)}), found in "
-                        f"{len(result.trials)} trials; checked again on held-out inputs")
-    with held_out():
+        logger.info("error budget: no fallback meets the draws (%s)", first_line(exc))
+        return None
+    offset = len(trials)
+    trials.extend(dataclasses.replace(t, index=offset + t.index, fallback_nodes=fixed + t.fallback_nodes)
+                  for t in result.trials)
+    return result
+
+
+def _held_out_check(adapter: Adapter, model: Any, native: Any, ir_model: Model, config: MixedPrecisionConfig,
+                    report: Report, variant: int) -> bool:
+    """The output check on held-out draw ``variant``; whether it passed (``report`` holds it)."""
+    report.failed_check = None
+    with held_out(variant):
         _check_outputs(adapter, model, native, ir_model, config, report)
-    return native, ir_model, report
+    return not report.failed_check
+
+
+def _budget_report(report: Report, missed: Report, config: MixedPrecisionConfig, fallbacks: list[str],
+                   trials: list[Trial], ranking: list[str] | None, how: str) -> Report:
+    """``report`` with the budget's trials and a note naming the fallbacks."""
+    report.tuning = {"baseline": 0.0, "fallback_ops": [], "fallback_nodes": list(fallbacks),
+                     "trials": [t.__dict__ for t in trials], "kind": "error budget", "ranked": ranking is not None,
+                     "missed_before": missed.failed_check, "search_cosine": budget.search_cosine(config.min_cosine)}
+    report.notes.append(f"error budget: {len(fallbacks)} node(s) kept in FP32 to meet min_cosine={config.min_cosine} "
+                        f"({', '.join(fallbacks)}), found in {len(trials)} trials{how}; checked again on held-out "
+                        "inputs")
+    return report
 
 
 def error_attribution(model: Any, config: MixedPrecisionConfig | None = None) -> list[attribution.NodeError]:

@@ -45,6 +45,10 @@ class TensorflowAdapter(Adapter):
         #: config.inputs / config.outputs of the model being converted: the interface of
         #: a GraphDef, which the FP32 reference run must use too
         self._graph_io: tuple[list[str] | None, list[str] | None] = (None, None)
+        #: the last model file loaded by ``native`` (path, mtime, size, graph interface) and what it loaded: the
+        #: output check, error attribution and each budget draw run the FP32 model, and
+        #: loading a .keras file or SavedModel takes seconds each time
+        self._native_cache: tuple[tuple[str, int, int, str], Any] | None = None
 
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
         self._graph_io = (config.inputs, config.outputs)
@@ -72,6 +76,15 @@ class TensorflowAdapter(Adapter):
         if not isinstance(model, (str, os.PathLike)):
             return model
         path = os.fspath(model)
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, repr(self._graph_io))
+        if self._native_cache is not None and self._native_cache[0] == key:
+            return self._native_cache[1]
+        native = self._load_native(path)
+        self._native_cache = (key, native)
+        return native
+
+    def _load_native(self, path: str) -> Any:
         if os.path.isdir(path):
             return _SavedModelSignature(tf.saved_model.load(path))
         if path.lower().endswith(".keras"):

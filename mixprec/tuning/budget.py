@@ -55,3 +55,28 @@ def margin(reference: Sequence[np.ndarray], converted: Sequence[np.ndarray], min
             if flips is not None:
                 slack = min(slack, max_flip_rate - flips)
     return slack if slack != float("inf") else 0.0
+
+
+#: the search aims at this fraction of the allowed error (1 - min_cosine), so that what it
+#: finds on the sample inputs also holds on held-out ones: on a ResNet-50 whose error is
+#: spread over every conv, a fallback fitted to exactly min_cosine=0.999 on two draws gave
+#: 0.99898 on a third
+SEARCH_SLACK = 0.5
+
+#: held-out rounds before the last resort (every converted node in FP32)
+ROUNDS = 3
+
+
+def search_cosine(min_cosine: float) -> float:
+    """The cosine the fallback search aims at on its draws: see ``SEARCH_SLACK``."""
+    return 1.0 - (1.0 - float(min_cosine)) * SEARCH_SLACK
+
+
+def trial_cap(converted_nodes: int, max_trials: int) -> int:
+    """The trials one budget round may spend: enough for the galloping prefix search over
+    the ranking and a few steps of minimizing it (2*ceil(log2 n) + 8), never more than
+    ``max_trials``. When the cap stops the search, the smallest fallback that met the
+    budget is used: with diffuse error (every node adds a little) minimizing the prefix
+    one node at a time costs O(p log p) trials and buys little."""
+    n = max(2, int(converted_nodes))
+    return max(1, min(int(max_trials), 2 * (n - 1).bit_length() + 8))

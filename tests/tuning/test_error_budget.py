@@ -61,3 +61,51 @@ def test_report_errors_lists_the_planted_node_first(tmp_path, capsys):
     assert all(e["local"] < 0.1 for e in errors[2:])  # the rest adds little
     assert main(["report", str(path), "--errors"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("down3 ")
+
+
+def test_diffuse_error_is_met_on_held_out_inputs_within_the_trial_cap():
+    """A deep depthwise CNN (random He weights, calibrated BN) whose BF16 error is spread
+    over every conv: fitting exactly min_cosine on two draws used to spend all 100 trials
+    and then miss a held-out draw (0.9988, AccuracyCheckError). The search aims at half
+    the allowed error, caps its trials, and falls back more when a held-out draw misses."""
+    from mixprec.tuning.budget import ROUNDS, trial_cap
+    from tests.tuning.diffuse_models import depthwise_cnn
+    model = depthwise_cnn(40)
+    with pytest.raises(AccuracyCheckError, match="below min_cosine=0.999"):
+        mix_precision.fit(model, MixedPrecisionConfig(min_cosine=0.999, error_budget=False))
+    result = mix_precision.fit(model, MixedPrecisionConfig(min_cosine=0.999))
+    converted = sum(d.precision == "bf16" and d.category != "cast"
+                    for d in mix_precision.fit(model, MixedPrecisionConfig(min_cosine=0.5)).report.nodes)
+    tuning = result.report.tuning
+    assert tuning["kind"] == "error budget" and tuning["search_cosine"] == pytest.approx(0.9995)
+    assert 0 < len(tuning["trials"]) <= ROUNDS * trial_cap(converted, 100) < 100
+    assert len(tuning["fallback_nodes"]) < converted
+    rng = np.random.default_rng(99)  # inputs no draw of the search or the check used
+    emulated = emulate_in_float(result.model, DType.BFLOAT16)
+    for _ in range(4):
+        x = {"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)}
+        ref, got = run_onnxruntime(model, x)[0], run_onnxruntime(emulated, x)[0]
+        assert cosine(ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()) >= 0.999
+
+
+def test_trial_cap_and_search_target():
+    from mixprec.tuning.budget import search_cosine, trial_cap
+    assert search_cosine(0.999) == pytest.approx(0.9995)
+    assert trial_cap(245, 100) == 2 * 8 + 8 and trial_cap(245, 10) == 10 and trial_cap(1, 100) == 10
+
+
+def test_tensorflow_budget_runs_load_the_model_file_once(tmp_path):
+    """The output check, attribution and every budget draw run the FP32 model: a .keras
+    file is loaded once (it took 5-10 s a time on EfficientNetB0), and again only when
+    the file changes."""
+    keras = pytest.importorskip("keras", reason="the model is a Keras file")
+    from mixprec.runtimes import get_adapter
+    path = tmp_path / "m.keras"
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(path)
+    adapter = get_adapter("tensorflow")
+    first = adapter.native(str(path))
+    assert adapter.native(str(path)) is first
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(path)
+    again = adapter.native(str(path))
+    assert again is not first and adapter.run_original(str(path), [np.ones((1, 4), np.float32)])[0].shape == (1, 2)
