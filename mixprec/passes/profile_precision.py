@@ -65,7 +65,7 @@ class ProfilePrecision(Pass):
         session = self.session
         if session is None or session.unavailable:
             why = session.unavailable if session is not None else "no runtime to measure on"
-            return {n.name: f"profile: {why}" for component in components for n in component}
+            return {n.name: why for component in components for n in component}
         pins: dict[str, str] = {}
         for component in components:
             allow = {n.name for n in component if n.meta.get("category") == "allow"}

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 #: bump when the way regions are built or timed changes: old cache entries stop matching
 SIGNATURE_VERSION = "1"
 #: the passes that turn a region pinned low into what the converted model runs
+#: node meta that holds the big graph's decisions, not the node's own description
+_DECISIONS = ("precision", "category", "reason", "pin", "scope", "module_type")
 LOW_PIPELINE = "infer-dtypes,assign-precision,insert-casts,fold-casts,convert-constants,keep-io-types"
 
 
@@ -123,7 +125,9 @@ def extract(graph: Graph, names: Sequence[str], precision: str, policy: str | No
             made += 1
             mapping[id(value)] = twin
             outs.append(twin)
-        sub.append(Node(node.op, args, outs, dict(node.attrs), node.domain, f"n{index}"))
+        twin = Node(node.op, args, outs, dict(node.attrs), node.domain, f"n{index}")
+        twin.meta = {k: v for k, v in node.meta.items() if k not in _DECISIONS}  # a framework's own node meta
+        sub.append(twin)
     outputs = {id(v) for v in graph.outputs}
     for node in nodes:
         for value in node.outputs:

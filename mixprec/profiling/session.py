@@ -115,8 +115,7 @@ class ProfileSession:
                         single_record.why = "inside a component kept low as a whole"
         if measured is not None and measured.faster:
             return {}
-        reason = f"profile: {record.why}"
-        return {name: reason for name in component if name not in winners}
+        return {name: record.why for name in component if name not in winners}
 
     def _measure(self, region: Region, graph: Graph) -> tuple[Measurement | None, RegionRecord]:
         record = RegionRecord(region.kind, region.label(), len(region.nodes), region.nodes[0], "f32", "unknown")
@@ -286,9 +285,13 @@ def extend_pipeline(spec: str, config: Any) -> tuple[str, dict[str, Any]]:
     else:
         logger.warning("objective=%r needs assign-precision in the pipeline; the pipeline has none", config.objective)
         return spec, {}
+    session = current()
+    if session is None and config.objective == "performance":
+        logger.warning("objective='performance' measures while converting (fit, `mixprec convert`); this pipeline "
+                       "run paints as objective='memory'")
+        return spec, {}
     if position is not None:
         items.insert(position, "profile-precision")
-    session = current()
     if session is not None:
         session.start_run()
     return ",".join(items), {"objective": config.objective, "session": session}
