@@ -341,6 +341,7 @@ def finish(adapter: Any, original: Any, result: Any, config: Any) -> None:
             report.notes.append(f"model latency not measured: {type(exc).__name__}: {first_line(exc, 160)}")
             return
         session.timer_calls += 1
+        report.profile["timer_calls"] = session.timer_calls
         if session.cache is not None:
             session.cache.put(key, measured)
     latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
