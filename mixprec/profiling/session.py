@@ -31,7 +31,7 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Value
 from mixprec.profiling.cache import Profile, TimingCache
 from mixprec.profiling.regions import Region, extract
-from mixprec.profiling.timing import Measurement, TimingPolicy, TimingUnavailable
+from mixprec.profiling.timing import Measurement, TimingPolicy, TimingUnavailable, policy_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def make_session(adapter: Any, original: Any, loaded: Any, config: Any, exhausti
                               "nothing can be measured, so the model stays FP32 (unknown -> FP32)")
     cache = TimingCache(machine.fingerprint_key(), framework, timer.version()) if timer is not None else None
     return ProfileSession(framework, precision, policy, timer=timer, cache=cache, profile=profile,
-                          exhaustive=exhaustive)
+                          timing=policy_from_env(), exhaustive=exhaustive)
 
 
 def extend_pipeline(spec: str, config: Any) -> tuple[str, dict[str, Any]]:
@@ -347,6 +347,14 @@ def finish(adapter: Any, original: Any, result: Any, config: Any) -> None:
     latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
                    predicted_ms=session.predicted_ms(measured.fp32_ms))
     session.latency = dict(latency)
+    if measured.low_ms > 1.02 * measured.fp32_ms:
+        kept = sum(1 for r in session.records if r.decision != "f32")
+        report.notes.append(
+            f"objective='performance': the converted model measured {measured.low_ms:.4g} ms against "
+            f"{measured.fp32_ms:.4g} ms for the FP32 model ({measured.low_ms / measured.fp32_ms:.2f}x) although "
+            f"{kept} region(s) kept low were each measured faster: the difference is outside the regions (the "
+            f"emitted graph runs op by op, without fused kernels the original model may use) or noise on a busy "
+            f"machine; the FP32 model may be the faster choice here")
 
 
 def _model_signature(session: ProfileSession, converted: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,22 @@ class TimingPolicy:
     warmup: int = 2
     min_sample_s: float = 0.002
     tolerance: float = 0.02
+
+
+def policy_from_env() -> TimingPolicy:
+    """The default policy, with ``MIXPREC_PROFILE_SECONDS`` (seconds per region, > 0) as
+    its time cap when set."""
+    text = os.environ.get("MIXPREC_PROFILE_SECONDS")
+    if not text:
+        return TimingPolicy()
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        from mixprec.errors import ConfigError
+        raise ConfigError(f"MIXPREC_PROFILE_SECONDS={text!r}: give the seconds each region may be timed, e.g. 0.5")
+    return TimingPolicy(max_seconds=seconds)
 
 
 @dataclass
