@@ -240,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"converting {name} ...", flush=True)
         cases.append(torch_case(name, module, example, convert))
         if name.startswith("mlp") and "cache" not in results:
-            first = conversions[-1]["seconds"]
+            memory_s, first = conversions[-2]["seconds"], conversions[-1]["seconds"]
             started = time.perf_counter()
             convert(module, example, "performance")
-            results["cache"] = {"first_s": first, "second_s": time.perf_counter() - started}
+            results["cache"] = {"memory_s": memory_s, "first_s": first, "second_s": time.perf_counter() - started}
     if not only or "keras" in only:
         print("converting keras mobilenetv2 ...", flush=True)
         cases.append(keras_case(args.quick, convert))
@@ -284,9 +284,14 @@ def report(results: dict[str, Any]) -> None:
     if "cache" in results:
         c = results["cache"]
         ratio = c["first_s"] / c["second_s"]
+        # what profiling adds to a conversion: the time beyond an objective="memory" conversion of the same model
+        added_first, added_second = c["first_s"] - c["memory_s"], max(c["second_s"] - c["memory_s"], 1e-3)
         print(f"\nMLP 'performance' conversion: first {c['first_s']:.1f} s, second (cache) {c['second_s']:.2f} s "
-              f"({ratio:.1f}x)")
-        checks.append((f"second conversion >= 10x faster ({ratio:.1f}x)", ratio >= 10))
+              f"({ratio:.1f}x); an objective='memory' conversion takes {c['memory_s']:.2f} s, so profiling added "
+              f"{added_first:.2f} s the first time and {added_second:.2f} s with the cache "
+              f"({added_first / added_second:.0f}x)")
+        checks.append((f"second conversion >= 10x faster ({ratio:.1f}x whole conversion, "
+                       f"{added_first / added_second:.0f}x of the profiling time)", ratio >= 10))
     print()
     for what, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}: {what}")

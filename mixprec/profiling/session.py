@@ -358,12 +358,15 @@ def finish(adapter: Any, original: Any, result: Any, config: Any) -> None:
 
 
 def _model_signature(session: ProfileSession, converted: Any) -> str:
-    """The cache key of a whole-model latency: both graphs' text and the sample shapes."""
+    """The cache key of a whole-model latency: the FP32 graph's text, every converted
+    node's precision (not the reasons, which name where measurements came from) and the
+    sample shapes."""
     import hashlib
 
     from mixprec.ir.text import dump
     shapes = repr(session.timer.sample_shapes()) if hasattr(session.timer, "sample_shapes") else ""
-    text = "\n".join(["mixprec-model 1", dump(session.loaded.graph), dump(converted.graph), shapes])
+    decisions = "\n".join(f"{n.name} {n.op} {n.meta.get('precision')}" for n in converted.graph.all_nodes())
+    text = "\n".join(["mixprec-model 2", dump(session.loaded.graph), decisions, shapes])
     return "model-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
