@@ -172,7 +172,12 @@ class ProfileSession:
         if needed:
             if self.timer is None:
                 raise TimingUnavailable("its inputs have dynamic shapes and there is no timer to capture them")
-            self._captured.update(self.timer.capture(needed))
+            try:
+                self._captured.update(self.timer.capture(needed))
+            except TimingUnavailable:
+                raise
+            except Exception as exc:  # no sample input fits (SampleInputError), a model that rejects the probe
+                raise TimingUnavailable(f"its input values could not be captured: {first_line(exc, 160)}") from None
         shapes = [tuple(getattr(self._captured[n], "shape", ())) if n in self._captured else tuple(values[n].shape)
                   for n in region.inputs]
 

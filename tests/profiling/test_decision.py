@@ -190,3 +190,16 @@ def test_accuracy_objective_keeps_only_allow_ops_low():
 def test_memory_objective_is_todays_conversion():
     graph = convert(None, objective="memory")
     assert precisions(graph) == {"m1": "bf16", "r": "bf16", "m2": "bf16", "out": "f32"}
+
+
+def test_inputs_that_cannot_be_captured_leave_the_region_unknown():
+    from mixprec.errors import SampleInputError
+
+    class NoSample(FakeTimer):
+        def capture(self, names):
+            raise SampleInputError("the FP32 model does not run on 3 generated sample input(s)")
+    timer = NoSample({"m1": 1.0, "r": 0.0, "m2": 1.0}, {"m1": 0.1, "r": 0.0, "m2": 0.1})
+    session = ProfileSession("generic", "bf16", timer=timer)
+    graph = convert(session, MLP.replace("4,8", "batch,8"))  # a symbolic dim: the values must be captured
+    assert set(precisions(graph).values()) == {"f32"} and timer.calls == []
+    assert "could not be captured" in session.records[0].why
