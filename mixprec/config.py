@@ -250,6 +250,9 @@ class MixedPrecisionConfig(_Options):
                 raise ConfigError(f"profile= holds timings for objective='performance', but objective is "
                                   f"{self.objective!r}; set objective='performance' (CLI: --objective performance)")
             self.profile = os.fspath(self.profile)
+            if not os.path.isfile(self.profile):
+                raise ConfigError(f"profile {self.profile}: no such file; write one with `mixprec profile MODEL -o "
+                                  f"{os.path.basename(self.profile)}` on the machine the model will run on")
 
     def _check_precisions(self) -> None:
         for name in ("precisions", "excluded_precisions"):

@@ -67,6 +67,7 @@ def test_env_cli_prints_flags_and_runtimes(capsys):
     ({"objective": 3}, "objective must be one of memory, performance, accuracy"),
     ({"profile": "machine.json"}, "set objective='performance'"),
     ({"objective": "performance", "profile": ""}, "profile must be the path"),
+    ({"objective": "performance", "profile": "/nonexistent/machine.json"}, "no such file; write one with"),
 ])
 def test_objective_options_are_checked(kwargs, message):
     with pytest.raises(ConfigError, match=message):
