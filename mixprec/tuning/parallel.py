@@ -4,8 +4,8 @@ A pool maps the user's evaluation over a list of converted models and returns th
 in the order of the models, whatever order the evaluations finish in. ``SerialPool``
 evaluates in this process; ``RayPool`` runs each evaluation as a Ray task (one CPU each),
 on the Ray already initialised in this process, else on the cluster named by
-``RAY_ADDRESS``, else on a local Ray it starts with ``workers`` CPUs and shuts down when
-the pool closes.
+``RAY_ADDRESS``, else on a local Ray it starts with ``workers`` CPUs (its workers get this
+process's ``sys.path`` as PYTHONPATH) and shuts down when the pool closes.
 
 What goes to a Ray worker is pickled (with cloudpickle): the evaluation function, with
 everything it refers to, and each converted native model. So the user's ``eval_func``
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Callable, Sequence
 
 from mixprec.errors import ConfigError, MixprecError
@@ -58,8 +59,10 @@ class RayPool:
             logger.info("starting Ray (%s) for %d tuning workers", address or "local", workers)
             if address:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+            else:  # the workers import what the driver can (its sys.path, not only PYTHONPATH)
+                path = os.pathsep.join(os.path.abspath(p) for p in sys.path)  # "" is the working directory
+                ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}})
             self.started = True
         self.task = ray.remote(num_cpus=1)(_evaluate_one)
         try:

@@ -88,3 +88,22 @@ def test_without_ray_workers_need_the_extra(monkeypatch):
 def test_workers_must_be_a_positive_whole_number():
     with pytest.raises(ConfigError, match="workers must be a whole number >= 1"):
         TuningCriterion(workers=0)
+
+
+def test_fit_starts_and_stops_a_local_ray_when_none_runs():
+    """In a fresh process with no Ray running and no PYTHONPATH: fit starts a local Ray
+    whose workers import the test's eval_func through the driver's sys.path, and shuts
+    it down after the search."""
+    import os
+    import subprocess
+    from pathlib import Path
+    code = ("import ray\n"
+            "from tests.tuning.test_ray_trials import _fit\n"
+            "from tests.tuning.digits_models import onnx_mlp\n"
+            "result = _fit(onnx_mlp(10, [3]), 2)\n"
+            "print(result.report.tuning['fallback_nodes'], ray.is_initialized())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['down3'] False"
