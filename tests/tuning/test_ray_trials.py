@@ -58,6 +58,31 @@ def test_ray_gives_the_sequential_trials_and_pins(local_ray, caplog, layers, k, 
     assert parallel_run.model.SerializeToString() == sequential.model.SerializeToString()
 
 
+def _planted_score(planted, lowered):
+    """A picklable evaluation of test_group_search's fake models (frozensets of low nodes)."""
+    return 1.0 - 0.1 * sum(f"a{i}" in lowered for i in planted)
+
+
+@pytest.mark.parametrize("ranked", [False, True])
+def test_ray_search_walks_the_sequential_trials(local_ray, ranked):
+    """On fake models (no conversion cost): galloping, bisection and the 'do the nodes found
+    suffice?' rounds all give the sequential trials, with speculative evaluations in between."""
+    import functools
+
+    from mixprec.config import AccuracyCriterion as Criterion
+    from mixprec.tuning import fallback_search
+    from tests.tuning.test_group_search import _layered
+    planted = [3, 17, 30, 38]
+    convert = _layered(40, planted)[0]
+    ranking = [f"s{i}" for i in planted] + [f"a{i}" for i in planted] if ranked else None
+    runs = [fallback_search(convert, functools.partial(_planted_score, planted), 1.0, Criterion(tolerable_loss=0.01),
+                            TuningCriterion(), ranking=ranking, workers=workers) for workers in (1, 2)]
+    assert [t.__dict__ for t in runs[0].trials] == [t.__dict__ for t in runs[1].trials]
+    assert runs[0].fallback_nodes == runs[1].fallback_nodes and sorted(runs[0].fallback_nodes) == \
+        sorted(f"a{i}" for i in planted)
+    assert runs[0].duplicates_skipped == runs[1].duplicates_skipped
+
+
 def test_order_of_scores_does_not_depend_on_completion(local_ray):
     import time
 
