@@ -88,9 +88,12 @@ class AccuracyCriterion:
 @dataclass
 class TuningCriterion:
     """Budget of the accuracy-driven fallback search: at most ``max_trials`` converted
-    candidates evaluated, and (when > 0) at most ``timeout`` seconds."""
+    candidates evaluated, and (when > 0) at most ``timeout`` seconds. ``workers`` > 1 runs
+    the evaluations of a search round in parallel as Ray tasks (``pip install mixprec[ray]``;
+    see mixprec.tuning.parallel): the same trials and result as ``workers=1``."""
     max_trials: int = 100
     timeout: float = 0.0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_trials) or self.max_trials < 1:
@@ -98,6 +101,8 @@ class TuningCriterion:
         if not _is_real(self.timeout) or not float(self.timeout) >= 0:
             raise ConfigError(f"TuningCriterion.timeout must be a number of seconds >= 0 (0: no limit), "
                               f"not {self.timeout!r}")
+        if not _is_int(self.workers) or self.workers < 1:
+            raise ConfigError(f"TuningCriterion.workers must be a whole number >= 1 (1: no Ray), not {self.workers!r}")
 
 
 @dataclass

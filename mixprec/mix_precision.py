@@ -188,7 +188,8 @@ def _tune(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionCon
                      f"trial {trial.index}: {trial.accuracy:.4g}, {fp32_nodes} fp32")
 
     result = fallback_search(convert, lambda native: evaluate(native, False), baseline, config.accuracy_criterion,
-                             config.tuning_criterion, ranking=ranking, on_trial=on_trial)
+                             config.tuning_criterion, ranking=ranking, on_trial=on_trial,
+                             workers=config.tuning_criterion.workers)
     ir_model, report = result.best.payload
     report.tuning = result.summary()
     report.tuning["ranked"] = ranking is not None
