@@ -32,7 +32,7 @@ from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publis
 from mixprec.ir.dtypes import DType
 from mixprec.ir.cast import make_cast
 from mixprec.ir.graph import Graph, Model, Node, Value
-from mixprec.ir.lazy import CHUNK_BYTES, LazyArray, is_lazy
+from mixprec.ir.lazy import CHUNK_BYTES, LazyArray, in_file, is_lazy
 
 
 logger = logging.getLogger(__name__)
@@ -426,6 +426,12 @@ def _all_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         yield from sub.initializer
 
 
+def _pending_from_files(proto: onnx.ModelProto) -> bool:
+    """True when some pending initializer is read from a file (the input kept its weights
+    in external data)."""
+    return any(in_file(source) for t in _all_initializers(proto.graph) if (source := _pending_source(t)) is not None)
+
+
 def pending_bytes(proto: onnx.ModelProto) -> int:
     """Bytes of initializer data ``proto`` refers to but does not hold (see ``deferred_tensor``)."""
     return sum(source.nbytes for t in _all_initializers(proto.graph)
@@ -707,7 +713,8 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     """Write ``proto`` to ``path`` atomically (mixprec.fileio: temporaries in the same
     directory, fsync, os.replace; parent directories made) and return the path. Tensors
     go to ``<name>.data`` next to it when ``external_data`` is True, or when None and the
-    model with its data reaches EXTERNAL_DATA_THRESHOLD (protobuf cannot write 2 GiB);
+    model with its data reaches EXTERNAL_DATA_THRESHOLD (protobuf cannot write 2 GiB) or
+    its pending data comes from the input's external data (which stays unread till now);
     they are written one at a time, pending ones (``deferred_tensor``) read and converted
     chunk by chunk, so memory holds one chunk, not the model. ``proto`` is left as it was.
     Refuses (ConfigError) to overwrite ``input_path``."""
@@ -719,7 +726,8 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     directory = Path(os.path.abspath(path)).parent
     pending = pending_bytes(proto)
     if external_data is None:
-        external_data = _is_large(proto) or proto.ByteSize() + pending >= EXTERNAL_DATA_THRESHOLD
+        external_data = (_is_large(proto) or proto.ByteSize() + pending >= EXTERNAL_DATA_THRESHOLD
+                         or _pending_from_files(proto))
     if external_data:
         logger.info("writing %s with its tensors in %s.data", path, path.name)
         _save_with_external_data(proto, path, directory)

@@ -139,6 +139,13 @@ def is_lazy(data: Any) -> bool:
     return isinstance(data, LazyArray)
 
 
+def in_file(data: Any) -> bool:
+    """True when lazy ``data`` is read from a file (a FileSlice, or converted from one)."""
+    while isinstance(data, Converted):
+        data = data.source
+    return isinstance(data, FileSlice)
+
+
 def finite_abs_max(data: "np.ndarray | LazyArray", max_bytes: int = CHUNK_BYTES) -> float:
     """The largest finite absolute value of float ``data`` below the source type's own
     maximum (the value convert_array saturates), read chunk by chunk; 0.0 when none."""
