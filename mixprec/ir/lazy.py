@@ -12,7 +12,8 @@ Invariants: ``shape``, ``dtype``, ``nbytes`` and ``size`` never read data; ``mat
 returns a read-only array equal to the data; ``chunks(max_bytes)`` yields the data's
 elements in C order as consecutive 1-D pieces of at most ``max_bytes`` (at least one
 element each) whose concatenation equals ``materialize().reshape(-1)``; ``reads`` counts
-every materialize and every chunk read, so tests can assert that nothing was read.
+every materialize and every chunk read and ``materialized`` the materializations, so
+tests can assert that nothing was read, or held whole.
 Lazy arrays are immutable; a pass that changes a constant assigns a new array."""
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class LazyArray:
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(d) for d in shape)
         self.reads = 0
+        self.materialized = 0
 
     @property
     def size(self) -> int:
@@ -54,6 +56,7 @@ class LazyArray:
     def materialize(self) -> np.ndarray:
         """The whole data as a read-only ndarray (counted in ``reads``)."""
         self.reads += 1
+        self.materialized += 1
         out = self._read_all()
         out.setflags(write=False)
         return out
