@@ -215,3 +215,14 @@ def test_available_bytes_reads_meminfo_without_psutil(monkeypatch):
     if not Path("/proc/meminfo").exists():
         pytest.skip("no /proc/meminfo here")
     assert isinstance(available, int) and available > 2**20
+
+
+def test_inline_raw_data_is_lazy_only_in_mixprecs_own_proto(tmp_path, lazy_small):
+    model = tmp_path / "mlp.onnx"
+    proto = _mlp()
+    onnx.save_model(proto, str(model))
+    from_file = frontend.load(str(model)).graph.constants["W0"].storage
+    assert isinstance(from_file, ProtoBytes) and from_file.reads == 0
+    np.testing.assert_array_equal(from_file.materialize(), _weights()[0])
+    from_proto = frontend.load(proto, infer_shapes=False).graph.constants["W0"].storage
+    assert isinstance(from_proto, np.ndarray)  # the caller's proto is copied, never aliased

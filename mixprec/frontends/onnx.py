@@ -77,7 +77,7 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
     if infer_shapes:
         declared = _declared_names(proto.graph, set())
         proto = _infer_shapes(proto, path)
-    return _Lowerer(proto, base, declared).lower()
+    return _Lowerer(proto, base, declared, lazy_inline=path is not None).lower()
 
 
 def _read_file(path: Path) -> onnx.ModelProto:
@@ -278,9 +278,11 @@ def _infer_shapes(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
 LAZY_MIN_BYTES = 4 * 2**20
 
 
-def lazy_initializer(tensor: onnx.TensorProto, base_dir: str | None, where: str) -> LazyArray | None:
+def lazy_initializer(tensor: onnx.TensorProto, base_dir: str | None, where: str,
+                     inline: bool = True) -> LazyArray | None:
     """A LazyArray over ``tensor``'s data when it is large (LAZY_MIN_BYTES), of a plain
-    numpy element type, and stored as external data or raw_data; None otherwise (the
+    numpy element type, and stored as external data or (when ``inline``: the proto is
+    mixprec's own, not the caller's, which could change it) raw_data; None otherwise (the
     caller reads it eagerly). Validates the tensor (``check_tensor``) first, reads nothing."""
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
@@ -297,7 +299,7 @@ def lazy_initializer(tensor: onnx.TensorProto, base_dir: str | None, where: str)
         info = {entry.key: entry.value for entry in tensor.external_data}
         return FileSlice(os.path.join(base_dir or "", info["location"]), int(info.get("offset") or 0), dtype,
                          shape)
-    if tensor.HasField("raw_data"):
+    if inline and tensor.HasField("raw_data"):
         return ProtoBytes(tensor, dtype, shape)
     return None
 
@@ -366,8 +368,10 @@ def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
 class _Lowerer:
     """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
 
-    def __init__(self, proto: onnx.ModelProto, base_dir: str | None, declared: set[str] | None) -> None:
+    def __init__(self, proto: onnx.ModelProto, base_dir: str | None, declared: set[str] | None,
+                 lazy_inline: bool = False) -> None:
         self.proto = proto
+        self.lazy_inline = lazy_inline  # the proto is mixprec's own: its raw_data may be read later
         self.base_dir = base_dir
         self.declared = declared
         self.inferred: set[str] = set()
@@ -450,7 +454,7 @@ class _Lowerer:
         init_names = {t.name for t in gp.initializer}
         for tensor in gp.initializer:
             where = f"initializer {tensor.name!r} of graph {gp.name!r}"
-            data = lazy_initializer(tensor, self.base_dir, where)
+            data = lazy_initializer(tensor, self.base_dir, where, self.lazy_inline)
             value = self._constant(tensor.name, rename, data if data is not None
                                    else tensor_to_array(tensor, self.base_dir, where))
             scope[tensor.name] = graph.add_constant(value)
