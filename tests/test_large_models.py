@@ -84,6 +84,8 @@ def test_lazy_arrays_chunks_equal_their_data(tmp_path):
     tensor = numpy_helper.from_array(data)
     np.testing.assert_array_equal(ProtoBytes(tensor, np.float32, (10, 100)).materialize(), data)
     assert finite_abs_max(lazy, max_bytes=400) == pytest.approx(float(data.max()))
+    reads = lazy.reads
+    assert finite_abs_max(lazy) == pytest.approx(float(data.max())) and lazy.reads == reads  # kept, not re-read
 
 
 def test_value_data_materializes_storage_does_not(tmp_path):

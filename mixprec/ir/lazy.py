@@ -40,6 +40,7 @@ class LazyArray:
         self.shape = tuple(int(d) for d in shape)
         self.reads = 0
         self.materialized = 0
+        self._abs_max: float | None = None  # finite_abs_max, kept: the data never changes
 
     @property
     def size(self) -> int:
@@ -151,7 +152,10 @@ def in_file(data: Any) -> bool:
 
 def finite_abs_max(data: "np.ndarray | LazyArray", max_bytes: int = CHUNK_BYTES) -> float:
     """The largest finite absolute value of float ``data`` below the source type's own
-    maximum (the value convert_array saturates), read chunk by chunk; 0.0 when none."""
+    maximum (the value convert_array saturates), read chunk by chunk (once per lazy array:
+    the result is kept on it); 0.0 when none."""
+    if is_lazy(data) and data._abs_max is not None:
+        return data._abs_max
     best = 0.0
     pieces = data.chunks(max_bytes) if is_lazy(data) else [np.asarray(data).reshape(-1)]
     for piece in pieces:
@@ -159,6 +163,8 @@ def finite_abs_max(data: "np.ndarray | LazyArray", max_bytes: int = CHUNK_BYTES)
         finite = piece[np.isfinite(piece) & (piece < np.finfo(np.float32).max)]
         if finite.size:
             best = max(best, float(finite.max()))
+    if is_lazy(data):
+        data._abs_max = best
     return best
 
 
