@@ -228,3 +228,9 @@ def test_inline_raw_data_is_lazy_only_in_mixprecs_own_proto(tmp_path, lazy_small
     np.testing.assert_array_equal(from_file.materialize(), _weights()[0])
     from_proto = frontend.load(proto, infer_shapes=False).graph.constants["W0"].storage
     assert isinstance(from_proto, np.ndarray)  # the caller's proto is copied, never aliased
+    converted = fit(str(model), MixedPrecisionConfig(check_outputs=False))
+    assert isinstance(converted.ir.graph.constants["W0"].storage, Converted)
+    converted.save(tmp_path / "out.onnx")  # under 2 GB, from an inline model: stays inline
+    assert not (tmp_path / "out.onnx.data").exists()
+    np.testing.assert_array_equal(_initializers(tmp_path / "out.onnx")["W0"].view(np.uint16),
+                                  convert_array(_weights()[0], DType.BFLOAT16).view(np.uint16))
