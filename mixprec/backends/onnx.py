@@ -777,7 +777,7 @@ def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[t
         saved: Any = [(e.key, e.value) for e in tensor.external_data]
         little = source.dtype.newbyteorder("<")
         for chunk in source.chunks(CHUNK_BYTES):
-            out.write(np.ascontiguousarray(chunk, dtype=little).tobytes())
+            out.write(np.ascontiguousarray(chunk, dtype=little).reshape(-1).view(np.uint8).data)  # no copy
     else:
         saved = tensor.raw_data
         out.write(saved)
