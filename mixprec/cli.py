@@ -147,7 +147,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from mixprec.mix_precision import check_paths, fit
     check_paths(args.input, output=args.output, report=args.report, dump_dir=args.dump_dir)
     config = _config(args, check_outputs=not args.no_check, min_cosine=args.min_cosine,
-                     max_flip_rate=args.max_flip_rate, error_budget=not args.no_error_budget)
+                     max_flip_rate=args.max_flip_rate, error_budget=not args.no_error_budget,
+                     external_data=args.external_data)
     try:
         converted = fit(args.input, config=config, progress=_progress_bar())
     except AccuracyCheckError as exc:
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "are made; never a file the input reads)")
     p.add_argument("--report", metavar="FILE", help="write the report (.json, or text otherwise)")
     p.add_argument("--no-check", action="store_true", help="skip comparing outputs with the FP32 model")
+    p.add_argument("--external-data", action="store_true",
+                   help="ONNX: write the tensors to OUT.data beside the model (automatic above 2 GB)")
     p.add_argument("--min-cosine", type=float, default=0.99, metavar="X",
                    help="every output's cosine to the FP32 output must be at least X (default 0.99): when the "
                         "conversion misses it, the nodes most to blame fall back to FP32 until it holds")

@@ -127,6 +127,7 @@ class _Options:
     outputs: list[str] | None = None
     check_outputs: bool = True
     check_runtime: str = "auto"
+    external_data: bool = False
     min_cosine: float = 0.99
     max_flip_rate: float | None = None
     error_budget: bool = True
@@ -166,7 +167,8 @@ class MixedPrecisionConfig(_Options):
       (verified on held-out inputs); False only reports the miss (AccuracyCheckError);
       ``check_runtime``: ONNX only, ``"auto"`` (onnxruntime, on an exact emulation of
       the low-precision rounding where it has no kernel) or ``"reference"``
-      (onnx.reference.ReferenceEvaluator, slow);
+      (onnx.reference.ReferenceEvaluator, slow); ``external_data``: ONNX only, save the
+      tensors in ``OUT.data`` beside the model even when it is under 2 GB (above, always);
     - ``inputs`` / ``outputs``: for graphs (TensorFlow GraphDef/.pb), the tensor names
       to treat as the graph's inputs and outputs (INC's spelling);
     - ``trust_pickle``: let readers unpickle data, which can run arbitrary code (a
@@ -213,7 +215,8 @@ class MixedPrecisionConfig(_Options):
         self._check_objective()
         if self.check_runtime not in CHECK_RUNTIMES:
             raise ConfigError(f"check_runtime must be one of {CHECK_RUNTIMES}, not {self.check_runtime!r}")
-        for name in ("keep_io_types", "dynamic_batch", "fallback_fx", "check_outputs", "error_budget", "trust_pickle"):
+        for name in ("keep_io_types", "dynamic_batch", "fallback_fx", "check_outputs", "error_budget", "trust_pickle",
+                     "external_data"):
             if not _is_bool(getattr(self, name)):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
         for name in ("policy", "dump_dir"):

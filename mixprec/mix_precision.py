@@ -31,6 +31,7 @@ from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, Mi
 from mixprec.fileio import check_disjoint, check_dump_dir, check_output_dir, check_output_file, first_line
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model
+from mixprec.memory import check_skip_reason
 from mixprec.numerics import compare_outputs
 from mixprec import profiling
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
@@ -460,6 +461,10 @@ def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Mo
     can run the converted model, the check is skipped with a note. Only a converted model
     whose outputs miss ``min_cosine`` (or are not finite where the FP32 ones are) fails,
     with AccuracyCheckError raised by ``fit``."""
+    too_big = check_skip_reason(ir_model)
+    if too_big:
+        _skip_check(report, too_big)
+        return
     logger.info("comparing outputs with the FP32 model")
     started = time.perf_counter()
     try:

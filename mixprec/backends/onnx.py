@@ -32,6 +32,7 @@ from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publis
 from mixprec.ir.dtypes import DType
 from mixprec.ir.cast import make_cast
 from mixprec.ir.graph import Graph, Model, Node, Value
+from mixprec.ir.lazy import CHUNK_BYTES, LazyArray, in_file, is_lazy
 
 
 logger = logging.getLogger(__name__)
@@ -239,6 +240,8 @@ class _Emitter:
                     gp.value_info.append(info)
             elif value.name in sparse:
                 gp.sparse_initializer.append(self._sparse(value, sparse[value.name]))
+            elif is_lazy(value.storage):
+                gp.initializer.append(deferred_tensor(value, self.name(value)))
             else:
                 gp.initializer.append(self.tensor(value, self.name(value)))
 
@@ -377,6 +380,78 @@ def _constant_data(value: Value) -> np.ndarray:
         raise ConversionError(f"constant %{value.name} is typed {value.dtype.value} but holds {data.dtype} "
                               "data; the pass that retyped it must convert its data too")
     return data
+
+
+# --------------------------------------------------------------- deferred tensors ---
+#: external-data ``location`` of an initializer whose data the emitted proto does not
+#: hold yet: the rest names its entry in ``_PENDING``; ``save`` streams it to the data
+#: file and ``resolved`` reads it into a copy of the proto
+PENDING_PREFIX = "mixprec-pending:"
+_PENDING: dict[str, LazyArray] = {}
+
+
+def deferred_tensor(value: Value, name: str) -> onnx.TensorProto:
+    """An initializer for ``value``'s lazily stored data that holds no data: marked
+    EXTERNAL at a pending location, its bytes read only when the model is saved (one
+    tensor at a time) or resolved. ConversionError when the data's type is not the value's."""
+    data = value.storage
+    assert isinstance(data, LazyArray)
+    if value.dtype not in (DType.UNKNOWN, DType.STRING) and data.dtype != value.dtype.to_numpy():
+        raise ConversionError(f"constant %{value.name} is typed {value.dtype.value} but holds {data.dtype} "
+                              "data; the pass that retyped it must convert its data too")
+    key = f"{len(_PENDING)}"
+    _PENDING[key] = data
+    tensor = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(data.dtype), dims=data.shape)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", PENDING_PREFIX + key
+    return tensor
+
+
+def _pending_source(tensor: onnx.TensorProto) -> LazyArray | None:
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    for entry in tensor.external_data:
+        if entry.key == "location" and entry.value.startswith(PENDING_PREFIX):
+            source = _PENDING.get(entry.value[len(PENDING_PREFIX):])
+            if source is None:
+                raise ConversionError(f"initializer {tensor.name!r} refers to data that is gone; emit the model "
+                                      "again in this process before saving it")
+            return source
+    return None
+
+
+def _all_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for sub in _all_graphs(graph):
+        yield from sub.initializer
+
+
+def _pending_from_files(proto: onnx.ModelProto) -> bool:
+    """True when some pending initializer is read from a file (the input kept its weights
+    in external data)."""
+    return any(in_file(source) for t in _all_initializers(proto.graph) if (source := _pending_source(t)) is not None)
+
+
+def pending_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of initializer data ``proto`` refers to but does not hold (see ``deferred_tensor``)."""
+    return sum(source.nbytes for t in _all_initializers(proto.graph)
+               if (source := _pending_source(t)) is not None)
+
+
+def resolved(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` itself when it holds all its data, else a copy whose pending initializers
+    hold their data inline (in memory: for running the model, not for saving it)."""
+    if not pending_bytes(proto):
+        return proto
+    out = _copy_proto(proto)
+    for tensor in _all_initializers(out.graph):
+        source = _pending_source(tensor)
+        if source is not None:
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            tensor.raw_data = np.ascontiguousarray(source.materialize()).astype(source.dtype.newbyteorder("<")
+                                                                                 ).tobytes()
+    return out
 
 
 # ------------------------------------------------------------------------- opsets ---
@@ -596,7 +671,10 @@ def validate(proto: onnx.ModelProto) -> None:
     """onnx.checker.check_model(full_check=True); raises ConversionError with the
     checker's message. Large models are checked from a temporary file."""
     try:
-        if _is_large(proto):
+        if pending_bytes(proto):
+            with tempfile.TemporaryDirectory(prefix="mixprec-check-") as tmp:
+                onnx.checker.check_model(str(_placeholder_copy(proto, Path(tmp))), full_check=True)
+        elif _is_large(proto):
             with tempfile.TemporaryDirectory(prefix="mixprec-check-") as tmp:
                 path = save(proto, Path(tmp) / "model.onnx", external_data=True)
                 onnx.checker.check_model(str(path), full_check=True)
@@ -608,45 +686,117 @@ def validate(proto: onnx.ModelProto) -> None:
         raise ConversionError(f"the ONNX model fails onnx.checker: {first_line(exc, 1000)}") from None
 
 
+def _placeholder_copy(proto: onnx.ModelProto, directory: Path) -> Path:
+    """``directory/model.onnx``: a copy of ``proto`` whose pending initializers point into
+    a sparse file of zeros of their size (nothing is read or written but the proto), so
+    that onnx.checker can check a model whose data is not written yet."""
+    copy = _copy_proto(proto)
+    offset = 0
+    for tensor in _all_initializers(copy.graph):
+        source = _pending_source(tensor)
+        if source is None:
+            continue
+        tensor.ClearField("external_data")
+        for key, value in (("location", "placeholder.data"), ("offset", str(offset)), ("length", str(source.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        offset += source.nbytes
+    with open(directory / "placeholder.data", "wb") as handle:
+        handle.truncate(offset)
+    path = directory / "model.onnx"
+    path.write_bytes(copy.SerializeToString())
+    return path
+
+
 def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None,
          external_data: bool | None = None) -> Path:
-    """Write ``proto`` to ``path`` atomically (mixprec.fileio: a temporary in the same
+    """Write ``proto`` to ``path`` atomically (mixprec.fileio: temporaries in the same
     directory, fsync, os.replace; parent directories made) and return the path. Tensors
     go to ``<name>.data`` next to it when ``external_data`` is True, or when None and the
-    model is near 2 GiB; ``proto`` is left as it was. Refuses (ConfigError) to overwrite
-    ``input_path``."""
+    model with its data reaches EXTERNAL_DATA_THRESHOLD (protobuf cannot write 2 GiB) or
+    its pending data comes from the input's external data (which stays unread till now);
+    they are written one at a time, pending ones (``deferred_tensor``) read and converted
+    chunk by chunk, so memory holds one chunk, not the model. ``proto`` is left as it was.
+    Refuses (ConfigError) to overwrite ``input_path``."""
     path = Path(path)
     if input_path is not None and same_file(path, Path(input_path)):
         raise ConfigError(f"refusing to overwrite the input model {input_path}; choose another output path")
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give the output .onnx file name")
     directory = Path(os.path.abspath(path)).parent
+    pending = pending_bytes(proto)
     if external_data is None:
-        external_data = _is_large(proto) or proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
+        external_data = (_is_large(proto) or proto.ByteSize() + pending >= EXTERNAL_DATA_THRESHOLD
+                         or _pending_from_files(proto))
     if external_data:
+        logger.info("writing %s with its tensors in %s.data", path, path.name)
         _save_with_external_data(proto, path, directory)
     else:
-        atomic_write_bytes(path, proto.SerializeToString())
+        atomic_write_bytes(path, resolved(proto).SerializeToString())
     return path
 
 
-def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path) -> None:
-    from onnx import external_data_helper
+#: initializers of fewer bytes stay inside the .onnx file when saving with external data
+EXTERNAL_MIN_BYTES = 1024
+#: offsets of tensors in the data file are multiples of this (onnxruntime maps aligned data)
+DATA_ALIGNMENT = 4096
 
+
+def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path) -> None:
     data_name = f"{path.name}.data"
-    tmp_dir = os.fspath(make_temp_dir(path))
+    tmp_dir = make_temp_dir(path)
+    undo: list[tuple[onnx.TensorProto, Any]] = []
     try:
-        tmp_model = os.path.join(tmp_dir, path.name)
-        onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        # save_model moved the tensors out of ``proto``; read them back so it is unchanged
-        external_data_helper.load_external_data_for_model(proto, tmp_dir)
-        for tensor in _all_tensors(proto.graph):
-            if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.DEFAULT:
-                tensor.ClearField("data_location")
-        tmp_data = os.path.join(tmp_dir, data_name)
-        if os.path.exists(tmp_data):
+        tmp_data = tmp_dir / data_name
+        with open(tmp_data, "wb") as out:
+            for tensor in _all_initializers(proto.graph):
+                _externalize(tensor, out, data_name, undo)
+        tmp_model = tmp_dir / path.name
+        with open(tmp_model, "wb") as handle:
+            handle.write(proto.SerializeToString())
+        if undo:
             publish(tmp_data, directory / data_name)
         publish(tmp_model, path)
     finally:
+        for tensor, saved in reversed(undo):
+            _restore_tensor(tensor, saved)
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[tuple[onnx.TensorProto, Any]]) -> None:
+    """Append ``tensor``'s data to the open data file ``out`` (pending data streamed chunk
+    by chunk) and point the tensor at it; what ``_restore_tensor`` needs goes to ``undo``."""
+    source = _pending_source(tensor)
+    if source is None and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_MIN_BYTES):
+        return
+    offset = out.tell()
+    if offset % DATA_ALIGNMENT:
+        out.write(b"\0" * (DATA_ALIGNMENT - offset % DATA_ALIGNMENT))
+        offset = out.tell()
+    if source is not None:
+        saved: Any = [(e.key, e.value) for e in tensor.external_data]
+        little = source.dtype.newbyteorder("<")
+        for chunk in source.chunks(CHUNK_BYTES):
+            out.write(np.ascontiguousarray(chunk, dtype=little).reshape(-1).view(np.uint8).data)  # no copy
+    else:
+        saved = tensor.raw_data
+        out.write(saved)
+        tensor.ClearField("raw_data")
+    length = out.tell() - offset
+    undo.append((tensor, saved))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("external_data")
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _restore_tensor(tensor: onnx.TensorProto, saved: Any) -> None:
+    tensor.ClearField("external_data")
+    if isinstance(saved, bytes):
+        tensor.ClearField("data_location")
+        tensor.raw_data = saved
+        return
+    for key, value in saved:
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value

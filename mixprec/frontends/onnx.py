@@ -40,6 +40,7 @@ from mixprec.errors import ModelLoadError
 from mixprec.fileio import first_line
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model, Node, Value
+from mixprec.ir.lazy import FileSlice, LazyArray, ProtoBytes
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
     if infer_shapes:
         declared = _declared_names(proto.graph, set())
         proto = _infer_shapes(proto, path)
-    return _Lowerer(proto, base, declared).lower()
+    return _Lowerer(proto, base, declared, lazy_inline=path is not None).lower()
 
 
 def _read_file(path: Path) -> onnx.ModelProto:
@@ -271,6 +272,38 @@ def _infer_shapes(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
         return proto
 
 
+# ------------------------------------------------------------------ lazy constants ---
+#: initializers of at least this many bytes are not read at load time: external data is
+#: mapped from its file when asked for, inline raw_data decoded when asked for
+LAZY_MIN_BYTES = 4 * 2**20
+
+
+def lazy_initializer(tensor: onnx.TensorProto, base_dir: str | None, where: str,
+                     inline: bool = True) -> LazyArray | None:
+    """A LazyArray over ``tensor``'s data when it is large (LAZY_MIN_BYTES), of a plain
+    numpy element type, and stored as external data or (when ``inline``: the proto is
+    mixprec's own, not the caller's, which could change it) raw_data; None otherwise (the
+    caller reads it eagerly). Validates the tensor (``check_tensor``) first, reads nothing."""
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except Exception:  # an element type numpy has no plain form for
+        return None
+    if dtype.kind not in "fiub" or dtype.itemsize == 0 or dtype.byteorder == ">":
+        return None
+    shape = tuple(int(d) for d in tensor.dims)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+    if nbytes < LAZY_MIN_BYTES:
+        return None
+    check_tensor(tensor, base_dir, where)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        return FileSlice(os.path.join(base_dir or "", info["location"]), int(info.get("offset") or 0), dtype,
+                         shape)
+    if inline and tensor.HasField("raw_data"):
+        return ProtoBytes(tensor, dtype, shape)
+    return None
+
+
 # -------------------------------------------------------------------------- helpers ---
 def _decode(data: bytes) -> str | bytes:
     try:
@@ -335,8 +368,10 @@ def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
 class _Lowerer:
     """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
 
-    def __init__(self, proto: onnx.ModelProto, base_dir: str | None, declared: set[str] | None) -> None:
+    def __init__(self, proto: onnx.ModelProto, base_dir: str | None, declared: set[str] | None,
+                 lazy_inline: bool = False) -> None:
         self.proto = proto
+        self.lazy_inline = lazy_inline  # the proto is mixprec's own: its raw_data may be read later
         self.base_dir = base_dir
         self.declared = declared
         self.inferred: set[str] = set()
@@ -418,8 +453,10 @@ class _Lowerer:
         meta: dict[str, Any] = {}
         init_names = {t.name for t in gp.initializer}
         for tensor in gp.initializer:
-            value = self._constant(tensor.name, rename,
-                                   tensor_to_array(tensor, self.base_dir, f"initializer {tensor.name!r} of graph {gp.name!r}"))
+            where = f"initializer {tensor.name!r} of graph {gp.name!r}"
+            data = lazy_initializer(tensor, self.base_dir, where, self.lazy_inline)
+            value = self._constant(tensor.name, rename, data if data is not None
+                                   else tensor_to_array(tensor, self.base_dir, where))
             scope[tensor.name] = graph.add_constant(value)
         self._sparse_initializers(gp, graph, rename, scope, meta)
         for pos, vi in enumerate(gp.input):
@@ -509,7 +546,7 @@ class _Lowerer:
         else:
             self.raw_types.pop(value.name, None)
 
-    def _constant(self, name: str, rename: dict[str, str], data: np.ndarray) -> Value:
+    def _constant(self, name: str, rename: dict[str, str], data: "np.ndarray | LazyArray") -> Value:
         try:
             dtype = DType.from_numpy(data.dtype)
         except ValueError:

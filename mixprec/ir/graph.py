@@ -18,6 +18,7 @@ import numpy as np
 
 from mixprec.errors import IRError
 from mixprec.ir.dtypes import DType
+from mixprec.ir.lazy import LazyArray
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +29,14 @@ Shape = tuple[Dim, ...] | None
 class Value:
     """A tensor in the graph: a name, an element type, a shape, one producer and its uses."""
 
-    __slots__ = ("name", "dtype", "shape", "data", "_producer", "_index", "_kind", "_uses", "__weakref__")
+    __slots__ = ("name", "dtype", "shape", "_data", "_producer", "_index", "_kind", "_uses", "__weakref__")
 
     def __init__(self, name: str, dtype: DType = DType.UNKNOWN, shape: Shape = None,
-                 data: np.ndarray | None = None) -> None:
+                 data: "np.ndarray | LazyArray | None" = None) -> None:
         self.name = name
         self.dtype = dtype
         self.shape = tuple(shape) if shape is not None else None
-        self.data = data
+        self._data = data
         self._producer: Node | None = None
         self._index = 0
         self._kind = "free"  # free | input | const | node
@@ -59,6 +60,28 @@ class Value:
     def is_constant(self) -> bool:
         return self._kind == "const"
 
+    @property
+    def data(self) -> np.ndarray | None:
+        """A constant's data as a read-only-by-contract ndarray (None when it has none).
+        Lazily stored data (mixprec.ir.lazy) is materialized on every access: a file
+        slice as a fresh read-only memory map, a lazy conversion by converting it; code
+        that needs only size, dtype or shape, or streams the data, uses ``storage``."""
+        data = self._data
+        return data.materialize() if isinstance(data, LazyArray) else data
+
+    @data.setter
+    def data(self, data: "np.ndarray | LazyArray | None") -> None:
+        self._data = data
+
+    @property
+    def storage(self) -> "np.ndarray | LazyArray | None":
+        """The data as stored: an ndarray, a LazyArray (shape, dtype, nbytes known without
+        reading; ``chunks()`` streams it) or None."""
+        return self._data
+
+    @property
+    def has_data(self) -> bool:
+        return self._data is not None
 
     def uses(self) -> list[tuple["Node", int]]:
         """A snapshot of (node, input_index) pairs that read this value."""
@@ -390,7 +413,7 @@ class Graph:
 
 
 def _copy_value(value: Value) -> Value:
-    return Value(value.name, value.dtype, value.shape, value.data)
+    return Value(value.name, value.dtype, value.shape, value._data)
 
 
 def _clone_attr(attr: Any, parent: Graph, mapping: dict[int, Value]) -> Any:

@@ -174,7 +174,7 @@ def _dump_graph(graph: Graph, indent: str, nested: bool) -> str:
     lines = [f"graph {_ident(graph.name)}{fw}({params}) -> ({rets}) {{"]
     for const in graph.constants.values():
         line = f"{inner}const {_format_value_decl(const)}"
-        if const.data is not None and np.size(const.data) <= INLINE_ELEMENTS and const.dtype != DType.UNKNOWN:
+        if const.storage is not None and np.size(const.storage) <= INLINE_ELEMENTS and const.dtype != DType.UNKNOWN:
             line += " = " + _array_literal(const.data, const.dtype)
         lines.append(line)
     for node in graph.iter_nodes():

@@ -98,7 +98,7 @@ def _check_shape(value: Value) -> None:
         if isinstance(dim, int) and dim < 0:
             raise IRError(f"%{value.name} has a negative dimension in its shape {list(shape)}; a dimension is "
                           "a size, unknown (None) or a symbolic name")
-    data = value.data
+    data = value.storage  # shape only: lazily stored data is not read
     if data is None or value.kind != "const":
         return
     got = getattr(data, "shape", None)

@@ -28,6 +28,7 @@ import numpy as np
 
 from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType, finite_max
+from mixprec.ir.lazy import finite_abs_max
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.ir.pins import Pin, pin_of
 from mixprec.passes.base import Pass, PassResult
@@ -303,11 +304,9 @@ class _Painter:
         bad: set[int] = set()
         for graph in self.graph.all_graphs():
             for value in graph.constants.values():
-                if value.dtype != DType.FLOAT32 or value.data is None or value.data.size == 0:
+                if value.dtype != DType.FLOAT32 or value.storage is None or value.storage.size == 0:
                     continue
-                data = np.abs(np.asarray(value.data, dtype=np.float32))
-                finite = data[np.isfinite(data) & (data < np.finfo(np.float32).max)]
-                if finite.size and float(finite.max()) > tmax:
+                if finite_abs_max(value.storage) > tmax:  # lazy data read chunk by chunk
                     bad.add(id(value))
         return bad
 

@@ -16,6 +16,7 @@ import numpy as np
 from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import convert_array
 from mixprec.ir.graph import Graph
+from mixprec.ir.lazy import is_lazy, overflows
 from mixprec.passes.base import Pass, PassResult
 from mixprec.passes.common import graph_policy, mixed_float_inputs, target_dtype
 from mixprec.passes.registry import register_pass
@@ -52,7 +53,13 @@ class ConvertConstants(Pass):
                     continue
                 if any(id(r.outputs[0]) in protected for r in readers):
                     continue
-                if const.data is not None:
+                if is_lazy(const.storage):  # converted chunk by chunk when written, never held
+                    if overflows(const.storage, target):
+                        logger.warning("constant %s has values outside %s; left in %s",
+                                       const.name, target.value, const.dtype.value)
+                        continue
+                    const.data = const.storage.converted(target)
+                elif const.data is not None:
                     new = convert_array(const.data, target)
                     if _overflowed(const.data, new):
                         logger.warning("constant %s has values outside %s; left in %s",

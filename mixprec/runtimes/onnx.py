@@ -98,6 +98,7 @@ class OnnxAdapter(Adapter):
         has the kernels (FP16, or target='onnxruntime') and otherwise onnxruntime on the
         exact emulation (``emulate_in_float``). Any failure of the runtime is
         OutputCheckUnavailable with a one-line reason."""
+        converted = backend.resolved(converted)  # data the emitted model defers (lazily loaded weights)
         if config.check_runtime == "reference":
             self.last_check_note = "outputs checked with onnx.reference.ReferenceEvaluator (check_runtime='reference')"
             return _unavailable_on_error("the reference evaluator", run_reference, converted, inputs)
@@ -128,7 +129,7 @@ class OnnxAdapter(Adapter):
 
     def save(self, converted: Any, path: str, ir_model: Model, config: MixedPrecisionConfig,
              input_path: str | None) -> None:
-        backend.save(converted, path, input_path=input_path)
+        backend.save(converted, path, input_path=input_path, external_data=True if config.external_data else None)
 
 
 def _onnxruntime_crashers(ir_model: Model) -> dict[str, str]:

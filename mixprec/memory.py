@@ -1,0 +1,78 @@
+"""How much memory there is, and how much the output check would take.
+
+The output check holds the FP32 model and the converted one in a runtime at once, with
+their activations on the sample inputs; ``check_memory_need`` estimates that as
+CHECK_MEMORY_FACTOR x (the FP32 weights + the activations whose shapes the graph knows).
+``available_bytes`` reads psutil when it is installed, else /proc/meminfo (MemAvailable);
+None when neither says. Reads no constant data (sizes come from ``Value.storage``)."""
+from __future__ import annotations
+
+import logging
+import math
+
+from mixprec.ir.graph import Model
+
+logger = logging.getLogger(__name__)
+
+#: the FP32 model, the converted model (and its float32 emulation), and their runtimes'
+#: copies: the check on a 2.68 GB MLP peaked at 10.3 GiB (3.9x) in bench/large_weights.py
+CHECK_MEMORY_FACTOR = 4
+
+
+def available_bytes() -> int | None:
+    """Bytes of memory available to a new allocation without swapping, or None if unknown."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil not installed (or unusable here)
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def fp32_weight_bytes(ir_model: Model) -> int:
+    """Bytes of the model's constants with every float constant counted as float32."""
+    total = 0
+    for graph in ir_model.graph.all_graphs():
+        for value in graph.constants.values():
+            data = value.storage
+            if data is None:
+                continue
+            total += int(data.size) * 4 if value.dtype.is_float else int(data.nbytes)
+    return total
+
+
+def activation_bytes(ir_model: Model) -> int:
+    """Bytes of the node outputs whose shapes are static, counted as float32 (unknown
+    dims count as 1: the sample inputs use batch 1)."""
+    total = 0
+    for node in ir_model.graph.all_nodes():
+        for value in node.outputs:
+            if value.shape is not None:
+                total += 4 * math.prod(d if isinstance(d, int) and d > 0 else 1 for d in value.shape)
+    return total
+
+
+def check_memory_need(ir_model: Model) -> int:
+    """Estimated peak bytes of the output check on ``ir_model`` (see the module docstring)."""
+    return CHECK_MEMORY_FACTOR * (fp32_weight_bytes(ir_model) + activation_bytes(ir_model))
+
+
+def check_skip_reason(ir_model: Model) -> str | None:
+    """Why the output check must not run on this machine (it would not fit in memory), or None."""
+    available = available_bytes()
+    if available is None:
+        return None
+    need = check_memory_need(ir_model)
+    if need <= available:
+        return None
+    return (f"output check skipped: it would need about {need / 2**30:.1f} GiB of memory (the FP32 and the "
+            f"converted model side by side) and {available / 2**30:.1f} GiB is available; the model passed its "
+            "framework's validation only. Pass --no-check (check_outputs=False) to skip it explicitly, or "
+            "check on a machine with more memory")
