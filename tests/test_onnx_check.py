@@ -208,11 +208,17 @@ def test_reconverting_mixprecs_own_bf16_output_is_a_clean_no_op():
     assert all(c.max_abs_error == 0 for c in again.report.checks)
 
 
-def test_a_partly_converted_model_gets_its_remaining_fp32_converted():
+def test_a_partly_converted_model_keeps_its_fp32_allow_ops_unless_asked():
+    """A model already in mixed precision kept its FP32 allow ops on purpose (an error
+    budget, a tuning run, a user): converting it again keeps them (pin-existing-fp32); an
+    explicit request for low precision still converts them."""
     proto = onnx_models.torch_cnn()
     partial = _fit(proto, op_type_dict={"Gemm": {"activation": {"dtype": ["fp32"]}}}).model
     assert not any(n.op_type == "Gemm" and n.input[0].endswith("bf16") for n in partial.graph.node)
-    full = _fit(partial)
+    again = _fit(partial)
+    gemm = next(n for n in again.ir.graph.all_nodes() if n.op == "Gemm")
+    assert gemm.meta["precision"] == "f32" and "already mixed precision" in gemm.meta["reason"]
+    full = _fit(partial, op_type_dict={"Gemm": {"activation": {"dtype": ["bf16"]}}})
     gemm = next(n for n in full.ir.graph.all_nodes() if n.op == "Gemm")
     assert gemm.meta["precision"] == "bf16"
     assert min(_checked(full)) > 0.999
