@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
@@ -36,13 +35,6 @@ from mixprec.profiling.timing import Measurement, TimingPolicy, TimingUnavailabl
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("memory", "performance", "accuracy")
-#: framework -> "module:class" of its region timer (imported only when profiling it)
-TIMERS = {"torch": "mixprec.runtimes.torch_timing:TorchTimer",
-          "tensorflow": "mixprec.runtimes.tensorflow_timing:TensorFlowTimer"}
-#: framework -> why its runtime gains nothing from low precision on this machine's CPU
-NO_FAST_KERNELS = {"onnx": "onnxruntime's CPU execution provider has no {p} kernels for MatMul, Gemm, Conv or the "
-                           "elementwise ops (only Cast and LayerNormalization run), so nothing runs faster in {p} "
-                           "there: objective='performance' keeps the ONNX model FP32 (not timed)"}
 
 
 @dataclass
@@ -253,20 +245,23 @@ def begin(adapter: Any, original: Any, loaded: Any, config: Any) -> ProfileSessi
 
 
 def make_session(adapter: Any, original: Any, loaded: Any, config: Any, exhaustive: bool = False) -> ProfileSession:
+    """The session of one conversion: the framework record (mixprec.frameworks) names its
+    timer and, for a runtime with no fast low-precision kernels, why nothing is timed."""
+    from mixprec import frameworks
     framework = adapter.name
+    record = frameworks.get(framework)
     precision, policy = config.precision, config.policy
-    if framework in NO_FAST_KERNELS:
+    if record.low_precision_note:
         return ProfileSession(framework, precision, policy,
-                              unavailable=NO_FAST_KERNELS[framework].format(p=precision.upper()))
+                              unavailable=record.low_precision_note.replace("{p}", precision.upper()))
     profile = Profile.load(config.profile) if config.profile is not None else None
     if profile is not None and profile.framework != framework:
         from mixprec.errors import ConfigError
         raise ConfigError(f"profile {config.profile} was measured with {profile.framework}, but the model is a "
                           f"{framework} model; profile it with `mixprec profile MODEL -o FILE`")
     timer = None
-    if framework in TIMERS and profile is None:
-        module, name = TIMERS[framework].split(":")
-        timer = getattr(importlib.import_module(module), name)(adapter, original, loaded, config)
+    if record.timer and profile is None:
+        timer = record.load_timer()(adapter, original, loaded, config)
     if timer is None and profile is None:
         return ProfileSession(framework, precision, policy, unavailable=f"mixprec has no {framework} timer yet: "
                               "nothing can be measured, so the model stays FP32 (unknown -> FP32)")
@@ -321,45 +316,58 @@ def annotate(report: Any, config: Any) -> None:
                             + (f"; {missing} region(s) missing from it stayed FP32" if missing else ""))
 
 
-def finish(adapter: Any, original: Any, result: Any, config: Any) -> None:
+def finish(adapter: Any, original: Any, result: Any, config: Any) -> Any:
     """The model's latency against FP32: measured on this machine (the timer's
-    ``time_models``), predicted from the regions (FP32 latency minus what each kept
-    region saved); both go into ``report.profile["latency"]``."""
+    ``time_models``; a cached measurement of the same conversion is reused), predicted
+    from the regions (FP32 latency minus what each kept region saved); both go into
+    ``report.profile["latency"]``. Returns ``result``, or, when the converted model is
+    slower than the FP32 model beyond noise (mixprec.profiling.guard), the FP32 model as
+    given in its place."""
     session = current()
     report = result.report
     if session is None or config.objective != "performance" or report.profile is None:
-        return
+        return result
     latency = report.profile.setdefault("latency", {})
     if session.profile is not None:
         fp32_ms = session.profile.model.get("fp32_ms")
         if fp32_ms:
             latency.update(fp32_ms=fp32_ms, predicted_ms=session.predicted_ms(float(fp32_ms)), measured_ms=None)
-        return
+        return result
+    measured = _model_latency(session, original, result)
+    if measured is None:
+        return result
+    latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
+                   spread=measured.spread, predicted_ms=session.predicted_ms(measured.fp32_ms))
+    session.latency = dict(latency)
+    from mixprec.profiling import guard
+    if guard.slower_than_fp32(measured):
+        return guard.fp32_result(result, adapter, original, session.loaded.clone(), config, measured)
+    if measured.low_ms > guard.SLOWER * measured.fp32_ms:
+        report.notes.append(f"objective='performance': {guard.describe(measured)}: slower, but within the "
+                            "measurement's noise on this machine, so the converted model is kept")
+    return result
+
+
+def _model_latency(session: ProfileSession, original: Any, result: Any) -> Measurement | None:
+    """The whole converted model against the FP32 model: from the cache, or timed (and
+    cached); None (with a note) when it cannot be measured."""
     if session.timer is None or not hasattr(session.timer, "time_models"):
-        return
+        return None
+    report = result.report
     key = _model_signature(session, result.ir)
     measured = session.cache.get(key) if session.cache is not None else None
-    if measured is None:
-        try:
-            measured = session.timer.time_models(original, result.model, session.timing)
-        except Exception as exc:  # latency is information, never a failed conversion
-            report.notes.append(f"model latency not measured: {type(exc).__name__}: {first_line(exc, 160)}")
-            return
-        session.timer_calls += 1
-        report.profile["timer_calls"] = session.timer_calls
-        if session.cache is not None:
-            session.cache.put(key, measured)
-    latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
-                   predicted_ms=session.predicted_ms(measured.fp32_ms))
-    session.latency = dict(latency)
-    if measured.low_ms > 1.02 * measured.fp32_ms:
-        kept = sum(1 for r in session.records if r.decision != "f32")
-        report.notes.append(
-            f"objective='performance': the converted model measured {measured.low_ms:.4g} ms against "
-            f"{measured.fp32_ms:.4g} ms for the FP32 model ({measured.low_ms / measured.fp32_ms:.2f}x) although "
-            f"{kept} region(s) kept low were each measured faster: the difference is outside the regions (the "
-            f"emitted graph runs op by op, without fused kernels the original model may use) or noise on a busy "
-            f"machine; the FP32 model may be the faster choice here")
+    if measured is not None:
+        return measured
+    try:
+        measured = session.timer.time_models(original, result.model, session.timing)
+    except Exception as exc:  # latency is information, never a failed conversion
+        report.notes.append(f"model latency not measured: {type(exc).__name__}: {first_line(exc, 160)}")
+        return None
+    session.timer_calls += 1
+    report.profile["timer_calls"] = session.timer_calls
+    if session.cache is not None:
+        session.cache.put(key, measured)
+    return measured
 
 
 def _model_signature(session: ProfileSession, converted: Any) -> str:

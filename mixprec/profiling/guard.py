@@ -1,0 +1,77 @@
+"""The ``objective="performance"`` guarantee: never slower than the FP32 model.
+
+Each region kept low was measured faster on its own, but the emitted model can still lose
+as a whole: it runs op by op, where the user's model may run fused kernels (torch's
+``nn.TransformerEncoderLayer`` fast path, for one). So ``fit`` measures the converted
+model against the FP32 model it was given (mixprec.profiling.session.finish) and, when the
+converted one is slower beyond the measurement's noise (:func:`slower_than_fp32`), returns
+the FP32 model as given instead (:func:`fp32_result`): its ``.model`` is the user's model
+as its framework runs it, its ``.ir`` the FP32 IR, and ``save`` writes it the way a
+converted model is written (a .pt2 program, a frozen graph or SavedModel, an .onnx file).
+The report says so in a note and in ``report.profile["returned"]``."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import asdict
+from typing import Any
+
+from mixprec.profiling.timing import Measurement
+
+logger = logging.getLogger(__name__)
+
+#: the bar: a converted model more than this much slower than FP32 (and slower beyond
+#: the measurement's 95% interval) is not returned
+SLOWER = 1.02
+
+
+def slower_than_fp32(measured: Measurement) -> bool:
+    """The converted (low) model is slower than FP32 beyond noise: its median ratio is
+    above ``SLOWER`` and the ratio's 95% interval (``measured.spread``) lies above 1."""
+    if measured.fp32_ms <= 0:
+        return False
+    ratio = measured.low_ms / measured.fp32_ms
+    return ratio > SLOWER and ratio - measured.spread > 1.0
+
+
+def describe(measured: Measurement) -> str:
+    ratio = measured.low_ms / measured.fp32_ms if measured.fp32_ms > 0 else float("inf")
+    return (f"the converted model measured {measured.low_ms:.4g} ms against {measured.fp32_ms:.4g} ms for the FP32 "
+            f"model ({ratio:.2f}x, 95% interval +-{measured.spread:.2f}, {measured.reps} reps)")
+
+
+def fp32_result(result: Any, adapter: Any, original: Any, fp32_ir: Any, config: Any, measured: Measurement) -> Any:
+    """A ConvertedModel holding the FP32 model as given in place of ``result`` (whose
+    conversion measured slower). The report keeps the regions, the passes and the notes;
+    its node table shows every node FP32 (the inserted casts are gone: the FP32 model has
+    none) and the rejected conversion's output checks move to ``profile["rejected"]``."""
+    from mixprec.mix_precision import ConvertedModel
+    report = copy.copy(result.report)
+    why = f"objective='performance': {describe(measured)}, so the FP32 model is returned as given"
+    report.nodes = [_as_fp32(n, report.precision, why) for n in result.report.nodes
+                    if not (n.category == "cast" and n.reason.startswith("inserted"))]
+    profile = dict(report.profile or {})
+    profile["rejected"] = {"measured_ms": measured.low_ms, "fp32_ms": measured.fp32_ms, "spread": measured.spread,
+                           "checks": [asdict(c) for c in result.report.checks],
+                           "failed_check": result.report.failed_check}
+    profile["returned"] = "fp32"
+    report.profile = profile
+    report.checks = []
+    report.failed_check = None
+    report.notes = list(result.report.notes) + [
+        f"{why}: each region kept low was measured faster on its own, so the difference is outside them (the "
+        f"emitted graph runs op by op, without the fused kernels the original model may use); the model written "
+        f"is the FP32 model (no output check needed: it is the reference)"]
+    logger.warning("%s", why)
+    input_path = os.fspath(original) if isinstance(original, (str, os.PathLike)) else None
+    return ConvertedModel(adapter.native(original), fp32_ir, report, adapter, config, input_path)
+
+
+def _as_fp32(node: Any, precision: str, why: str) -> Any:
+    if node.precision != precision:
+        return node
+    changed = copy.copy(node)
+    changed.precision = "f32"
+    changed.reason = f"{why} (the conversion had it {precision}: {node.reason})"
+    return changed
