@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -78,8 +79,27 @@ class ProfileSession:
         self.used: dict[str, Measurement] = {}
         self.timer_calls = 0
         self.latency: dict[str, Any] = {}
-        self._captured: dict[str, Any] = {}
+        self._captured: dict[str, Any] = {}  # value name -> its value on the sample inputs
+        self._shapes: dict[str, tuple[int, ...]] = {}  # value name -> its concrete shape there
+        self._needed: list[str] = []  # the values the regions read that must be captured
+        self._capture_error: str | None = None
+        self._model_text: str | None = None
         self.loaded: Any = None  # the FP32 IR model (whole-model latency keys)
+        self.seconds = 0.0  # wall time spent profiling (deciding regions, the model's latency), all runs
+
+    @contextlib.contextmanager
+    def clock(self) -> Iterator[None]:
+        """Adds the wall time of the block to ``seconds`` (nested blocks count once)."""
+        if getattr(self, "_clocking", False):
+            yield
+            return
+        self._clocking = True
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
+            self._clocking = False
 
     def __repr__(self) -> str:  # passes print their options
         return f"ProfileSession({self.framework}, {self.precision})"
@@ -96,6 +116,7 @@ class ProfileSession:
         measured, record = self._measure(region, graph)
         winners: list[str] = []
         if len(component) > 1 and (self.exhaustive or measured is None or not measured.faster):
+            self.prepare(graph, [[name] for name in component if name in allow])
             for name in component:
                 if name in allow:
                     single, single_record = self._measure(extract(graph, [name], self.precision, self.policy,
@@ -145,9 +166,13 @@ class ProfileSession:
             return found, "cache", ""
         if self.timer is None:
             return None, "unknown", self.unavailable or f"no {self.framework} timer"
+        try:
+            values = inputs()
+        except TimingUnavailable as exc:
+            return None, "unknown", first_line(exc)
         self.timer_calls += 1
         try:
-            found = self.timer.time(region.fp32, region.low, inputs(), self.timing)
+            found = self.timer.time(region.fp32, region.low, values, self.timing)
         except Exception as exc:  # a region the runtime cannot run: unknown, never a failed conversion
             logger.info("cannot time %s: %s", region.label(), first_line(exc))
             return None, "unknown", f"the timer failed: {type(exc).__name__}: {first_line(exc, 160)}"
@@ -156,24 +181,89 @@ class ProfileSession:
         self.used[signature] = found
         return found, "measured", ""
 
+    def prepare(self, graph: Graph, regions: Sequence[Sequence[str]]) -> None:
+        """Before ``regions`` (lists of node names) are decided: the concrete shapes of
+        the values flowing into them that cannot be synthesized (dynamic shapes, integer
+        inputs), from the cache (keyed by the FP32 model and the sample shapes) or from ONE
+        captured run of the FP32 model for all of them, whose values then serve every
+        region timed. So a conversion whose regions are all cached runs no capture."""
+        nodes = {n.name: n for n in graph.iter_nodes()}
+        needed = []
+        for region in regions:
+            inside = set(region)
+            for name in region:
+                needed.extend(v.name for v in nodes[name].inputs if v is not None and not v.is_constant
+                              and not _synthesizable(v) and (v.producer is None or v.producer.name not in inside))
+        self._needed = list(dict.fromkeys(self._needed + needed))
+        missing = [n for n in dict.fromkeys(needed) if n not in self._shapes]
+        if not missing:
+            return
+        key = self._shapes_key()
+        cached = (self.cache.get_data(key) or {}) if self.cache is not None and key is not None else {}
+        self._shapes.update({n: tuple(int(d) for d in cached[n]) for n in missing if isinstance(cached.get(n), list)})
+        missing = [n for n in missing if n not in self._shapes]
+        if not missing:
+            return
+        self._capture(missing)
+        if self.cache is not None and key is not None and not self._capture_error:
+            cached.update({n: list(s) for n, s in self._shapes.items()})
+            self.cache.put_data(key, cached)
+
+    def _capture(self, names: Sequence[str]) -> None:
+        """One run of the FP32 model capturing ``names`` (values and shapes); a failure is
+        remembered and makes the regions that need them unknown."""
+        names = [n for n in names if n not in self._captured]
+        if not names or self._capture_error:
+            return
+        if self.timer is None:
+            self._capture_error = "its inputs have dynamic shapes and there is no timer to capture them"
+            return
+        try:
+            self._captured.update(self.timer.capture(names))
+        except TimingUnavailable as exc:
+            self._capture_error = first_line(exc, 200)
+        except Exception as exc:  # no sample input fits (SampleInputError), a model that rejects the probe
+            self._capture_error = f"its input values could not be captured: {first_line(exc, 160)}"
+        self._shapes.update({n: tuple(getattr(self._captured[n], "shape", ())) for n in names if n in self._captured})
+
+    def _shapes_key(self) -> str | None:
+        """The cache key of the captured shapes: the FP32 model's text and the sample
+        input shapes (None when the timer cannot say them). Shapes that depend on the
+        weights' values (none in the models mixprec converts) would need them too."""
+        if self.timer is None or not hasattr(self.timer, "sample_shapes"):
+            return None
+        try:
+            shapes = repr(self.timer.sample_shapes())
+        except Exception as exc:  # no sample input fits: nothing to key
+            logger.info("no sample shapes for the shape cache: %s", first_line(exc))
+            return None
+        import hashlib
+        text = "\n".join(["mixprec-shapes 1", self.model_text(), shapes])
+        return "shapes-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def model_text(self) -> str:
+        """The FP32 IR's text (computed once)."""
+        if self._model_text is None:
+            from mixprec.ir.text import dump
+            self._model_text = dump(self.loaded.graph) if self.loaded is not None else ""
+        return self._model_text
+
     def _inputs(self, region: Region, graph: Graph) -> tuple[list[tuple[int, ...]], Any]:
         """The concrete input shapes and a thunk making the input values: synthesized for
-        static float tensors, the FP32 model's own values (one captured run) otherwise."""
+        static float tensors, the FP32 model's own values (captured, see :meth:`prepare`)
+        otherwise."""
         values = {v.name: v for v in graph.values()}
-        needed = [name for name in region.inputs if not _synthesizable(values[name]) and name not in self._captured]
-        if needed:
-            if self.timer is None:
-                raise TimingUnavailable("its inputs have dynamic shapes and there is no timer to capture them")
-            try:
-                self._captured.update(self.timer.capture(needed))
-            except TimingUnavailable:
-                raise
-            except Exception as exc:  # no sample input fits (SampleInputError), a model that rejects the probe
-                raise TimingUnavailable(f"its input values could not be captured: {first_line(exc, 160)}") from None
-        shapes = [tuple(getattr(self._captured[n], "shape", ())) if n in self._captured else tuple(values[n].shape)
-                  for n in region.inputs]
+        dynamic = [name for name in region.inputs if not _synthesizable(values[name])]
+        if any(name not in self._shapes for name in dynamic):
+            self.prepare(graph, [region.nodes])
+        if any(name not in self._shapes for name in dynamic):
+            raise TimingUnavailable(self._capture_error or "its input values could not be captured")
+        shapes = [self._shapes[n] if n in self._shapes else tuple(values[n].shape) for n in region.inputs]
 
         def make() -> list[Any]:
+            self._capture([n for n in self._needed if n not in self._captured])
+            if any(n not in self._captured for n in dynamic):
+                raise TimingUnavailable(self._capture_error or "its input values could not be captured")
             return [self._captured[n] if n in self._captured else synthesize(values[n]) for n in region.inputs]
         return shapes, make
 
@@ -184,7 +274,8 @@ class ProfileSession:
         out = {"objective": objective, "source": source, "framework": self.framework,
                "machine": (self.profile.machine.get("summary") if self.profile is not None else None)
                or machine.summary_line(),
-               "timer_calls": self.timer_calls, "regions": [asdict(r) for r in self.records],
+               "timer_calls": self.timer_calls, "seconds": round(self.seconds, 4),
+               "regions": [asdict(r) for r in self.records],
                "latency": dict(self.latency)}
         if self.unavailable:
             out["unavailable"] = self.unavailable
@@ -237,7 +328,9 @@ def begin(adapter: Any, original: Any, loaded: Any, config: Any) -> ProfileSessi
     held = _ACTIVE.get()
     if config.objective != "performance":
         return None
+    started = time.perf_counter()
     session = make_session(adapter, original, loaded, config, exhaustive=bool(held and held.get("exhaustive")))
+    session.seconds += time.perf_counter() - started
     session.loaded = loaded
     if held is not None:
         held["session"] = session
@@ -333,7 +426,9 @@ def finish(adapter: Any, original: Any, result: Any, config: Any) -> Any:
         if fp32_ms:
             latency.update(fp32_ms=fp32_ms, predicted_ms=session.predicted_ms(float(fp32_ms)), measured_ms=None)
         return result
-    measured = _model_latency(session, original, result)
+    with session.clock():
+        measured = _model_latency(session, original, result)
+    report.profile["seconds"] = round(session.seconds, 4)
     if measured is None:
         return result
     latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
@@ -375,11 +470,9 @@ def _model_signature(session: ProfileSession, converted: Any) -> str:
     node's precision (not the reasons, which name where measurements came from) and the
     sample shapes."""
     import hashlib
-
-    from mixprec.ir.text import dump
     shapes = repr(session.timer.sample_shapes()) if hasattr(session.timer, "sample_shapes") else ""
     decisions = "\n".join(f"{n.name} {n.op} {n.meta.get('precision')}" for n in converted.graph.all_nodes())
-    text = "\n".join(["mixprec-model 2", dump(session.loaded.graph), decisions, shapes])
+    text = "\n".join(["mixprec-model 2", session.model_text(), decisions, shapes])
     return "model-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
