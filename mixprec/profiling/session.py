@@ -200,6 +200,9 @@ class ProfileSession:
             return
         key = self._shapes_key()
         cached = (self.cache.get_data(key) or {}) if self.cache is not None and key is not None else {}
+        if self.profile is not None:  # the shapes the profiled machine captured, for the same model
+            given = self.profile.model.get("shapes") or {}
+            cached = dict(given.get("values") or {}) if given.get("model") == self.model_hash() else {}
         self._shapes.update({n: tuple(int(d) for d in cached[n]) for n in missing if isinstance(cached.get(n), list)})
         missing = [n for n in missing if n not in self._shapes]
         if not missing:
@@ -240,6 +243,17 @@ class ProfileSession:
         import hashlib
         text = "\n".join(["mixprec-shapes 1", self.model_text(), shapes])
         return "shapes-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def shape_table(self) -> dict[str, Any]:
+        """The concrete shapes captured so far, with the hash of the model they belong to
+        (what ``mixprec profile`` writes, so that a model with dynamic shapes converts
+        from the profile on a machine that runs nothing)."""
+        return {"model": self.model_hash(), "values": {n: list(s) for n, s in sorted(self._shapes.items())}}
+
+    def model_hash(self) -> str:
+        """A hash of the FP32 IR's text (what a profile file's captured shapes belong to)."""
+        import hashlib
+        return hashlib.sha256(self.model_text().encode()).hexdigest()[:32]
 
     def model_text(self) -> str:
         """The FP32 IR's text (computed once)."""
@@ -495,6 +509,7 @@ def profile_model(model: Any, config: Any, output: str) -> tuple[Any, Profile]:
     version = session.timer.version() if session.timer is not None else ""
     latency = (result.report.profile or {}).get("latency", {})
     profile = Profile(fp, session.framework, version, dict(session.used),
-                      {"fp32_ms": latency.get("fp32_ms"), "regions": len(session.records)})
+                      {"fp32_ms": latency.get("fp32_ms"), "regions": len(session.records),
+                       "shapes": session.shape_table()})
     profile.save(output)
     return result, profile

@@ -244,3 +244,20 @@ def test_dynamic_shapes_take_one_capture_then_none_from_the_cache(tmp_path):
     assert second.calls == [] and second.captures == []  # shapes and times from the cache: the model never runs
     assert {r.source for r in session.records} == {"cache"}
     assert dump(two) == dump(one).replace(", measured)", ", cache)")
+
+
+def test_profile_file_carries_the_captured_shapes_of_a_dynamic_model():
+    tables = ({"m1": 1.0, "r": 0.0, "m2": 1.0}, {"m1": 0.5, "r": 0.0, "m2": 2.0})
+    dynamic = MLP.replace("4,8", "batch,8")
+    measured = ProfileSession("generic", "bf16", timer=CapturingTimer(*tables, cast_ms=0.1), exhaustive=True)
+    reference = convert(measured, dynamic)
+    table = measured.shape_table()
+    assert table["values"] == {"x": [4, 8], "r": [4, 8]}
+    profile = Profile({"cpu": "Test CPU"}, "generic", "fake-1", dict(measured.used), {"shapes": table})
+    session = ProfileSession("generic", "bf16", profile=profile)
+    graph = convert(session, dynamic)  # no timer: the shapes come from the profile, nothing runs
+    assert {r.source for r in session.records} == {"profile"}
+    assert dump(graph) == dump(reference).replace("reps, measured)", "reps, profile)")
+    blind = ProfileSession("generic", "bf16", profile=Profile({}, "generic", "fake-1", dict(measured.used), {}))
+    assert set(precisions(convert(blind, dynamic)).values()) == {"f32"}  # no shapes: unknown, FP32
+    assert "no timer to capture" in blind.records[0].why
