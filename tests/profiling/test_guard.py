@@ -9,7 +9,7 @@ import pytest
 from mixprec import mix_precision
 from mixprec.config import MixedPrecisionConfig
 from mixprec.profiling import Measurement
-from mixprec.profiling.guard import slower_than_fp32
+from mixprec.profiling.guard import ambiguous, pooled, slower_than_fp32
 
 
 @pytest.fixture(autouse=True)
@@ -18,8 +18,9 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def fake_timer(monkeypatch, cls, whole: Measurement):
-    """Regions: 1.0 ms FP32 against 0.5 ms low (all kept low); the whole model: ``whole``."""
+def fake_timer(monkeypatch, cls, *wholes: Measurement):
+    """Regions: 1.0 ms FP32 against 0.5 ms low (all kept low); the whole model: ``wholes``
+    in turn (the last one repeated)."""
     calls = {"regions": 0, "models": 0}
 
     def time(self, fp32, low, inputs, policy):
@@ -28,7 +29,7 @@ def fake_timer(monkeypatch, cls, whole: Measurement):
 
     def time_models(self, original, converted, policy):
         calls["models"] += 1
-        return whole
+        return wholes[min(calls["models"], len(wholes)) - 1]
     monkeypatch.setattr(cls, "time", time)
     monkeypatch.setattr(cls, "time_models", time_models)
     return calls
@@ -43,6 +44,15 @@ def fake_timer(monkeypatch, cls, whole: Measurement):
 ])
 def test_slower_than_fp32_beyond_noise(measured, slower):
     assert slower_than_fp32(measured) is slower
+    assert ambiguous(measured) is (measured.low_ms == 1.10)  # only the noisy slower one is measured again
+
+
+def test_a_noisy_slower_measurement_taken_twice_decides_by_its_median():
+    noisy = Measurement(1.0, 1.10, 20, 0.2)
+    again_slower = pooled(noisy, Measurement(1.0, 1.3, 10, 0.4))
+    assert again_slower.reps == 30 and again_slower.low_ms == pytest.approx((1.10 * 20 + 1.3 * 10) / 30)
+    assert slower_than_fp32(again_slower) and not ambiguous(again_slower)
+    assert not slower_than_fp32(pooled(noisy, Measurement(1.0, 0.8, 20, 0.3)))  # the pooled median is 0.95x
 
 
 def _torch_mlp():
@@ -72,6 +82,19 @@ def test_torch_slower_conversion_returns_and_saves_the_fp32_module(monkeypatch, 
     with torch.no_grad():
         assert torch.equal(reloaded(x), module(x))  # FP32: bit for bit the user's model
     assert all(p.dtype == torch.float32 for p in reloaded.state_dict().values())
+
+
+@pytest.mark.parametrize("second, returned", [(Measurement(1.0, 0.6, 20, 0.05), False),  # pooled 0.95x
+                                              (Measurement(1.0, 1.4, 20, 0.5), True)])  # pooled 1.35x
+def test_torch_noisy_slower_latency_is_measured_again(monkeypatch, second, returned):
+    torch, module = _torch_mlp()
+    from mixprec.runtimes.torch_timing import TorchTimer
+    calls = fake_timer(monkeypatch, TorchTimer, Measurement(1.0, 1.3, 20, 0.4), second)
+    result = mix_precision.fit(module, config=MixedPrecisionConfig(example_inputs=(torch.randn(4, 16),),
+                                                                   objective="performance"))
+    assert calls["models"] == 2
+    assert (result.model is module) is returned and (result.report.profile.get("returned") == "fp32") is returned
+    assert result.report.profile["latency"]["reps"] == 40
 
 
 def test_torch_faster_conversion_is_kept(monkeypatch, tmp_path):
