@@ -69,28 +69,44 @@ def describe(measured: Measurement) -> str:
             f"model ({_ratio(measured):.2f}x, 95% interval +-{measured.spread:.2f}, {measured.reps} reps{how})")
 
 
-def fp32_result(result: Any, adapter: Any, original: Any, fp32_ir: Any, config: Any, measured: Measurement) -> Any:
-    """A ConvertedModel holding the FP32 model as given in place of ``result`` (whose
-    conversion measured slower). The report keeps the regions, the passes and the notes;
-    its node table shows every node FP32 (the inserted casts are gone: the FP32 model has
-    none) and the rejected conversion's output checks move to ``profile["rejected"]``."""
+def nothing_low(result: Any, precision: str) -> bool:
+    """No node of the converted IR runs in ``precision`` (every region lost or was unknown)."""
+    return not any(node.meta.get("precision") == precision for node in result.ir.graph.all_nodes())
+
+
+def fp32_result(result: Any, adapter: Any, original: Any, fp32_ir: Any, config: Any,
+                measured: Measurement | None) -> Any:
+    """A ConvertedModel holding the FP32 model as given in place of ``result``: its
+    conversion measured slower (``measured``), or it converted nothing, so that the
+    emitted graph could only match the FP32 model or lose to it. The report keeps the
+    regions, the passes and the notes; its node table shows every node FP32 (the inserted
+    casts are gone: the FP32 model has none) and the rejected conversion's output checks
+    move to ``profile["rejected"]``."""
     from mixprec.mix_precision import ConvertedModel
     report = copy.copy(result.report)
-    why = f"objective='performance': {describe(measured)}, so the FP32 model is returned as given"
+    if nothing_low(result, report.precision):
+        why = (f"objective='performance': no region runs faster in {report.precision.upper()} here, so nothing "
+               "was converted and the FP32 model is returned as given")
+        detail = ("the emitted FP32 graph would run op by op, without the fused kernels the original model may "
+                  "use" + (f" ({describe(measured)})" if measured is not None else ""))
+    else:
+        assert measured is not None
+        why = f"objective='performance': {describe(measured)}, so the FP32 model is returned as given"
+        detail = ("each region kept low was measured faster on its own, so the difference is outside them (the "
+                  "emitted graph runs op by op, without the fused kernels the original model may use)")
     report.nodes = [_as_fp32(n, report.precision, why) for n in result.report.nodes
                     if not (n.category == "cast" and n.reason.startswith("inserted"))]
     profile = dict(report.profile or {})
-    profile["rejected"] = {"measured_ms": measured.low_ms, "fp32_ms": measured.fp32_ms, "spread": measured.spread,
-                           "checks": [asdict(c) for c in result.report.checks],
+    profile["rejected"] = {"checks": [asdict(c) for c in result.report.checks],
                            "failed_check": result.report.failed_check}
+    if measured is not None:
+        profile["rejected"].update(measured_ms=measured.low_ms, fp32_ms=measured.fp32_ms, spread=measured.spread)
     profile["returned"] = "fp32"
     report.profile = profile
     report.checks = []
     report.failed_check = None
     report.notes = list(result.report.notes) + [
-        f"{why}: each region kept low was measured faster on its own, so the difference is outside them (the "
-        f"emitted graph runs op by op, without the fused kernels the original model may use); the model written "
-        f"is the FP32 model (no output check needed: it is the reference)"]
+        f"{why}: {detail}; the model written is the FP32 model (no output check needed: it is the reference)"]
     logger.warning("%s", why)
     input_path = os.fspath(original) if isinstance(original, (str, os.PathLike)) else None
     return ConvertedModel(adapter.native(original), fp32_ir, report, adapter, config, input_path)

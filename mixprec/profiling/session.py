@@ -428,29 +428,30 @@ def finish(adapter: Any, original: Any, result: Any, config: Any) -> Any:
     """The model's latency against FP32: measured on this machine (the timer's
     ``time_models``; a cached measurement of the same conversion is reused), predicted
     from the regions (FP32 latency minus what each kept region saved); both go into
-    ``report.profile["latency"]``. Returns ``result``, or, when the converted model is
-    slower than the FP32 model beyond noise (mixprec.profiling.guard), the FP32 model as
-    given in its place."""
+    ``report.profile["latency"]``. Returns ``result``, or the FP32 model as given in its
+    place (mixprec.profiling.guard) when the converted model measured slower than it
+    beyond noise, or when nothing was converted (the emitted FP32 graph can only tie or
+    lose: it runs without the original's fused kernels)."""
     session = current()
     report = result.report
     if session is None or config.objective != "performance" or report.profile is None:
         return result
     latency = report.profile.setdefault("latency", {})
+    measured = None
     if session.profile is not None:
         fp32_ms = session.profile.model.get("fp32_ms")
         if fp32_ms:
             latency.update(fp32_ms=fp32_ms, predicted_ms=session.predicted_ms(float(fp32_ms)), measured_ms=None)
-        return result
-    with session.clock():
-        measured = _model_latency(session, original, result)
-    report.profile["seconds"] = round(session.seconds, 4)
-    if measured is None:
-        return result
-    latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
-                   spread=measured.spread, predicted_ms=session.predicted_ms(measured.fp32_ms))
-    session.latency = dict(latency)
+    else:
+        with session.clock():
+            measured = _model_latency(session, original, result)
+        report.profile["seconds"] = round(session.seconds, 4)
+    if measured is not None:
+        latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
+                       spread=measured.spread, predicted_ms=session.predicted_ms(measured.fp32_ms))
+        session.latency = dict(latency)
     from mixprec.profiling import guard
-    if guard.slower_than_fp32(measured):
+    if guard.nothing_low(result, config.precision) or (measured is not None and guard.slower_than_fp32(measured)):
         return guard.fp32_result(result, adapter, original, session.loaded.clone(), config, measured)
     return result
 

@@ -147,3 +147,33 @@ def test_keras_slower_conversion_saves_the_fp32_graph(monkeypatch, tmp_path):
     saved = tf.saved_model.load(result.save(tmp_path / "saved"))
     got = list(saved.signatures["serving_default"](tf.constant(x)).values())[0].numpy()
     assert np.allclose(got, expected, atol=1e-5)
+
+
+def test_nothing_converted_returns_the_model_as_given(monkeypatch, tmp_path):
+    torch, module = _torch_mlp()
+    from mixprec.runtimes.torch_timing import TorchTimer
+    monkeypatch.setattr(TorchTimer, "time", lambda self, fp32, low, inputs, policy: Measurement(1.0, 1.5, 9, 0.01))
+    monkeypatch.setattr(TorchTimer, "time_models", lambda self, *a: Measurement(1.0, 1.0, 20, 0.01))
+    x = torch.randn(4, 16)
+    result = mix_precision.fit(module, config=MixedPrecisionConfig(example_inputs=(x,), objective="performance"))
+    assert {r["decision"] for r in result.report.profile["regions"]} == {"f32"}
+    assert result.model is module and result.report.profile["returned"] == "fp32"
+    assert any("nothing was converted and the FP32 model is returned as given" in n for n in result.report.notes)
+    with torch.no_grad():
+        assert torch.equal(torch.export.load(result.save(tmp_path / "out.pt2")).module()(x), module(x))
+
+
+def test_onnx_performance_returns_the_model_as_given(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "in.onnx"
+    onnx.save(model, str(path))
+    result = mix_precision.fit(str(path), config=MixedPrecisionConfig(objective="performance"))
+    assert result.report.profile["returned"] == "fp32"
+    result.save(tmp_path / "out.onnx")
+    assert onnx.load(str(tmp_path / "out.onnx")).graph == model.graph
