@@ -35,7 +35,14 @@ class Framework:
     - ``module_roots``: top-level module names of its model objects' classes;
     - ``cast``: how its cast op is spelled in the IR;
     - ``policy``: a built-in policy name or the path of a policy TOML file;
-    - ``adapter``: ``"module:Class"`` of its ``mixprec.runtimes.base.Adapter``."""
+    - ``adapter``: ``"module:Class"`` of its ``mixprec.runtimes.base.Adapter``;
+    - ``timer``: ``"module:Class"`` of its region timer for ``objective="performance"``
+      (``mixprec.profiling.timing.RegionTimer``, built as ``Class(adapter, original,
+      loaded_ir, config)``), imported only when a model of it is profiled; None: no timer,
+      nothing can be measured, so the objective keeps the model FP32;
+    - ``low_precision_note``: set when its runtime has no fast low-precision kernels on
+      CPU: why (``{p}`` is replaced by the precision, "BF16"); the objective then keeps
+      the model FP32 without timing anything and the report carries this note."""
     name: str
     suffixes: tuple[str, ...]
     module_roots: tuple[str, ...]
@@ -44,12 +51,23 @@ class Framework:
     adapter: str
     directory_marker: str | None = None
     description: str = ""
+    timer: str | None = None
+    low_precision_note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def load_adapter(self) -> Any:
         """A new instance of the framework's adapter (imports the framework)."""
-        module, _, attr = self.adapter.partition(":")
-        return getattr(importlib.import_module(module), attr)()
+        return _attribute(self.adapter)()
+
+    def load_timer(self) -> Any:
+        """The timer class named by ``timer`` (imports the framework), or None."""
+        return _attribute(self.timer) if self.timer else None
+
+
+def _attribute(path: str) -> Any:
+    """The object a ``"module:attr"`` path names."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 _records: dict[str, Framework] | None = None

@@ -118,7 +118,9 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
             converted, ir_model, report = _meet_error_budget(adapter, model, loaded, config, report, progress)
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     result = ConvertedModel(converted, ir_model, report, adapter, config, input_path)
-    profiling.finish(adapter, model, result, config)  # measured and predicted latency against FP32
+    # measured and predicted latency against FP32; the FP32 model as given when the converted one is slower
+    result = profiling.finish(adapter, model, result, config)
+    report = result.report
     if report.failed_check:
         raise AccuracyCheckError(report.failed_check, converted=result, report=report)
     return result

@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 FRAMEWORK = Framework(
     name="onnx", suffixes=(".onnx",), module_roots=("onnx",), cast=CastSpec("Cast", "to"), policy="onnx",
-    adapter="mixprec.runtimes.onnx:OnnxAdapter", description=".onnx files (external data too)")
+    adapter="mixprec.runtimes.onnx:OnnxAdapter", description=".onnx files (external data too)",
+    low_precision_note="onnxruntime's CPU execution provider has no {p} kernels for MatMul, Gemm, Conv or the "
+                       "elementwise ops (only Cast and LayerNormalization run), so nothing runs faster in {p} "
+                       "there: objective='performance' keeps the ONNX model FP32 (not timed)")
 
 #: key of model.meta that holds the private round-trip data:
 #:   graphs:  {graph key: {"shell": GraphProto, "initializer_inputs": [(pos, ir name, ValueInfoProto)],

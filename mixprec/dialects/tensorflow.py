@@ -90,7 +90,8 @@ FRAMEWORK = Framework(
     name=NAME, suffixes=(".pb", ".keras"), module_roots=("tensorflow", "keras", "tf_keras"),
     cast=CastSpec(CAST_OP, "DstT", "SrcT", extra={"Truncate": False}), policy="tensorflow",
     adapter="mixprec.runtimes.tensorflow:TensorflowAdapter", directory_marker="saved_model.pb",
-    description="TensorFlow SavedModel directories, frozen .pb graphs and .keras files")
+    description="TensorFlow SavedModel directories, frozen .pb graphs and .keras files",
+    timer="mixprec.runtimes.tensorflow_timing:TensorFlowTimer")
 
 _TF_TO_DTYPE: dict[str, DType] = {
     "float32": DType.FLOAT32, "bfloat16": DType.BFLOAT16, "float16": DType.FLOAT16, "float64": DType.FLOAT64,

@@ -81,7 +81,8 @@ BATCH_DIM = "batch"
 
 FRAMEWORK = Framework(
     name=NAME, suffixes=(".pt2",), module_roots=("torch",), cast=CastSpec(CAST_OP, "dtype"),
-    policy="torch", adapter="mixprec.runtimes.torch:TorchAdapter", description="torch.export .pt2 programs")
+    policy="torch", adapter="mixprec.runtimes.torch:TorchAdapter", description="torch.export .pt2 programs",
+    timer="mixprec.runtimes.torch_timing:TorchTimer")
 
 
 # ------------------------------------------------------------------------- dtypes ---

@@ -41,6 +41,12 @@ class ProfilePrecision(Pass):
     def run(self, graph: Graph) -> PassResult:
         if self.objective == "memory":
             return PassResult(graph, False)
+        if self.session is not None:
+            with self.session.clock():
+                return self._run(graph)
+        return self._run(graph)
+
+    def _run(self, graph: Graph) -> PassResult:
         painted = graph.clone()
         from mixprec.passes.pipeline import build_pipeline
         build_pipeline("assign-precision,insert-casts", verify=False, precision=self.precision,
@@ -66,6 +72,7 @@ class ProfilePrecision(Pass):
         if session is None or session.unavailable:
             why = session.unavailable if session is not None else "no runtime to measure on"
             return {n.name: why for component in components for n in component}
+        session.prepare(graph, [[n.name for n in component] for component in components])
         pins: dict[str, str] = {}
         for component in components:
             allow = {n.name for n in component if n.meta.get("category") == "allow"}

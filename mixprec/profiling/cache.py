@@ -50,19 +50,32 @@ class TimingCache:
         return self.directory / f"{_SAFE.sub('_', signature)}.json"
 
     def get(self, signature: str) -> Measurement | None:
-        path = self._path(signature)
+        data = self.get_data(signature)
         try:
-            return Measurement.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, AttributeError) as exc:
-            logger.info("ignoring the unreadable timing cache entry %s (%s)", path, exc)
+            return Measurement.from_dict(data) if data is not None else None
+        except (ValueError, AttributeError) as exc:
+            logger.info("ignoring the malformed timing cache entry %s (%s)", self._path(signature), exc)
             return None
 
     def put(self, signature: str, measurement: Measurement) -> None:
+        self.put_data(signature, measurement.to_dict())
+
+    def get_data(self, key: str) -> dict[str, Any] | None:
+        """The JSON object stored under ``key``; None when missing or unreadable."""
+        path = self._path(key)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            logger.info("ignoring the unreadable timing cache entry %s (%s)", path, exc)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put_data(self, key: str, data: dict[str, Any]) -> None:
         """Store atomically; a cache that cannot be written only costs time next run."""
         try:
-            atomic_write_text(self._path(signature), json.dumps(measurement.to_dict(), sort_keys=True))
+            atomic_write_text(self._path(key), json.dumps(data, sort_keys=True))
         except OSError as exc:
             logger.warning("cannot write the timing cache under %s (%s); set MIXPREC_CACHE_DIR to a writable "
                            "directory to reuse measurements", self.directory, exc.strerror or exc)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -36,13 +36,6 @@ from mixprec.profiling.timing import Measurement, TimingPolicy, TimingUnavailabl
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("memory", "performance", "accuracy")
-#: framework -> "module:class" of its region timer (imported only when profiling it)
-TIMERS = {"torch": "mixprec.runtimes.torch_timing:TorchTimer",
-          "tensorflow": "mixprec.runtimes.tensorflow_timing:TensorFlowTimer"}
-#: framework -> why its runtime gains nothing from low precision on this machine's CPU
-NO_FAST_KERNELS = {"onnx": "onnxruntime's CPU execution provider has no {p} kernels for MatMul, Gemm, Conv or the "
-                           "elementwise ops (only Cast and LayerNormalization run), so nothing runs faster in {p} "
-                           "there: objective='performance' keeps the ONNX model FP32 (not timed)"}
 
 
 @dataclass
@@ -86,8 +79,28 @@ class ProfileSession:
         self.used: dict[str, Measurement] = {}
         self.timer_calls = 0
         self.latency: dict[str, Any] = {}
-        self._captured: dict[str, Any] = {}
+        self._captured: dict[str, Any] = {}  # value name -> its value on the sample inputs
+        self._shapes: dict[str, tuple[int, ...]] = {}  # value name -> its concrete shape there
+        self._needed: list[str] = []  # the values the regions read that must be captured
+        self._capture_error: str | None = None
+        self._model_text: str | None = None
         self.loaded: Any = None  # the FP32 IR model (whole-model latency keys)
+        self.seconds = 0.0  # wall time spent profiling (deciding regions, the model's latency), all runs
+        self._clocking = False
+
+    @contextlib.contextmanager
+    def clock(self) -> Iterator[None]:
+        """Adds the wall time of the block to ``seconds`` (nested blocks count once)."""
+        if self._clocking:
+            yield
+            return
+        self._clocking = True
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
+            self._clocking = False
 
     def __repr__(self) -> str:  # passes print their options
         return f"ProfileSession({self.framework}, {self.precision})"
@@ -104,6 +117,7 @@ class ProfileSession:
         measured, record = self._measure(region, graph)
         winners: list[str] = []
         if len(component) > 1 and (self.exhaustive or measured is None or not measured.faster):
+            self.prepare(graph, [[name] for name in component if name in allow])
             for name in component:
                 if name in allow:
                     single, single_record = self._measure(extract(graph, [name], self.precision, self.policy,
@@ -153,9 +167,13 @@ class ProfileSession:
             return found, "cache", ""
         if self.timer is None:
             return None, "unknown", self.unavailable or f"no {self.framework} timer"
+        try:
+            values = inputs()
+        except TimingUnavailable as exc:
+            return None, "unknown", first_line(exc)
         self.timer_calls += 1
         try:
-            found = self.timer.time(region.fp32, region.low, inputs(), self.timing)
+            found = self.timer.time(region.fp32, region.low, values, self.timing)
         except Exception as exc:  # a region the runtime cannot run: unknown, never a failed conversion
             logger.info("cannot time %s: %s", region.label(), first_line(exc))
             return None, "unknown", f"the timer failed: {type(exc).__name__}: {first_line(exc, 160)}"
@@ -164,24 +182,103 @@ class ProfileSession:
         self.used[signature] = found
         return found, "measured", ""
 
+    def prepare(self, graph: Graph, regions: Sequence[Sequence[str]]) -> None:
+        """Before ``regions`` (lists of node names) are decided: the concrete shapes of
+        the values flowing into them that cannot be synthesized (dynamic shapes, integer
+        inputs), from the cache (keyed by the FP32 model and the sample shapes) or from ONE
+        captured run of the FP32 model for all of them, whose values then serve every
+        region timed. So a conversion whose regions are all cached runs no capture."""
+        nodes = {n.name: n for n in graph.iter_nodes()}
+        needed = []
+        for region in regions:
+            inside = set(region)
+            for name in region:
+                needed.extend(v.name for v in nodes[name].inputs if v is not None and not v.is_constant
+                              and not _synthesizable(v) and (v.producer is None or v.producer.name not in inside))
+        self._needed = list(dict.fromkeys(self._needed + needed))
+        missing = [n for n in dict.fromkeys(needed) if n not in self._shapes]
+        if not missing:
+            return
+        key = self._shapes_key()
+        cached = (self.cache.get_data(key) or {}) if self.cache is not None and key is not None else {}
+        if self.profile is not None:  # the shapes the profiled machine captured, for the same model
+            given = self.profile.model.get("shapes") or {}
+            cached = dict(given.get("values") or {}) if given.get("model") == self.model_hash() else {}
+        self._shapes.update({n: tuple(int(d) for d in cached[n]) for n in missing if isinstance(cached.get(n), list)})
+        missing = [n for n in missing if n not in self._shapes]
+        if not missing:
+            return
+        self._capture(missing)
+        if self.cache is not None and key is not None and not self._capture_error:
+            cached.update({n: list(s) for n, s in self._shapes.items()})
+            self.cache.put_data(key, cached)
+
+    def _capture(self, names: Sequence[str]) -> None:
+        """One run of the FP32 model capturing ``names`` (values and shapes); a failure is
+        remembered and makes the regions that need them unknown."""
+        names = [n for n in names if n not in self._captured]
+        if not names or self._capture_error:
+            return
+        if self.timer is None:
+            self._capture_error = "its inputs have dynamic shapes and there is no timer to capture them"
+            return
+        try:
+            self._captured.update(self.timer.capture(names))
+        except TimingUnavailable as exc:
+            self._capture_error = first_line(exc, 200)
+        except Exception as exc:  # no sample input fits (SampleInputError), a model that rejects the probe
+            self._capture_error = f"its input values could not be captured: {first_line(exc, 160)}"
+        self._shapes.update({n: tuple(getattr(self._captured[n], "shape", ())) for n in names if n in self._captured})
+
+    def _shapes_key(self) -> str | None:
+        """The cache key of the captured shapes: the FP32 model's text and the sample
+        input shapes (None when the timer cannot say them). Shapes that depend on the
+        weights' values (none in the models mixprec converts) would need them too."""
+        if self.timer is None or not hasattr(self.timer, "sample_shapes"):
+            return None
+        try:
+            shapes = repr(self.timer.sample_shapes())
+        except Exception as exc:  # no sample input fits: nothing to key
+            logger.info("no sample shapes for the shape cache: %s", first_line(exc))
+            return None
+        import hashlib
+        text = "\n".join(["mixprec-shapes 1", self.model_text(), shapes])
+        return "shapes-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def shape_table(self) -> dict[str, Any]:
+        """The concrete shapes captured so far, with the hash of the model they belong to
+        (what ``mixprec profile`` writes, so that a model with dynamic shapes converts
+        from the profile on a machine that runs nothing)."""
+        return {"model": self.model_hash(), "values": {n: list(s) for n, s in sorted(self._shapes.items())}}
+
+    def model_hash(self) -> str:
+        """A hash of the FP32 IR's text (what a profile file's captured shapes belong to)."""
+        import hashlib
+        return hashlib.sha256(self.model_text().encode()).hexdigest()[:32]
+
+    def model_text(self) -> str:
+        """The FP32 IR's text (computed once)."""
+        if self._model_text is None:
+            from mixprec.ir.text import dump
+            self._model_text = dump(self.loaded.graph) if self.loaded is not None else ""
+        return self._model_text
+
     def _inputs(self, region: Region, graph: Graph) -> tuple[list[tuple[int, ...]], Any]:
         """The concrete input shapes and a thunk making the input values: synthesized for
-        static float tensors, the FP32 model's own values (one captured run) otherwise."""
+        static float tensors, the FP32 model's own values (captured, see :meth:`prepare`)
+        otherwise."""
         values = {v.name: v for v in graph.values()}
-        needed = [name for name in region.inputs if not _synthesizable(values[name]) and name not in self._captured]
-        if needed:
-            if self.timer is None:
-                raise TimingUnavailable("its inputs have dynamic shapes and there is no timer to capture them")
-            try:
-                self._captured.update(self.timer.capture(needed))
-            except TimingUnavailable:
-                raise
-            except Exception as exc:  # no sample input fits (SampleInputError), a model that rejects the probe
-                raise TimingUnavailable(f"its input values could not be captured: {first_line(exc, 160)}") from None
-        shapes = [tuple(getattr(self._captured[n], "shape", ())) if n in self._captured else tuple(values[n].shape)
-                  for n in region.inputs]
+        dynamic = [name for name in region.inputs if not _synthesizable(values[name])]
+        if any(name not in self._shapes for name in dynamic):
+            self.prepare(graph, [region.nodes])
+        if any(name not in self._shapes for name in dynamic):
+            raise TimingUnavailable(self._capture_error or "its input values could not be captured")
+        shapes = [self._shapes[n] if n in self._shapes else tuple(values[n].shape) for n in region.inputs]
 
         def make() -> list[Any]:
+            self._capture([n for n in self._needed if n not in self._captured])
+            if any(n not in self._captured for n in dynamic):
+                raise TimingUnavailable(self._capture_error or "its input values could not be captured")
             return [self._captured[n] if n in self._captured else synthesize(values[n]) for n in region.inputs]
         return shapes, make
 
@@ -192,7 +289,8 @@ class ProfileSession:
         out = {"objective": objective, "source": source, "framework": self.framework,
                "machine": (self.profile.machine.get("summary") if self.profile is not None else None)
                or machine.summary_line(),
-               "timer_calls": self.timer_calls, "regions": [asdict(r) for r in self.records],
+               "timer_calls": self.timer_calls, "seconds": round(self.seconds, 4),
+               "regions": [asdict(r) for r in self.records],
                "latency": dict(self.latency)}
         if self.unavailable:
             out["unavailable"] = self.unavailable
@@ -245,7 +343,9 @@ def begin(adapter: Any, original: Any, loaded: Any, config: Any) -> ProfileSessi
     held = _ACTIVE.get()
     if config.objective != "performance":
         return None
+    started = time.perf_counter()
     session = make_session(adapter, original, loaded, config, exhaustive=bool(held and held.get("exhaustive")))
+    session.seconds += time.perf_counter() - started
     session.loaded = loaded
     if held is not None:
         held["session"] = session
@@ -253,20 +353,23 @@ def begin(adapter: Any, original: Any, loaded: Any, config: Any) -> ProfileSessi
 
 
 def make_session(adapter: Any, original: Any, loaded: Any, config: Any, exhaustive: bool = False) -> ProfileSession:
+    """The session of one conversion: the framework record (mixprec.frameworks) names its
+    timer and, for a runtime with no fast low-precision kernels, why nothing is timed."""
+    from mixprec import frameworks
     framework = adapter.name
+    record = frameworks.get(framework)
     precision, policy = config.precision, config.policy
-    if framework in NO_FAST_KERNELS:
+    if record.low_precision_note:
         return ProfileSession(framework, precision, policy,
-                              unavailable=NO_FAST_KERNELS[framework].format(p=precision.upper()))
+                              unavailable=record.low_precision_note.replace("{p}", precision.upper()))
     profile = Profile.load(config.profile) if config.profile is not None else None
     if profile is not None and profile.framework != framework:
         from mixprec.errors import ConfigError
         raise ConfigError(f"profile {config.profile} was measured with {profile.framework}, but the model is a "
                           f"{framework} model; profile it with `mixprec profile MODEL -o FILE`")
     timer = None
-    if framework in TIMERS and profile is None:
-        module, name = TIMERS[framework].split(":")
-        timer = getattr(importlib.import_module(module), name)(adapter, original, loaded, config)
+    if record.timer and profile is None:
+        timer = record.load_timer()(adapter, original, loaded, config)
     if timer is None and profile is None:
         return ProfileSession(framework, precision, policy, unavailable=f"mixprec has no {framework} timer yet: "
                               "nothing can be measured, so the model stays FP32 (unknown -> FP32)")
@@ -321,45 +424,62 @@ def annotate(report: Any, config: Any) -> None:
                             + (f"; {missing} region(s) missing from it stayed FP32" if missing else ""))
 
 
-def finish(adapter: Any, original: Any, result: Any, config: Any) -> None:
+def finish(adapter: Any, original: Any, result: Any, config: Any) -> Any:
     """The model's latency against FP32: measured on this machine (the timer's
-    ``time_models``), predicted from the regions (FP32 latency minus what each kept
-    region saved); both go into ``report.profile["latency"]``."""
+    ``time_models``; a cached measurement of the same conversion is reused), predicted
+    from the regions (FP32 latency minus what each kept region saved); both go into
+    ``report.profile["latency"]``. Returns ``result``, or the FP32 model as given in its
+    place (mixprec.profiling.guard) when the converted model measured slower than it
+    beyond noise, or when nothing was converted (the emitted FP32 graph can only tie or
+    lose: it runs without the original's fused kernels)."""
     session = current()
     report = result.report
     if session is None or config.objective != "performance" or report.profile is None:
-        return
+        return result
     latency = report.profile.setdefault("latency", {})
+    measured = None
     if session.profile is not None:
         fp32_ms = session.profile.model.get("fp32_ms")
         if fp32_ms:
             latency.update(fp32_ms=fp32_ms, predicted_ms=session.predicted_ms(float(fp32_ms)), measured_ms=None)
-        return
+    else:
+        with session.clock():
+            measured = _model_latency(session, original, result)
+        report.profile["seconds"] = round(session.seconds, 4)
+    if measured is not None:
+        latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
+                       spread=measured.spread, predicted_ms=session.predicted_ms(measured.fp32_ms))
+        session.latency = dict(latency)
+    from mixprec.profiling import guard
+    if guard.nothing_low(result, config.precision) or (measured is not None and guard.slower_than_fp32(measured)):
+        return guard.fp32_result(result, adapter, original, session.loaded.clone(), config, measured)
+    return result
+
+
+def _model_latency(session: ProfileSession, original: Any, result: Any) -> Measurement | None:
+    """The whole converted model against the FP32 model: from the cache, or timed (and
+    cached); None (with a note) when it cannot be measured."""
     if session.timer is None or not hasattr(session.timer, "time_models"):
-        return
+        return None
+    report = result.report
     key = _model_signature(session, result.ir)
     measured = session.cache.get(key) if session.cache is not None else None
-    if measured is None:
-        try:
-            measured = session.timer.time_models(original, result.model, session.timing)
-        except Exception as exc:  # latency is information, never a failed conversion
-            report.notes.append(f"model latency not measured: {type(exc).__name__}: {first_line(exc, 160)}")
-            return
+    if measured is not None:
+        return measured
+    from mixprec.profiling import guard
+    try:
+        measured = session.timer.time_models(original, result.model, session.timing)
         session.timer_calls += 1
-        report.profile["timer_calls"] = session.timer_calls
-        if session.cache is not None:
-            session.cache.put(key, measured)
-    latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
-                   predicted_ms=session.predicted_ms(measured.fp32_ms))
-    session.latency = dict(latency)
-    if measured.low_ms > 1.02 * measured.fp32_ms:
-        kept = sum(1 for r in session.records if r.decision != "f32")
-        report.notes.append(
-            f"objective='performance': the converted model measured {measured.low_ms:.4g} ms against "
-            f"{measured.fp32_ms:.4g} ms for the FP32 model ({measured.low_ms / measured.fp32_ms:.2f}x) although "
-            f"{kept} region(s) kept low were each measured faster: the difference is outside the regions (the "
-            f"emitted graph runs op by op, without fused kernels the original model may use) or noise on a busy "
-            f"machine; the FP32 model may be the faster choice here")
+        if guard.ambiguous(measured):  # slower by its median but noisy: measure again before deciding
+            measured = guard.pooled(measured, session.timer.time_models(original, result.model, session.timing))
+            session.timer_calls += 1
+    except Exception as exc:  # latency is information, never a failed conversion
+        report.notes.append(f"model latency not measured: {type(exc).__name__}: {first_line(exc, 160)}")
+        return None
+    report.profile["timer_calls"] = session.timer_calls
+    if session.cache is not None:
+        session.cache.put(key, measured)
+    return measured
 
 
 def _model_signature(session: ProfileSession, converted: Any) -> str:
@@ -367,11 +487,9 @@ def _model_signature(session: ProfileSession, converted: Any) -> str:
     node's precision (not the reasons, which name where measurements came from) and the
     sample shapes."""
     import hashlib
-
-    from mixprec.ir.text import dump
     shapes = repr(session.timer.sample_shapes()) if hasattr(session.timer, "sample_shapes") else ""
     decisions = "\n".join(f"{n.name} {n.op} {n.meta.get('precision')}" for n in converted.graph.all_nodes())
-    text = "\n".join(["mixprec-model 2", dump(session.loaded.graph), decisions, shapes])
+    text = "\n".join(["mixprec-model 2", session.model_text(), decisions, shapes])
     return "model-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -394,6 +512,7 @@ def profile_model(model: Any, config: Any, output: str) -> tuple[Any, Profile]:
     version = session.timer.version() if session.timer is not None else ""
     latency = (result.report.profile or {}).get("latency", {})
     profile = Profile(fp, session.framework, version, dict(session.used),
-                      {"fp32_ms": latency.get("fp32_ms"), "regions": len(session.records)})
+                      {"fp32_ms": latency.get("fp32_ms"), "regions": len(session.records),
+                       "shapes": session.shape_table()})
     profile.save(output)
     return result, profile

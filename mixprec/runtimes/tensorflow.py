@@ -146,6 +146,11 @@ class TensorflowAdapter(Adapter):
 
     def save(self, converted: Any, path: str, ir_model: Model, config: MixedPrecisionConfig,
              input_path: str | None) -> None:
+        """Write ``converted`` (a GraphModel); any other model (the user's own, which
+        objective="performance" returns when its conversion is slower) is written as
+        the GraphModel of ``ir_model``, its FP32 IR."""
+        if not isinstance(converted, backend.GraphModel):
+            converted = backend.graph_model(ir_model).load()
         backend.save(converted, path, input_path=input_path)
 
 

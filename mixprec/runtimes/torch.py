@@ -28,8 +28,8 @@ class TorchAdapter(Adapter):
     name = "torch"
 
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
-        if isinstance(model, (str, os.PathLike)):
-            program = frontend.read_program(model)
+        if isinstance(model, (str, os.PathLike, torch.export.ExportedProgram)):
+            program = frontend.read_program(model) if isinstance(model, (str, os.PathLike)) else model
             if config.example_inputs is None:
                 config.example_inputs = _program_inputs(program)
             return frontend.from_exported_program(program)
@@ -78,6 +78,9 @@ class TorchAdapter(Adapter):
             yield torch.utils._pytree.tree_unflatten(filled, spec)
 
     def native(self, model: Any) -> Any:
+        """A module: the user's, or the program's (a .pt2 path or an ExportedProgram)."""
+        if isinstance(model, torch.export.ExportedProgram):
+            return model.module()
         return frontend.read_program(model).module() if isinstance(model, (str, os.PathLike)) else model
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:

@@ -203,3 +203,61 @@ def test_inputs_that_cannot_be_captured_leave_the_region_unknown():
     graph = convert(session, MLP.replace("4,8", "batch,8"))  # a symbolic dim: the values must be captured
     assert set(precisions(graph).values()) == {"f32"} and timer.calls == []
     assert "could not be captured" in session.records[0].why
+
+
+class CapturingTimer(FakeTimer):
+    """A FakeTimer for a graph with a symbolic batch: ``capture`` returns arrays of batch
+    4 (each call recorded), ``sample_shapes`` says the sample inputs' shapes."""
+
+    def __init__(self, *tables, **kwargs):
+        super().__init__(*tables, **kwargs)
+        self.captures = []
+
+    def sample_shapes(self):
+        return [(4, 8)]
+
+    def capture(self, names):
+        import numpy as np
+        self.captures.append(list(names))
+        return {name: np.ones((4, 8), np.float32) for name in names}
+
+    def time(self, fp32, low, inputs, policy):
+        assert all(tuple(i.shape) == (4, 8) for i in inputs)
+        tags = [n.attrs["tag"] for n in fp32.iter_nodes()]
+        self.calls.append(tags)
+        casts = sum(1 for n in low.iter_nodes() if n.op == "Cast")
+        return Measurement(sum(self.fp32[t] for t in tags), sum(self.low[t] for t in tags) + casts * self.cast_ms, 7)
+
+
+def test_dynamic_shapes_take_one_capture_then_none_from_the_cache(tmp_path):
+    # the component loses, so both allow ops are measured alone too: three regions, inputs %x, %x and %r
+    tables = ({"m1": 1.0, "r": 0.0, "m2": 1.0}, {"m1": 0.5, "r": 0.0, "m2": 2.0})
+    dynamic = MLP.replace("4,8", "batch,8")
+    first = CapturingTimer(*tables, cast_ms=0.1)
+    one = convert(ProfileSession("generic", "bf16", timer=first, cache=TimingCache("m", "g", "1", tmp_path)), dynamic)
+    assert len(first.calls) == 3
+    assert first.captures == [["x"], ["r"]]  # one run for the component's inputs, one for its singles'
+    assert precisions(one)["m1"] == "bf16" and precisions(one)["m2"] == "f32"
+    second = CapturingTimer(*tables, cast_ms=0.1)
+    session = ProfileSession("generic", "bf16", timer=second, cache=TimingCache("m", "g", "1", tmp_path))
+    two = convert(session, dynamic)
+    assert second.calls == [] and second.captures == []  # shapes and times from the cache: the model never runs
+    assert {r.source for r in session.records} == {"cache"}
+    assert dump(two) == dump(one).replace(", measured)", ", cache)")
+
+
+def test_profile_file_carries_the_captured_shapes_of_a_dynamic_model():
+    tables = ({"m1": 1.0, "r": 0.0, "m2": 1.0}, {"m1": 0.5, "r": 0.0, "m2": 2.0})
+    dynamic = MLP.replace("4,8", "batch,8")
+    measured = ProfileSession("generic", "bf16", timer=CapturingTimer(*tables, cast_ms=0.1), exhaustive=True)
+    reference = convert(measured, dynamic)
+    table = measured.shape_table()
+    assert table["values"] == {"x": [4, 8], "r": [4, 8]}
+    profile = Profile({"cpu": "Test CPU"}, "generic", "fake-1", dict(measured.used), {"shapes": table})
+    session = ProfileSession("generic", "bf16", profile=profile)
+    graph = convert(session, dynamic)  # no timer: the shapes come from the profile, nothing runs
+    assert {r.source for r in session.records} == {"profile"}
+    assert dump(graph) == dump(reference).replace("reps, measured)", "reps, profile)")
+    blind = ProfileSession("generic", "bf16", profile=Profile({}, "generic", "fake-1", dict(measured.used), {}))
+    assert set(precisions(convert(blind, dynamic)).values()) == {"f32"}  # no shapes: unknown, FP32
+    assert "no timer to capture" in blind.records[0].why
