@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: the most nodes one onnxruntime session of a segmented run holds
 SEGMENT_NODES = 5000
+#: the standard ops with graph attributes (any other domain's op may have them too)
+_WITH_SUBGRAPHS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 @dataclass
@@ -46,6 +48,8 @@ def node_reads(node: onnx.NodeProto) -> list[str]:
     """The names ``node`` reads: its inputs and the outer-scope names its subgraph
     bodies read (names they use but do not define)."""
     reads = [name for name in node.input if name]
+    if node.domain in ("", "ai.onnx") and node.op_type not in _WITH_SUBGRAPHS:
+        return reads
     for attr in node.attribute:
         for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
             reads.extend(_outer_reads(graph))
@@ -63,9 +67,11 @@ def _outer_reads(graph: onnx.GraphProto) -> list[str]:
     return outer
 
 
-def plan(graph: onnx.GraphProto, max_nodes: int = SEGMENT_NODES) -> list[Segment] | None:
-    """The segments of ``graph``'s node list, or None when it fits in one segment or is
-    not topologically ordered (a node reads a name a later node produces)."""
+def plan(graph: onnx.GraphProto, max_nodes: int | None = None) -> list[Segment] | None:
+    """The segments of ``graph``'s node list (at most ``max_nodes``, default
+    ``SEGMENT_NODES``, each), or None when it fits in one segment or is not
+    topologically ordered (a node reads a name a later node produces)."""
+    max_nodes = max_nodes if max_nodes is not None else SEGMENT_NODES
     nodes = list(graph.node)
     if len(nodes) <= max_nodes:
         return None
@@ -85,9 +91,11 @@ def plan(graph: onnx.GraphProto, max_nodes: int = SEGMENT_NODES) -> list[Segment
             last_read[name] = index
     for vi in graph.output:
         last_read[vi.name] = len(nodes)
+    typed = {vi.name for vi in _typed(graph)} | {vi.name for vi in graph.input}
     segments = []
-    for start in range(0, len(nodes), max_nodes):
-        stop = min(start + max_nodes, len(nodes))
+    start = 0
+    while start < len(nodes):
+        stop = _cut(nodes, start + max_nodes, last_read, typed)
         inputs: dict[str, None] = {}
         inits: dict[str, None] = {}
         for names in reads[start:stop]:
@@ -99,7 +107,27 @@ def plan(graph: onnx.GraphProto, max_nodes: int = SEGMENT_NODES) -> list[Segment
         outputs = [name for node in nodes[start:stop] for name in node.output
                    if name and last_read.get(name, -1) >= stop]
         segments.append(Segment(start, stop, list(inputs), list(inits), outputs))
+        start = stop
     return segments
+
+
+#: how far past the wanted cut ``_cut`` looks for a clean one (nodes)
+_CUT_SLACK = 64
+
+
+def _cut(nodes: Sequence[onnx.NodeProto], wanted: int, last_read: Mapping[str, int], typed: set[str]) -> int:
+    """The first position at or after ``wanted`` (within ``_CUT_SLACK`` nodes) where no
+    value without a declared type, made just before it, is read after it: onnxruntime
+    gives such a value the type it infers, which may be one numpy has no type for (an
+    emulation's bf16 rounding step). ``wanted`` itself when there is none."""
+    if wanted >= len(nodes):
+        return len(nodes)
+    for cut in range(wanted, min(wanted + _CUT_SLACK, len(nodes))):
+        recent = nodes[max(0, cut - 8):cut]
+        if not any(name and name not in typed and last_read.get(name, -1) >= cut
+                   for node in recent for name in node.output):
+            return cut
+    return wanted
 
 
 def _value_info(name: str, array: np.ndarray | None, known: Mapping[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
@@ -112,11 +140,12 @@ def _value_info(name: str, array: np.ndarray | None, known: Mapping[str, onnx.Va
 
 
 def segment_model(model: onnx.ModelProto, segment: Segment, env: Mapping[str, np.ndarray],
-                  known: Mapping[str, onnx.ValueInfoProto]) -> onnx.ModelProto:
+                  known: Mapping[str, onnx.ValueInfoProto],
+                  by_name: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
     """A model of ``segment``'s nodes alone: its inputs typed from the arrays in ``env``
-    that will feed them, its outputs typed where ``known`` (value_info) says."""
+    that will feed them, its outputs typed where ``known`` (value_info) says, its
+    initializers taken from ``by_name``."""
     graph = model.graph
-    by_name = {t.name: t for t in graph.initializer}
     nodes = graph.node[segment.start:segment.stop]
     sub = helper.make_graph(nodes, f"{graph.name}_{segment.start}",
                             [_value_info(n, env.get(n), known) for n in segment.inputs],
@@ -136,15 +165,15 @@ def run_segments(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     known = {vi.name: vi for vi in _typed(graph)}
     env: dict[str, np.ndarray] = dict(feeds)
     last_use = _last_segment_use(segments, [vi.name for vi in graph.output])
+    initializers = {t.name: t for t in graph.initializer}
     for index, segment in enumerate(segments):
-        proto = segment_model(model, segment, env, known)
+        proto = segment_model(model, segment, env, known, initializers)
         outputs = run(proto, {name: env[name] for name in segment.inputs})
         env.update(zip(segment.outputs, outputs))
         for name in [n for n in env if last_use.get(n, -1) <= index]:
             del env[name]
         if on_segment is not None:
             on_segment(index + 1, len(segments))
-    initializers = {t.name: t for t in graph.initializer}
     return [env[vi.name] if vi.name in env else numpy_helper.to_array(initializers[vi.name])
             for vi in graph.output]
 
