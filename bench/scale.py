@@ -153,8 +153,6 @@ def table(rows: list[dict[str, Any]], peers: dict[str, Any]) -> str:
 
 def profile(path: Path, out_dir: Path, timeout: float) -> str:
     """One convert under cProfile (in a subprocess); the per-stage table."""
-    import pstats
-
     prof = out_dir / f"{path.stem}.prof"
     report = out_dir / f"{path.stem}_profiled.json"
     run = timed_process([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "mixprec.cli", "convert", str(path),
@@ -162,16 +160,21 @@ def profile(path: Path, out_dir: Path, timeout: float) -> str:
                          "--no-progress"], timeout)
     if run["rc"] != 0:
         return f"convert failed ({run['rc']}): {run['stderr'][-2000:]}"
+    return summarize(prof, report, f"{path.name} (wall {run['seconds']:.2f} s under the profiler)")
+
+
+def summarize(prof: Path, report: Path, title: str) -> str:
+    """The per-stage table of a cProfile file and the report's per-pass seconds."""
+    import pstats
+
     stats = pstats.Stats(str(prof)).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
-    total = max(ct for (_, _, _, _, ct, _) in ((*k, *v) for k, v in stats.items()))
-    lines = [f"cProfile of `mixprec convert` on {path.name} (wall {run['seconds']:.2f} s under the profiler; "
-             f"{total:.2f} s profiled)", "", "| stage | s | share |", "|---|---:|---:|"]
+    total = max(v[3] for v in stats.values())
+    lines = [f"cProfile of `mixprec convert` on {title}; {total:.2f} s profiled", "",
+             "| stage | s | share |", "|---|---:|---:|"]
     for stage, keys in STAGES.items():
-        seconds = sum(ct for (file, _, func), (_, _, _, ct, _) in stats.items()
-                      for key in keys if f"{file}:{func}".endswith(key))
+        seconds = sum(v[3] for (file, _, func), v in stats.items() for key in keys if f"{file}:{func}".endswith(key))
         lines.append(f"| {stage} | {seconds:.2f} | {100 * seconds / total:.0f}% |")
-    data = json.loads(report.read_text())
-    for p in data.get("passes", []):
+    for p in json.loads(report.read_text()).get("passes", []):
         lines.append(f"|   pass {p['name']} | {p['seconds']:.2f} | {100 * p['seconds'] / total:.0f}% |")
     return "\n".join(lines)
 
@@ -207,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         peers["mixprec convert --precision fp16 --no-check"] = mixprec_convert(
             path, out_dir, "--precision", "fp16", "--no-check", timeout=args.timeout)
         peers["onnxconverter-common fp16 (no check)"] = occ_convert(path, out_dir, args.timeout)
+        for run in peers.values():
+            if isinstance(run, dict):
+                run["nodes"] = peers["nodes"]
     print(table(rows, peers))
     failed = [r for r in rows if r["rc"] != 0]
     for r in failed:

@@ -182,7 +182,8 @@ def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     creation is superlinear in the graph's size, 197 s at 100k nodes with optimizations,
     a few seconds in segments). Its progress bar counts the segments."""
     large = len(proto.graph.node) > onnx_segments.SEGMENT_NODES
-    segments = onnx_segments.plan(proto.graph) if large else None
+    known = onnx_segments.typed_values(proto.graph) if large else {}
+    segments = onnx_segments.plan(proto.graph, known=known) if large else None
     optimize = not (exact or large)
     if segments is None:
         return _run_whole(proto, feeds, provider, optimize)
@@ -190,7 +191,7 @@ def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     logger.info("running %d nodes in onnxruntime as %d segments", len(proto.graph.node), len(segments))
     with bars.stage("onnxruntime", total=len(segments), unit="segment") as bar:
         return onnx_segments.run_segments(proto, feeds, lambda p, f: _run_whole(p, f, provider, optimize), segments,
-                                          on_segment=lambda i, n: bar.update(1))
+                                          on_segment=lambda i, n: bar.update(1), known=known)
 
 
 #: what the output check ran, for tests and benchmarks (never read by the conversion)

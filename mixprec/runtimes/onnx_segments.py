@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -67,10 +67,12 @@ def _outer_reads(graph: onnx.GraphProto) -> list[str]:
     return outer
 
 
-def plan(graph: onnx.GraphProto, max_nodes: int | None = None) -> list[Segment] | None:
+def plan(graph: onnx.GraphProto, max_nodes: int | None = None,
+         known: Mapping[str, onnx.ValueInfoProto] | None = None) -> list[Segment] | None:
     """The segments of ``graph``'s node list (at most ``max_nodes``, default
     ``SEGMENT_NODES``, each), or None when it fits in one segment or is not
-    topologically ordered (a node reads a name a later node produces)."""
+    topologically ordered (a node reads a name a later node produces). ``known`` is
+    ``typed_values(graph)`` when the caller has it already."""
     max_nodes = max_nodes if max_nodes is not None else SEGMENT_NODES
     nodes = list(graph.node)
     if len(nodes) <= max_nodes:
@@ -91,7 +93,7 @@ def plan(graph: onnx.GraphProto, max_nodes: int | None = None) -> list[Segment] 
             last_read[name] = index
     for vi in graph.output:
         last_read[vi.name] = len(nodes)
-    typed = {vi.name for vi in _typed(graph)} | {vi.name for vi in graph.input}
+    typed = set(known if known is not None else typed_values(graph)) | {vi.name for vi in graph.input}
     segments = []
     start = 0
     while start < len(nodes):
@@ -158,11 +160,12 @@ def segment_model(model: onnx.ModelProto, segment: Segment, env: Mapping[str, np
 
 def run_segments(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
                  run: Callable[[onnx.ModelProto, Mapping[str, np.ndarray]], Sequence[np.ndarray]],
-                 segments: Sequence[Segment], on_segment: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+                 segments: Sequence[Segment], on_segment: Callable[[int, int], None] | None = None,
+                 known: Mapping[str, onnx.ValueInfoProto] | None = None) -> list[np.ndarray]:
     """Every graph output of ``model`` on ``feeds``, computed by ``run(segment_model,
     segment_feeds)`` segment after segment; ``on_segment(i, count)`` after each."""
     graph = model.graph
-    known = {vi.name: vi for vi in _typed(graph)}
+    known = known if known is not None else typed_values(graph)
     env: dict[str, np.ndarray] = dict(feeds)
     last_use = _last_segment_use(segments, [vi.name for vi in graph.output])
     initializers = {t.name: t for t in graph.initializer}
@@ -178,10 +181,16 @@ def run_segments(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
             for vi in graph.output]
 
 
-def _typed(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
-    for vi in list(graph.value_info) + list(graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            yield vi
+def typed_values(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
+    """name -> value info, for the values and outputs of ``graph`` declared with a
+    tensor element type."""
+    out = {}
+    for infos in (graph.value_info, graph.output):
+        for vi in infos:
+            elem = vi.type.tensor_type.elem_type
+            if elem:
+                out[vi.name] = vi
+    return out
 
 
 def _last_segment_use(segments: Iterable[Segment], graph_outputs: Iterable[str]) -> dict[str, int]:
