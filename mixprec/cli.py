@@ -29,23 +29,6 @@ SECURITY_NOTE = ("security: loading a model can run code it carries. A TensorFlo
                  "untrusted models only in a sandbox.")
 
 
-def _progress_bar(stream=None):
-    """A one-line progress bar on a terminal; silent when stderr is not a TTY. The
-    stream is looked up on each call (sys.stderr may be replaced between calls)."""
-    stream = stream if stream is not None else sys.stderr
-    if not stream.isatty():
-        return None
-
-    def show(index: int, total: int, name: str) -> None:
-        width = 24
-        done = int(width * index / total)
-        stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {index}/{total} {name:<24}")
-        if index == total:
-            stream.write("\n")
-        stream.flush()
-    return show
-
-
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["bf16", "fp16"], default="bf16", help="low precision to convert to")
     p.add_argument("--target", choices=["spec", "onnxruntime"], default="spec",
@@ -79,6 +62,11 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="MACHINE.json",
                    help="timings written by `mixprec profile` on the deployment machine, used instead of timing "
                         "here (implies --objective performance)")
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                      help="draw progress bars on stderr even when it is not a terminal")
+    bars.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                      help="no progress bars (default: bars when stderr is a terminal)")
 
 
 def _config(args: argparse.Namespace, **extra):
@@ -150,7 +138,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      max_flip_rate=args.max_flip_rate, error_budget=not args.no_error_budget,
                      external_data=args.external_data)
     try:
-        converted = fit(args.input, config=config, progress=_progress_bar())
+        converted = fit(args.input, config=config)
     except AccuracyCheckError as exc:
         if not args.keep_failed or exc.converted is None:
             print(f"mixprec: failed check: {exc}; nothing written (--keep-failed writes it anyway)", file=sys.stderr)
@@ -180,8 +168,7 @@ def _load_and_run(args: argparse.Namespace, stop_after: str | None):
     adapter = adapter_for(args.input)
     with pickle_trust(config.trust_pickle):
         ir_model = adapter.load(args.input, config)
-    report = run_pipeline(adapter, ir_model, config, stop_after=stop_after, progress=_progress_bar()) \
-        if stop_after != "" else None
+    report = run_pipeline(adapter, ir_model, config, stop_after=stop_after) if stop_after != "" else None
     return ir_model, report
 
 
@@ -298,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixprec", description="Convert FP32 models to BF16/FP16 mixed precision.")
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage (load, passes, check, save)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars and only errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert a model and write it out", epilog=SECURITY_NOTE + " Exit status: "
                        "0 done, 2 bad input or option, 3 internal error, 4 failed output check, 130 interrupted.")
@@ -359,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
+    from mixprec import progress
+    progress.configure(False if args.quiet else getattr(args, "progress", None))
     try:
         return args.func(args)
     except MixprecError as exc:
@@ -373,13 +363,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mixprec: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} (run with --debug "
               "for the traceback and please report it)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        progress.configure(False)  # bars are the command's; library calls after it draw none
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
     """mixprec's records as ``mixprec: LEVEL: message``; frameworks' loggers only from
     WARNING on, and a malformed record from any of them is dropped instead of printing
     ``--- Logging error ---`` with a traceback (logging.raiseExceptions off)."""
-    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else \
+        logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="mixprec: %(levelname)s: %(message)s")
     logging.raiseExceptions = bool(args.debug)
     if not args.debug:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from mixprec import progress as bars
 from mixprec.runtimes import Adapter, adapter_for, framework_of, get_adapter
 from mixprec.config import AccuracyCriterion, MixedPrecisionConfig, pickle_trust
 from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, OutputCheckUnavailable,
@@ -68,7 +69,8 @@ class ConvertedModel:
         reads, or that is not a regular file (or a directory mixprec wrote)."""
         path = os.fspath(path)
         check_paths(self._input_path, output=path, framework=self.framework)
-        self._adapter.save(self.model, path, self.ir, self._config, self._input_path)
+        with bars.stage("write"):
+            self._adapter.save(self.model, path, self.ir, self._config, self._input_path)
         logger.info("saved the converted model to %s", path)
         return path
 
@@ -106,7 +108,8 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
     config = _resolve_bare_shape(adapter, model, config)
     evaluate = _evaluator(adapter, config, eval_func, eval_dataloader, eval_metric)
     logger.info("loading the %s model", adapter.name)
-    loaded = adapter.load(model, config)
+    with bars.stage("load"):
+        loaded = adapter.load(model, config)
     profiling.begin(adapter, model, loaded, config)  # objective="performance": the timer, cache or profile file
     if evaluate is None:
         converted, ir_model, report = _convert(adapter, loaded.clone(), config, [], [], progress)
@@ -133,7 +136,8 @@ def _convert(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, fa
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
                           fallback_nodes=fallback_nodes)
     logger.info("emitting and validating the converted model")
-    native = adapter.emit(ir_model, config)
+    with bars.stage("emit"):
+        native = adapter.emit(ir_model, config)
     report.notes.extend(ir_model.meta.pop("notes", []))  # what emitting changed (opset raised, nodes kept f32)
     return native, ir_model, report
 
@@ -470,13 +474,15 @@ def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Mo
     logger.info("comparing outputs with the FP32 model")
     started = time.perf_counter()
     try:
-        inputs, reference = reference_run(adapter, original, ir_model, config)
+        with bars.stage("check: FP32 model"):
+            inputs, reference = reference_run(adapter, original, ir_model, config)
     except SampleInputError as exc:
         _skip_check(report, f"output check skipped: {exc}")
         return
     adapter.last_check_note = None
     try:
-        outputs = adapter.run_converted(converted, inputs, config)
+        with bars.stage("check: converted model"):
+            outputs = adapter.run_converted(converted, inputs, config)
     except OutputCheckUnavailable as exc:
         _skip_check(report, f"output check skipped: {exc}; the model passed its framework's validation only")
         return

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mixprec import progress as bars
 from mixprec.errors import IRError, MixprecError, PassError, PostconditionError, PreconditionError
 from mixprec.fileio import atomic_write_text
 from mixprec.ir.gcpause import paused_gc
@@ -42,10 +43,11 @@ class PassManager:
     history: list[PassRecord] = field(default_factory=list)
 
     def run(self, graph: Graph) -> PassResult:
-        with paused_gc():
-            return self._run(graph)
+        """Run the passes (a progress bar of them when ``mixprec.progress`` is on)."""
+        with paused_gc(), bars.stage("passes", total=len(self.passes), unit="pass") as bar:
+            return self._run(graph, bar)
 
-    def _run(self, graph: Graph) -> PassResult:
+    def _run(self, graph: Graph, bar: bars.Bar) -> PassResult:
         self.history = []
         if self.verify:
             try:
@@ -59,6 +61,7 @@ class PassManager:
         for index, p in enumerate(self.passes, start=1):
             if self.progress:
                 self.progress(index, len(self.passes), p.name)
+            bar.update(0, p.name)
             if self.verify:
                 problem = p.requires(graph)
                 if problem:
@@ -72,6 +75,7 @@ class PassManager:
                 raise PassError(f"pass {p.name!r} failed: {type(exc).__name__}: {exc}") from exc
             elapsed = time.perf_counter() - start
             self.history.append(PassRecord(p.name, result.modified, elapsed))
+            bar.update(1, p.name)
             logger.debug("pass %s: modified=%s in %.3fs", p.name, result.modified, elapsed)
             graph = result.graph
             if not result.modified:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mixprec import progress as bars
 from mixprec.backends import onnx as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects.onnx import LARGE_MODEL_BYTES, dtype_to_onnx, onnx_name
@@ -30,10 +31,17 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node, Value
 from mixprec.passes.common import target_dtype
 from mixprec.runtimes.base import Adapter, RuntimeLimits
+from mixprec.runtimes import onnx_segments
 from mixprec.runtimes.onnx_probes import missing_kernels
 from mixprec.sample_inputs import Dim, InputSpec, check_sample_inputs, input_bytes_limit, make_arrays, shape_ladder
 
 logger = logging.getLogger(__name__)
+
+
+#: the largest graph (nodes, subgraphs included) the output check falls back to
+#: onnx.reference for when onnxruntime cannot run the FP32 model: the evaluator runs about
+#: 1k nodes a second in Python, so larger graphs skip the check with a note instead
+REFERENCE_MAX_NODES = 20000
 
 
 class OnnxAdapter(Adapter):
@@ -89,6 +97,10 @@ class OnnxAdapter(Adapter):
                 return run_emulated(proto, inputs)
             except ConversionError:
                 pass
+        nodes = sum(len(g.node) for g in _graphs(proto.graph))
+        if nodes > REFERENCE_MAX_NODES:
+            raise ConversionError(f"onnxruntime cannot run the FP32 model ({ort_error}), and the reference evaluator "
+                                  f"would take minutes on its {nodes} nodes (more than {REFERENCE_MAX_NODES})")
         logger.info("onnxruntime cannot run the FP32 model (%s); using the reference evaluator", ort_error)
         return run_reference(proto, inputs)
 
@@ -159,14 +171,44 @@ def _unavailable_on_error(what: str, run: Callable[..., list[np.ndarray]], *args
 
 # ----------------------------------------------------------------------- running ---
 def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                    provider: str = "CPUExecutionProvider") -> list[np.ndarray]:
+                    provider: str = "CPUExecutionProvider", exact: bool = False) -> list[np.ndarray]:
     """Run ``proto`` in onnxruntime and return every graph output. Raises
     ConversionError when onnxruntime cannot load the model (a missing kernel is
-    NOT_IMPLEMENTED) or fails running it. Large models are run from a temporary file."""
+    NOT_IMPLEMENTED) or fails running it. Large models are run from a temporary file.
+
+    ``exact``, and every graph of more than ``onnx_segments.SEGMENT_NODES`` nodes, run
+    with onnxruntime's graph optimizations off, so every node computes what it says (no
+    fusion folds an emulation's rounding casts away); a large graph runs as consecutive
+    segments of at most that many nodes (``onnx_segments``: onnxruntime's session
+    creation is superlinear in the graph's size, 197 s at 100k nodes with optimizations,
+    a few seconds in segments). Its progress bar counts the segments."""
+    large = len(proto.graph.node) > onnx_segments.SEGMENT_NODES
+    known = onnx_segments.typed_values(proto.graph) if large else {}
+    segments = onnx_segments.plan(proto.graph, known=known) if large else None
+    optimize = not (exact or large)
+    if segments is None:
+        return _run_whole(proto, feeds, provider, optimize)
+    STATS["segmented_runs"] += 1
+    logger.info("running %d nodes in onnxruntime as %d segments", len(proto.graph.node), len(segments))
+    with bars.stage("onnxruntime", total=len(segments), unit="segment") as bar:
+        return onnx_segments.run_segments(proto, feeds, lambda p, f: _run_whole(p, f, provider, optimize), segments,
+                                          on_segment=lambda i, n: bar.update(1), known=known)
+
+
+#: what the output check ran, for tests and benchmarks (never read by the conversion)
+STATS = {"segmented_runs": 0, "sessions": 0, "reference_runs": 0}
+
+
+def _run_whole(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: str,
+               optimize: bool) -> list[np.ndarray]:
+    """One onnxruntime session of ``proto`` (optimizations on when ``optimize``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures are raised, with onnxruntime's message
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    STATS["sessions"] += 1
     try:
         if _size(proto) >= LARGE_MODEL_BYTES:
             with tempfile.TemporaryDirectory(prefix="mixprec-ort-") as tmp:
@@ -213,6 +255,7 @@ def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> li
     """Run ``proto`` with onnx.reference.ReferenceEvaluator (slow, but runs bf16)."""
     from onnx.reference import ReferenceEvaluator
 
+    STATS["reference_runs"] += 1
     return [np.asarray(out) for out in ReferenceEvaluator(proto).run(None, dict(feeds))]
 
 
@@ -471,7 +514,7 @@ def run_emulated(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     low_inputs = {vi.name for vi in proto.graph.input if vi.type.tensor_type.elem_type in
                   {dtype_to_onnx(d) for d in lows}}
     fed = {k: (np.asarray(v).astype(np.float32) if k in low_inputs else v) for k, v in feeds.items()}
-    return run_onnxruntime(model, fed)
+    return run_onnxruntime(model, fed, "CPUExecutionProvider", True)  # exact: optimizations off
 
 
 #: INT attributes that name an output element type (Cast's ``to``, EyeLike's ``dtype``, ...)
@@ -519,6 +562,17 @@ def _graphs(graph: onnx.GraphProto):
                 yield from _graphs(sub)
 
 
+#: standard ops whose float outputs are copies of float input elements (data movement,
+#: selection, max/min, sign): when every float input holds low-precision values, so does
+#: every output, and rounding it again would change nothing
+_EXACT_OPS = frozenset({
+    "Abs", "Concat", "DepthToSpace", "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Identity",
+    "Max", "MaxPool", "Min", "Neg", "ReduceMax", "ReduceMin", "Relu", "Reshape", "Slice", "SpaceToDepth", "Split",
+    "Squeeze", "Tile", "Transpose", "Unsqueeze", "Where"})
+_FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                     onnx.TensorProto.BFLOAT16})
+
+
 def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32: int) -> None:
     for i, init in enumerate(graph.initializer):
         if init.data_type == low:
@@ -529,12 +583,19 @@ def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32:
             vi.type.tensor_type.elem_type = f32
     nodes = []
     for node in graph.node:
+        if _casts_f32_to(node, types, low):  # Cast(to=low) rounds already: one cast back to float32
+            name = node.output[0]
+            node.output[0] = f"{name}__rounded"
+            nodes += [node, helper.make_node("Cast", [node.output[0]], [name], to=f32)]
+            continue
         for attr in node.attribute:
             if attr.name in _DTYPE_ATTRS and attr.type == onnx.AttributeProto.INT and attr.i == low:
                 attr.i = f32
             elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == low:
                 attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
         nodes.append(node)
+        if _keeps_low_values(node, types, low):
+            continue
         for k, name in enumerate(node.output):
             if name and types.get(name) == low:
                 raw = f"{name}__computed"
@@ -543,6 +604,23 @@ def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32:
                 nodes.append(helper.make_node("Cast", [f"{name}__rounded"], [name], to=f32))
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _casts_f32_to(node: onnx.NodeProto, types: Mapping[str, int], low: int) -> bool:
+    """A standard Cast of a float32 value to ``low`` (it rounds exactly as the model does)."""
+    return (node.op_type == "Cast" and node.domain in ("", "ai.onnx") and len(node.input) == 1
+            and types.get(node.input[0]) == onnx.TensorProto.FLOAT and types.get(node.output[0]) == low
+            and any(a.name == "to" and a.i == low for a in node.attribute))
+
+
+def _keeps_low_values(node: onnx.NodeProto, types: Mapping[str, int], low: int) -> bool:
+    """An ``_EXACT_OPS`` node every float input of which is of type ``low`` (all input
+    types known): its low-precision outputs need no rounding."""
+    if node.op_type not in _EXACT_OPS or node.domain not in ("", "ai.onnx"):
+        return False
+    inputs = [name for name in node.input if name]
+    return all(name in types for name in inputs) and \
+        all(types[name] == low for name in inputs if types[name] in _FLOATS)
 
 
 def _external_files(path: Path) -> list[Path]:

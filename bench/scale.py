@@ -1,0 +1,228 @@
+"""Whole-process ``mixprec convert`` time on transformer-like ONNX graphs (issue 12).
+
+Generates transformer-like ONNX graphs of about 1k, 10k, 100k (and 1M) nodes with
+``bench/onnx_peers.big_graph`` (27 nodes a layer, hidden 16, sequence 8: small weights,
+so the graph and not the weights dominates), cached under ``--cache`` (default
+``$TMPDIR/mixprec-scale``), and runs the whole CLI as a user does,
+``python -m mixprec.cli convert IN -o OUT`` with the default output check, in a fresh
+subprocess per size: wall time, peak RSS, the check's own time and the casts inserted
+(from the report). On the ``--peer-size`` file it also times onnxconverter-common's
+``float16.convert_float_to_float16(keep_io_types=True)`` as a whole process too (load,
+convert, save; onnxconverter-common has no BF16 converter) next to ``mixprec convert
+--precision fp16``. Prints a Markdown table, then the rows as JSON.
+
+``--profile N`` runs one convert of the N-node graph under cProfile and prints where the
+time goes per stage (load, each pass, emit, onnx.checker, the output check, writing).
+
+    PYTHONPATH=. .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--peer-size 100000]
+    PYTHONPATH=. .venv/bin/python bench/scale.py --profile 100000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+#: stage -> the functions (pstats "file:function" suffixes) whose cumulative time it is
+STAGES = {
+    "load (parse, shape inference, input checker, lowering)": ["runtimes/onnx.py:load"],
+    "  of it onnx.checker on the input": ["frontends/onnx.py:_check_input"],
+    "pass pipeline (all passes, verify included)": ["passes/manager.py:run"],
+    "emit (IR -> ModelProto, opset legality)": ["backends/onnx.py:emit_legal"],
+    "onnx.checker full_check on the output": ["backends/onnx.py:validate"],
+    "output check (FP32 run + converted run)": ["mix_precision.py:_check_outputs"],
+    "  of it the FP32 run": ["mix_precision.py:reference_run"],
+    "  of it the converted model's run": ["runtimes/onnx.py:run_converted"],
+    "  of it onnxruntime session creation": ["onnxruntime_inference_collection.py:_create_inference_session"],
+    "write (save the model)": ["mix_precision.py:save"],
+    "report (statistics)": ["report.py:from_graph"],
+}
+
+
+def model_path(cache: Path, nodes: int) -> Path:
+    """The cached generated model of about ``nodes`` nodes (made on first use)."""
+    path = cache / f"transformer_{nodes}.onnx"
+    if not path.exists():
+        import onnx
+        from onnx_peers import big_graph
+
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        onnx.save(big_graph(nodes), str(tmp))
+        os.replace(tmp, path)
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def timed_process(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``cmd``; wall seconds, the child's own peak RSS (MiB, from wait4), exit status
+    ("timeout" when killed after ``timeout`` s) and its output."""
+    import threading
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=_env())
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        killed = not timer.is_alive()
+        timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return {"seconds": float("nan") if killed else wall, "rss_mib": usage.ru_maxrss / 1024,
+                "rc": "timeout" if killed else proc.returncode, "stdout": out.read(), "stderr": err.read()}
+
+
+def mixprec_convert(path: Path, out_dir: Path, *extra: str, timeout: float) -> dict[str, Any]:
+    """The whole CLI process on ``path``; the report's check time and cast count added."""
+    out = out_dir / f"{path.stem}{''.join(extra).replace('-', '_')}.onnx"
+    report = out.with_suffix(".json")
+    run = timed_process([sys.executable, "-m", "mixprec.cli", "convert", str(path), "-o", str(out),
+                         "--report", str(report), "--no-progress", *extra], timeout)
+    if run["rc"] == 0:
+        data = json.loads(report.read_text())
+        run["casts"] = sum(1 for n in data.get("nodes", []) if n.get("op") == "Cast")
+        run["check_s"] = next((float(n.split()[3]) for n in data.get("notes", [])
+                               if n.startswith("output check took")), float("nan"))
+        run["passes_s"] = sum(p["seconds"] for p in data.get("passes", []))
+        run["notes"] = [n for n in data.get("notes", []) if "checked" in n or "skipped" in n]
+    return run
+
+
+OCC_SCRIPT = """
+import sys, onnx
+from onnxconverter_common import float16
+model = onnx.load(sys.argv[1])
+onnx.save(float16.convert_float_to_float16(model, keep_io_types=True), sys.argv[2])
+"""
+
+
+def occ_convert(path: Path, out_dir: Path, timeout: float) -> dict[str, Any]:
+    """onnxconverter-common's FP16 conversion as a whole process (load, convert, save)."""
+    return timed_process([sys.executable, "-c", OCC_SCRIPT, str(path), str(out_dir / f"{path.stem}_occ.onnx")],
+                         timeout)
+
+
+def _nodes(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(rows: list[dict[str, Any]], peers: dict[str, Any]) -> str:
+    lines = ["| nodes | convert s (default check) | of it check s | of it passes s | peak RSS MiB | casts | exit |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['nodes']} | {_fmt(r['seconds'])} | {_fmt(r.get('check_s', 'n/a'))} "
+                     f"| {_fmt(r.get('passes_s', 'n/a'))} | {_fmt(r['rss_mib'], 0)} | {r.get('casts', 'n/a')} "
+                     f"| {r['rc']} |")
+    if len(rows) >= 2:
+        for a, b in zip(rows, rows[1:]):
+            lines.append(f"\n{b['nodes']} vs {a['nodes']} nodes ({b['nodes'] / a['nodes']:.0f}x the nodes): "
+                         f"{b['seconds'] / a['seconds']:.1f}x the time")
+    if peers:
+        lines += ["", f"Same {peers['nodes']}-node file, whole process each:", "",
+                  "| tool | s | peak RSS MiB | exit |", "|---|---:|---:|---:|"]
+        for name in ("mixprec convert (bf16, default check)", "mixprec convert --precision fp16 (default check)",
+                     "mixprec convert --precision fp16 --no-check", "onnxconverter-common fp16 (no check)"):
+            if name in peers:
+                p = peers[name]
+                lines.append(f"| {name} | {_fmt(p['seconds'])} | {_fmt(p['rss_mib'], 0)} | {p['rc']} |")
+    return "\n".join(lines)
+
+
+def profile(path: Path, out_dir: Path, timeout: float) -> str:
+    """One convert under cProfile (in a subprocess); the per-stage table."""
+    prof = out_dir / f"{path.stem}.prof"
+    report = out_dir / f"{path.stem}_profiled.json"
+    run = timed_process([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "mixprec.cli", "convert", str(path),
+                         "-o", str(out_dir / f"{path.stem}_profiled.onnx"), "--report", str(report),
+                         "--no-progress"], timeout)
+    if run["rc"] != 0:
+        return f"convert failed ({run['rc']}): {run['stderr'][-2000:]}"
+    return summarize(prof, report, f"{path.name} (wall {run['seconds']:.2f} s under the profiler)")
+
+
+def summarize(prof: Path, report: Path, title: str) -> str:
+    """The per-stage table of a cProfile file and the report's per-pass seconds."""
+    import pstats
+
+    stats = pstats.Stats(str(prof)).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
+    total = max(v[3] for v in stats.values())
+    lines = [f"cProfile of `mixprec convert` on {title}; {total:.2f} s profiled", "",
+             "| stage | s | share |", "|---|---:|---:|"]
+    for stage, keys in STAGES.items():
+        seconds = sum(v[3] for (file, _, func), v in stats.items() for key in keys if f"{file}:{func}".endswith(key))
+        lines.append(f"| {stage} | {seconds:.2f} | {100 * seconds / total:.0f}% |")
+    for p in json.loads(report.read_text()).get("passes", []):
+        lines.append(f"|   pass {p['name']} | {p['seconds']:.2f} | {100 * p['seconds'] / total:.0f}% |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--peer-size", type=int, default=100000, help="size for the onnxconverter-common comparison "
+                                                                  "(0: skip)")
+    ap.add_argument("--profile", type=int, metavar="N", help="profile one convert of the N-node graph instead")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mixprec-scale")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
+    args = ap.parse_args(argv)
+    out_dir = Path(tempfile.mkdtemp(prefix="mixprec-scale-out-"))
+    if args.profile:
+        print(profile(model_path(args.cache, args.profile), out_dir, args.timeout))
+        return 0
+    rows = []
+    for size in args.sizes:
+        path = model_path(args.cache, size)
+        run = mixprec_convert(path, out_dir, timeout=args.timeout)
+        run["nodes"] = _nodes(path)
+        rows.append(run)
+        print(f"{run['nodes']} nodes: {_fmt(run['seconds'])} s", file=sys.stderr, flush=True)
+    peers: dict[str, Any] = {}
+    if args.peer_size:
+        path = model_path(args.cache, args.peer_size)
+        peers["nodes"] = _nodes(path)
+        same = next((r for r in rows if r["nodes"] == peers["nodes"]), None)
+        peers["mixprec convert (bf16, default check)"] = same or mixprec_convert(path, out_dir, timeout=args.timeout)
+        peers["mixprec convert --precision fp16 (default check)"] = mixprec_convert(
+            path, out_dir, "--precision", "fp16", timeout=args.timeout)
+        peers["mixprec convert --precision fp16 --no-check"] = mixprec_convert(
+            path, out_dir, "--precision", "fp16", "--no-check", timeout=args.timeout)
+        peers["onnxconverter-common fp16 (no check)"] = occ_convert(path, out_dir, args.timeout)
+        for run in peers.values():
+            if isinstance(run, dict):
+                run["nodes"] = peers["nodes"]
+    print(table(rows, peers))
+    failed = [r for r in rows if r["rc"] != 0]
+    for r in failed:
+        print(f"\n{r['nodes']} nodes failed: {r['stderr'][-1000:]}")
+    keep = ("nodes", "seconds", "rss_mib", "rc", "casts", "check_s", "passes_s", "notes")
+    print("\n```json\n" + json.dumps({"rows": [{k: r.get(k) for k in keep} for r in rows],
+                                       "peers": {k: ({f: v.get(f) for f in keep} if isinstance(v, dict) else v)
+                                                 for k, v in peers.items()}}, indent=1) + "\n```")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
