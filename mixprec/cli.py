@@ -1,4 +1,4 @@
-"""The ``mixprec`` command line: convert | dump | passes | report.
+"""The ``mixprec`` command line: convert | dump | passes | report | opt | env | profile.
 
 Exit status: 0 done; 2 a bad input model or option (a MixprecError: one line on stderr);
 3 an internal error (a bug in mixprec); 4 the converted model failed the output check
@@ -72,6 +72,13 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling model data that can run code (.pt2 with pickled parts); "
                         "only for models from a trusted source")
+    p.add_argument("--objective", choices=["memory", "performance", "accuracy"], default=None,
+                   help="memory (default): the most low precision the policy allows; performance: low precision "
+                        "only where measured faster on this machine (or the --profile machine); accuracy: only "
+                        "allow ops, each kept only if the error budget clears it")
+    p.add_argument("--profile", metavar="MACHINE.json",
+                   help="timings written by `mixprec profile` on the deployment machine, used instead of timing "
+                        "here (implies --objective performance)")
 
 
 def _config(args: argparse.Namespace, **extra):
@@ -85,7 +92,9 @@ def _config(args: argparse.Namespace, **extra):
                                 keep_io_types=not args.no_keep_io_types, dump_dir=args.dump_dir,
                                 input_shapes=parse_input_shapes(args.input_shape), sample_inputs=args.sample_inputs,
                                 inputs=_names(args.inputs, "--inputs"), outputs=_names(args.outputs, "--outputs"),
-                                check_runtime=args.check_runtime, trust_pickle=args.trust_pickle, **extra)
+                                check_runtime=args.check_runtime, trust_pickle=args.trust_pickle,
+                                objective=args.objective or ("performance" if args.profile else "memory"),
+                                profile=args.profile, **extra)
 
 
 def parse_input_shapes(items: Sequence[str]) -> dict[str, list[int]] | list[int] | None:
@@ -244,6 +253,46 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    """This machine's CPU, its precision flags and the frameworks' runtimes."""
+    import json
+    from mixprec.machine import env_report
+    data = env_report(probe=not args.no_probe)
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return EXIT_OK
+    cpu = data["cpu"]
+    print(f"cpu: {cpu['model']} ({cpu['machine']}, {cpu['cores']} cores)")
+    print("flags: " + " ".join(f"{flag}={'yes' if has else 'no'}" for flag, has in cpu["flags"].items()))
+    print(f"bf16: {data['bf16']}\nfp16: {data['fp16']}\noneDNN ISA: {data['onednn_isa']}")
+    for runtime in data["runtimes"]:
+        notes = f" ({'; '.join(runtime['notes'])})" if runtime["notes"] else ""
+        isa = f", oneDNN {runtime['isa']}" if runtime["isa"] else ""
+        print(f"{runtime['framework']} {runtime['version']}: bf16 {runtime['bf16']}; fp16 {runtime['fp16']}{isa}{notes}")
+    missing = [fw for fw, version in data["frameworks"].items() if version is None]
+    if missing:
+        print("not installed: " + ", ".join(missing))
+    print(f"summary: {data['summary']}")
+    print(f"fingerprint: {data['fingerprint']}")
+    return EXIT_OK
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Measure every region of MODEL on this machine and write them portable."""
+    from mixprec.mix_precision import check_paths
+    from mixprec.profiling import profile_model
+    check_paths(args.input, report=args.output)  # a file the input reads is never overwritten
+    args.objective, args.profile = "performance", None
+    config = _config(args, check_outputs=False)
+    result, profile = profile_model(args.input, config, args.output)
+    for line in result.report.profile_lines():
+        print(line)
+    print(f"wrote {args.output}: {len(profile.entries)} measurements on {profile.machine.get('cpu')} "
+          f"({profile.framework} {profile.version}); convert with `mixprec convert MODEL -o OUT --profile "
+          f"{args.output}`")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixprec", description="Convert FP32 models to BF16/FP16 mixed precision.")
     parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
@@ -290,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "converted nodes that add the most error (relative error, and the error each adds)")
     _add_conversion_options(p)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("env", help="this machine's CPU flags, cores and the frameworks' BF16/FP16 runtime support")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-probe", action="store_true", help="read versions only; import no framework")
+    p.set_defaults(func=cmd_env)
+    p = sub.add_parser("profile", help="time a model's candidate regions on this (deployment) machine and write "
+                                       "them for `convert --profile`")
+    p.add_argument("input", help="model file (as for convert)")
+    p.add_argument("-o", "--output", required=True, metavar="MACHINE.json", help="where to write the profile")
+    _add_conversion_options(p)
+    p.set_defaults(func=cmd_profile)
     return parser
 
 

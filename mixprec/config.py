@@ -26,6 +26,9 @@ _TARGETS = ("spec", "onnxruntime")
 #: and converts the same way for each (the model's own framework decides)
 BACKENDS = ("default", "itex", "ipex", "onnxrt_trt_ep", "onnxrt_cuda_ep", "onnxrt_dnnl_ep", "onnxrt_dml_ep")
 CHECK_RUNTIMES = ("auto", "reference")
+#: what the conversion optimizes (mixprec.profiling): the most low precision the policy
+#: allows, low precision only where measured faster, or only on allow ops the error budget clears
+OBJECTIVES = ("memory", "performance", "accuracy")
 
 #: whether readers may unpickle data (which can run arbitrary code) in the current
 #: conversion; ``fit`` and the CLI set it from ``trust_pickle`` for the readers they call
@@ -85,9 +88,12 @@ class AccuracyCriterion:
 @dataclass
 class TuningCriterion:
     """Budget of the accuracy-driven fallback search: at most ``max_trials`` converted
-    candidates evaluated, and (when > 0) at most ``timeout`` seconds."""
+    candidates evaluated, and (when > 0) at most ``timeout`` seconds. ``workers`` > 1 runs
+    the evaluations of a search round in parallel as Ray tasks (``pip install mixprec[ray]``;
+    see mixprec.tuning.parallel): the same trials and result as ``workers=1``."""
     max_trials: int = 100
     timeout: float = 0.0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_trials) or self.max_trials < 1:
@@ -95,6 +101,8 @@ class TuningCriterion:
         if not _is_real(self.timeout) or not float(self.timeout) >= 0:
             raise ConfigError(f"TuningCriterion.timeout must be a number of seconds >= 0 (0: no limit), "
                               f"not {self.timeout!r}")
+        if not _is_int(self.workers) or self.workers < 1:
+            raise ConfigError(f"TuningCriterion.workers must be a whole number >= 1 (1: no Ray), not {self.workers!r}")
 
 
 @dataclass
@@ -123,6 +131,8 @@ class _Options:
     max_flip_rate: float | None = None
     error_budget: bool = True
     trust_pickle: bool = False
+    objective: str = "memory"
+    profile: str | None = None
     accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
     tuning_criterion: TuningCriterion = field(default_factory=TuningCriterion)
 
@@ -162,6 +172,13 @@ class MixedPrecisionConfig(_Options):
     - ``trust_pickle``: let readers unpickle data, which can run arbitrary code (a
       ``.pt2`` whose weights, constants or sample inputs are pickles); only for models
       from a trusted source (default False: such a model is refused);
+    - ``objective``: ``"memory"`` (default: the most low precision the policy allows,
+      the smallest model), ``"performance"`` (low precision only on regions measured
+      faster, casts included, on this machine's runtime of the model's framework, or on
+      the machine ``profile`` was measured on; ONNX stays FP32: onnxruntime's CPU
+      provider has no BF16 kernels) or ``"accuracy"`` (only allow ops low, each kept
+      only if the error budget clears it); ``profile``: a file written by ``mixprec
+      profile`` whose measurements replace local timing (objective ``"performance"``);
     - ``accuracy_criterion`` / ``tuning_criterion``: used when ``fit`` gets an evaluation
       function: ops fall back to FP32 until the criterion holds, within the budget.
     """
@@ -193,6 +210,7 @@ class MixedPrecisionConfig(_Options):
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)} (INC's names), not {self.backend!r}")
         if self.target not in _TARGETS:
             raise ConfigError(f"target must be one of {_TARGETS}, not {self.target!r}")
+        self._check_objective()
         if self.check_runtime not in CHECK_RUNTIMES:
             raise ConfigError(f"check_runtime must be one of {CHECK_RUNTIMES}, not {self.check_runtime!r}")
         for name in ("keep_io_types", "dynamic_batch", "fallback_fx", "check_outputs", "error_budget", "trust_pickle"):
@@ -223,6 +241,23 @@ class MixedPrecisionConfig(_Options):
         self.outputs = _names("outputs", self.outputs)
         self.input_shapes = _input_shapes(self.input_shapes)
         self.sample_inputs = _sample_inputs(self.sample_inputs)
+
+    def _check_objective(self) -> None:
+        if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
+            hint = difflib.get_close_matches(str(self.objective), OBJECTIVES, n=1)
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}"
+                              + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        if self.profile is not None:
+            if not _is_path(self.profile) or not os.fspath(self.profile):
+                raise ConfigError(f"profile must be the path of a file written by `mixprec profile`, not "
+                                  f"{self.profile!r}")
+            if self.objective != "performance":
+                raise ConfigError(f"profile= holds timings for objective='performance', but objective is "
+                                  f"{self.objective!r}; set objective='performance' (CLI: --objective performance)")
+            self.profile = os.fspath(self.profile)
+            if not os.path.isfile(self.profile):
+                raise ConfigError(f"profile {self.profile}: no such file; write one with `mixprec profile MODEL -o "
+                                  f"{os.path.basename(self.profile)}` on the machine the model will run on")
 
     def _check_precisions(self) -> None:
         for name in ("precisions", "excluded_precisions"):

@@ -32,6 +32,7 @@ from mixprec.fileio import check_disjoint, check_dump_dir, check_output_dir, che
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model
 from mixprec.numerics import compare_outputs
+from mixprec import profiling
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
@@ -94,7 +95,7 @@ def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Calla
         raise ConfigError(f"config must be a MixedPrecisionConfig, not {type(config).__name__}")
     if config.dump_dir is not None:
         check_dump_dir(config.dump_dir)
-    with pickle_trust(config.trust_pickle):
+    with pickle_trust(config.trust_pickle), profiling.scope():
         return _fit(model, config, eval_func, eval_dataloader, eval_metric, progress)
 
 
@@ -105,6 +106,7 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
     evaluate = _evaluator(adapter, config, eval_func, eval_dataloader, eval_metric)
     logger.info("loading the %s model", adapter.name)
     loaded = adapter.load(model, config)
+    profiling.begin(adapter, model, loaded, config)  # objective="performance": the timer, cache or profile file
     if evaluate is None:
         converted, ir_model, report = _convert(adapter, loaded.clone(), config, [], [], progress)
     else:
@@ -115,6 +117,7 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
             converted, ir_model, report = _meet_error_budget(adapter, model, loaded, config, report, progress)
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     result = ConvertedModel(converted, ir_model, report, adapter, config, input_path)
+    profiling.finish(adapter, model, result, config)  # measured and predicted latency against FP32
     if report.failed_check:
         raise AccuracyCheckError(report.failed_check, converted=result, report=report)
     return result
@@ -185,7 +188,8 @@ def _tune(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionCon
                      f"trial {trial.index}: {trial.accuracy:.4g}, {fp32_nodes} fp32")
 
     result = fallback_search(convert, lambda native: evaluate(native, False), baseline, config.accuracy_criterion,
-                             config.tuning_criterion, ranking=ranking, on_trial=on_trial)
+                             config.tuning_criterion, ranking=ranking, on_trial=on_trial,
+                             workers=config.tuning_criterion.workers)
     ir_model, report = result.best.payload
     report.tuning = result.summary()
     report.tuning["ranked"] = ranking is not None
@@ -355,14 +359,16 @@ def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig
         if stop_after not in names:
             raise ConfigError(f"--after {stop_after!r}: the pipeline has no such pass; its passes: {', '.join(names)}")
         spec = ",".join(split_items(spec)[: names.index(stop_after) + 1])
+    spec, objective_options = profiling.extend_pipeline(spec, config)  # profile-precision for the objective
     manager = build_pipeline(spec, dump_dir=config.dump_dir, precision=config.precision, policy=config.policy,
                              keep=config.keep_io_types, runtime_fp32_ops=limits.ops,
                              runtime_fp32_nodes=limits.nodes, runtime=limits.runtime,
                              fallback_ops=list(fallback_ops), fallback_nodes=list(fallback_nodes),
-                             **config.overrides())
+                             **config.overrides(), **objective_options)
     manager.progress = progress
     manager.run(ir_model.graph)
     report = Report.from_graph(ir_model.graph, config.precision, config.target)
+    profiling.annotate(report, config)
     report.passes = [asdict(record) for record in manager.history]
     if limits.ops:
         report.notes.append(f"{limits.runtime} lacks {config.precision} kernels for: {', '.join(limits.ops)}")

@@ -51,6 +51,9 @@ class Report:
     tuning: dict[str, Any] | None = None
     #: why the output check failed (cosine below min_cosine, non-finite outputs); None when it passed or was skipped
     failed_check: str | None = None
+    #: objective "performance"/"accuracy" (mixprec.profiling): per region the measured FP32 and low-precision
+    #: times and the decision, and the model's latency against FP32; None for objective "memory"
+    profile: dict[str, Any] | None = None
 
     @classmethod
     def from_graph(cls, graph: Graph, precision: str, target: str = "spec") -> "Report":
@@ -118,10 +121,35 @@ class Report:
             lines.append(f"accuracy tuning: baseline {self.tuning['baseline']:.6g}, kept {last['accuracy']:.6g} after "
                          f"{len(self.tuning['trials'])} trials; FP32 fallbacks: op types "
                          f"{self.tuning['fallback_ops'] or 'none'}, nodes {self.tuning['fallback_nodes'] or 'none'}")
+        lines.extend(self.profile_lines())
         lines.extend(f"note: {n}" for n in self.notes)
         if self.failed_check:
             lines.append(f"FAILED output check: {self.failed_check}")
         return "\n".join(lines)
+
+    def profile_lines(self) -> list[str]:
+        """The objective's summary: one line per region (FP32 and low-precision times, the
+        decision) and the model's predicted and measured latency against FP32."""
+        if not self.profile or self.profile.get("objective") != "performance":
+            return [f"objective: {self.profile['objective']}"] if self.profile else []
+        lp = self.precision.upper()
+        data = self.profile
+        lines = [f"objective: performance ({data.get('source')}; {data.get('timer_calls', 0)} regions timed; "
+                 f"machine: {data.get('machine')})"]
+        for r in data.get("regions", []):
+            times = (f"FP32 {r['fp32_ms']:.4g} ms, {lp} {r['low_ms']:.4g} ms ({r['reps']} reps, {r['source']})"
+                     if r.get("fp32_ms") is not None else f"not measured ({r['source']})")
+            lines.append(f"  region {r['label']}: {times} -> {r['decision']}")
+        latency = data.get("latency") or {}
+        if latency.get("fp32_ms"):
+            fp32 = latency["fp32_ms"]
+            parts = [f"model latency: FP32 {fp32:.4g} ms"]
+            if latency.get("predicted_ms") is not None:
+                parts.append(f"predicted {latency['predicted_ms']:.4g} ms ({latency['predicted_ms'] / fp32:.2f}x)")
+            if latency.get("measured_ms") is not None:
+                parts.append(f"measured {latency['measured_ms']:.4g} ms ({latency['measured_ms'] / fp32:.2f}x)")
+            lines.append(", ".join(parts))
+        return lines
 
     def to_text(self) -> str:
         """The summary table, then one line per node: name, op, precision, category, why."""

@@ -16,7 +16,7 @@ import logging
 import operator
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -200,13 +200,21 @@ def _forward_signature(arg_names: list[str], kwarg_names: list[str],
     return tuple(positional), tuple(keyword_only)
 
 
-def emit(model: Model) -> torch.nn.Module:
-    """A module that runs ``model``'s graph in eager mode (see :class:`EmittedModule`)."""
+def emit(model: Model, probe_outputs: int | None = None) -> torch.nn.Module:
+    """A module that runs ``model``'s graph in eager mode (see :class:`EmittedModule`).
+
+    ``probe_outputs`` (default: ``model.meta["probe_outputs"]``, else 0) is the number of
+    trailing graph outputs that are probes of intermediate values (error attribution):
+    the module then returns ``(original outputs, probe 1, ..., probe n)``. Off by default."""
     graph = model.graph
     if graph.framework != NAME:
         raise ConversionError(f"the torch backend emits torch graphs, not {graph.framework!r} ones")
     meta = model.meta.get(META_KEY, {})
     call = CallConvention.from_model(model)
+    probes = int(model.meta.get("probe_outputs", 0) if probe_outputs is None else probe_outputs)
+    if probes:
+        call = replace(call, out_spec=pytree.tree_flatten(
+            (pytree.tree_unflatten(list(range(call.out_spec.num_leaves)), call.out_spec), *range(probes)))[1])
     cls = _signature_class(*_forward_signature(call.arg_names, call.kwarg_names, call.forward_params))
     module = cls(_build_graph_module(graph), call)
     kinds = meta.get("constant_kinds", {})

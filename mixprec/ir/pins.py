@@ -3,14 +3,16 @@
 A pin is one typed thing — the precision a node must run in, who decided it (``source``)
 and why — stored in ``node.meta["pin"]``. Sources: ``user`` (an override), ``runtime``
 (the target runtime has no kernel for the node in the low-precision type), ``tuning`` (a
-fallback accuracy tuning or the error budget chose), ``policy-rule`` (a rule of the
-policy data, e.g. a normalization of a raw graph input). The painter reads pins and
+fallback accuracy tuning or the error budget chose), ``profile`` (objective="performance"
+measured the node's region no faster in low precision; the numbers are in the reason),
+``policy-rule`` (a rule of the policy data, e.g. a normalization of a raw graph input). The painter reads pins and
 never parses reason text: a pin to the low-precision type paints as an allow node, a pin
 to FP32 as a deny node, so the neighbours follow it.
 
 When several pins meet on one node, ``stronger`` decides: FP32 from the user, then
 from the runtime (it cannot run the node low), then from tuning; then the user's own
-request for low precision; a policy rule last (it is the default a user can override)."""
+request for low precision; then a measurement (profile); a policy rule last (it is the
+default a user can override)."""
 from __future__ import annotations
 
 import logging
@@ -21,7 +23,7 @@ from mixprec.ir.graph import Node
 logger = logging.getLogger(__name__)
 
 FP32 = "f32"
-SOURCES = ("user", "runtime", "tuning", "policy-rule")
+SOURCES = ("user", "runtime", "tuning", "profile", "policy-rule")
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,8 @@ class Pin:
     def rank(self) -> int:
         """Lower wins (see the module docstring)."""
         if self.precision == FP32:
-            return {"user": 0, "runtime": 1, "tuning": 2, "policy-rule": 4}[self.source]
-        return 3 if self.source == "user" else 5
+            return {"user": 0, "runtime": 1, "tuning": 2, "profile": 4, "policy-rule": 5}[self.source]
+        return 3 if self.source == "user" else 6
 
 
 def pin_of(node: Node) -> Pin | None:

@@ -3,7 +3,9 @@
 Framework-free: the FP32 IR and the converted IR each get the outputs of the converted
 nodes as extra graph outputs (low-precision ones cast to FP32), are emitted by their
 framework's backend and run on the same sample inputs by its runtime (through the
-adapter), and the intermediate tensors are compared at the IR's value names.
+adapter), and the intermediate tensors are compared at the IR's value names. (ONNX emits
+extra graph outputs as they are; the torch backend returns them after the module's own
+outputs when ``meta["probe_outputs"]`` says how many there are.)
 
 For a node, ``rel_error`` is the relative L2 error of its output against FP32; ``local`` is
 the error it adds: its ``rel_error`` minus the largest ``rel_error`` among its inputs. The
@@ -61,8 +63,11 @@ def probe_names(fp32: Model, converted: Model, lowered: Sequence[str]) -> list[s
 
 
 def with_outputs(model: Model, names: Sequence[str]) -> Model:
-    """A clone of ``model`` whose main graph also outputs ``names`` (as FP32)."""
+    """A clone of ``model`` whose main graph also outputs ``names`` (as FP32), after its own
+    outputs; ``meta["probe_outputs"]`` counts them (for backends whose native model returns
+    a structured output, such as torch's, to return them too)."""
     copy = model.clone()
+    copy.meta["probe_outputs"] = len(names)
     graph = copy.graph
     values = {v.name: v for v in graph.values()}
     for name in names:

@@ -18,6 +18,13 @@ O(k log n) evaluations for k nodes that matter among n converted ones (group tes
 Assuming that falling back more nodes never hurts, the result is minimal: no node in it can
 go back to low precision alone.
 
+With ``workers`` > 1 (mixprec.tuning.parallel) each round evaluates, in parallel, the
+configuration the search needs next together with the ones it may need after it (the
+next galloping steps; the midpoints of the bisection tree below the current one, breadth
+first). The search itself still walks one configuration at a time and takes the scores
+from those speculative evaluations, so its trials, their order and its result are the
+same as with one worker; speculative evaluations it never needs are not trials.
+
 Invariants: a configuration that paints the same as one already evaluated (the same set of
 low-precision nodes after painting) is never evaluated again; a returned candidate met the
 criterion when it was evaluated; when ``max_trials`` or ``timeout`` stops the search, the
@@ -32,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 from mixprec.config import AccuracyCriterion, TuningCriterion
 from mixprec.errors import ConversionError
+from mixprec.tuning.parallel import SerialPool, make_pool
 
 logger = logging.getLogger(__name__)
 
@@ -89,31 +97,60 @@ class _OutOfBudget(Exception):
 class _Search:
     """State of one search: the trials, the configurations seen, the best result."""
 
-    def __init__(self, convert: Callable[[list[str], list[str]], Candidate], evaluate: Callable[[Any], float],
+    def __init__(self, convert: Callable[[list[str], list[str]], Candidate], pool: Any,
                  baseline: float, accuracy: AccuracyCriterion, budget: TuningCriterion,
                  on_trial: TrialCallback | None) -> None:
-        self.convert, self.evaluate, self.baseline = convert, evaluate, baseline
+        self.convert, self.pool, self.baseline = convert, pool, baseline
         self.accuracy, self.budget, self.on_trial = accuracy, budget, on_trial
         self.start = time.monotonic()
         self.trials: list[Trial] = []
         self.seen: dict[frozenset[str], bool] = {}
         self.duplicates = 0
         self.best: tuple[Candidate, list[str]] | None = None
+        #: scores of speculatively evaluated configurations, by painted signature
+        self.prefetched: dict[frozenset[str], float] = {}
+        #: the candidates of the last parallel round, by FP32 node list (converted once)
+        self.round: dict[tuple[str, ...], Candidate] = {}
+
+    def _candidate(self, nodes: Sequence[str]) -> Candidate:
+        return self.round.get(tuple(nodes)) or self.convert([], list(nodes))
+
+    def _out_of_budget(self) -> bool:
+        return len(self.trials) >= self.budget.max_trials or (
+            self.budget.timeout > 0 and time.monotonic() - self.start > self.budget.timeout)
+
+    def prefetch(self, configurations: Sequence[Sequence[str]]) -> None:
+        """Evaluate up to ``pool.workers`` of ``configurations`` (FP32 node lists, the one
+        needed next first) in parallel, skipping those that paint like one already scored;
+        a no-op with one worker."""
+        if self.pool.workers <= 1 or self._out_of_budget():
+            return
+        batch: dict[frozenset[str], Any] = {}
+        self.round = {}
+        for nodes in configurations:
+            if len(batch) >= self.pool.workers:
+                break
+            candidate = self.round[tuple(nodes)] = self.convert([], list(nodes))
+            signature = frozenset(name for name, _, _ in candidate.lowered)
+            if signature not in self.seen and signature not in self.prefetched and signature not in batch:
+                batch[signature] = candidate.model
+        if len(batch) > 1:
+            logger.info("tuning: evaluating %d configurations in parallel", len(batch))
+            self.prefetched.update(zip(batch, self.pool.map(list(batch.values()))))
 
     def meets(self, nodes: Sequence[str], reason: str) -> bool:
         """Convert with ``nodes`` in FP32 and evaluate, unless that paints like a
         configuration already evaluated (then its answer is reused)."""
-        if len(self.trials) >= self.budget.max_trials or (
-                self.budget.timeout > 0 and time.monotonic() - self.start > self.budget.timeout):
+        if self._out_of_budget():
             raise _OutOfBudget()
-        candidate = self.convert([], list(nodes))
+        candidate = self._candidate(nodes)
         signature = frozenset(name for name, _, _ in candidate.lowered)
         if signature in self.seen:
             self.duplicates += 1
             logger.info("tuning: %d FP32 nodes paint like an earlier trial; not evaluated again", len(nodes))
             self._keep_if_smaller(self.seen[signature], candidate, nodes)
             return self.seen[signature]
-        score = float(self.evaluate(candidate.model))
+        score = self.prefetched.pop(signature) if signature in self.prefetched else self.pool.map([candidate.model])[0]
         ok = self.accuracy.meets(self.baseline, score)
         trial = Trial(len(self.trials) + 1, [], list(nodes), score, ok, reason)
         self.trials.append(trial)
@@ -132,15 +169,28 @@ class _Search:
 
 def fallback_search(convert: Callable[[list[str], list[str]], Candidate], evaluate: Callable[[Any], float],
                     baseline: float, accuracy: AccuracyCriterion, budget: TuningCriterion,
-                    ranking: Sequence[str] | None = None, on_trial: TrialCallback | None = None) -> TuningResult:
+                    ranking: Sequence[str] | None = None, on_trial: TrialCallback | None = None,
+                    workers: int = 1) -> TuningResult:
     """Run the search described in the module docstring. ``ranking`` lists node names
-    most likely to blame first (nodes it leaves out follow in graph order)."""
-    search = _Search(convert, evaluate, baseline, accuracy, budget, on_trial)
+    most likely to blame first (nodes it leaves out follow in graph order); ``workers`` > 1
+    evaluates on Ray (mixprec.tuning.parallel: ``evaluate`` and the models must pickle)."""
+    pool = make_pool(evaluate, workers)
+    try:
+        return _run(_Search(convert, pool, baseline, accuracy, budget, on_trial), ranking)
+    finally:
+        pool.close()
+
+
+def _run(search: _Search, ranking: Sequence[str] | None) -> TuningResult:
+    budget, baseline, accuracy = search.budget, search.baseline, search.accuracy
     exhausted = False
     try:
         first = search.convert([], [])
+        order = _candidate_order(first, ranking)
+        ahead = search.pool.workers - 2
+        search.prefetch([[], order] + (_gallop_points(order, [], 1, ahead) if ranking is not None
+                                       else _bisection_points(order, [], 0, len(order), ahead)))
         if not search.meets([], "default conversion"):
-            order = _candidate_order(first, ranking)
             if not search.meets(order, "every converted node in FP32"):
                 raise ConversionError(
                     f"accuracy tuning: even with all {len(order)} converted nodes in FP32 the model scores "
@@ -182,7 +232,10 @@ def _find_needed(search: _Search, order: list[str], gallop: bool) -> list[str]:
     end = _shortest_prefix(search, order, [], gallop, "shortest meeting prefix")
     needed = [order[end - 1]]
     rest = order[:end - 1]
-    while rest and not search.meets(needed, "do the nodes found suffice?"):
+    while rest:
+        search.prefetch([needed] + _bisection_points(rest, needed, 0, len(rest), search.pool.workers - 1))
+        if search.meets(needed, "do the nodes found suffice?"):
+            break
         end = _shortest_prefix(search, rest, needed, False, f"next needed node besides {len(needed)} found")
         needed.append(rest[end - 1])
         rest = rest[:end - 1]
@@ -196,15 +249,39 @@ def _shortest_prefix(search: _Search, order: list[str], fixed: list[str], gallop
     if gallop:
         step = 1
         while step < high:
+            search.prefetch(_gallop_points(order, fixed, step, search.pool.workers))
             if search.meets(order[:step] + fixed, reason):
                 high = step
                 break
             low = step
             step *= 2
     while high - low > 1:
+        search.prefetch(_bisection_points(order, fixed, low, high, search.pool.workers))
         mid = (low + high) // 2
         if search.meets(order[:mid] + fixed, reason):
             high = mid
         else:
             low = mid
     return high
+
+
+def _gallop_points(order: list[str], fixed: list[str], step: int, count: int) -> list[list[str]]:
+    """The configurations of the next ``count`` galloping steps from ``step`` on."""
+    points = []
+    while step < len(order) and len(points) < count:
+        points.append(order[:step] + fixed)
+        step *= 2
+    return points
+
+
+def _bisection_points(order: list[str], fixed: list[str], low: int, high: int, count: int) -> list[list[str]]:
+    """The configurations of the first ``count`` midpoints of the bisection of
+    ``(low, high)``, breadth first: the one needed next, then those of both halves, ..."""
+    intervals, points = [(low, high)], []
+    while intervals and len(points) < count:
+        lo, hi = intervals.pop(0)
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            points.append(order[:mid] + fixed)
+            intervals += [(lo, mid), (mid, hi)]
+    return points

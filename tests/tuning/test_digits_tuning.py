@@ -1,73 +1,101 @@
-"""Tuning with an evaluation function on digits-trained ONNX MLPs with k planted sensitive
-Adds (``(h + 4096) - 4096``, the same op type as the innocent bias Adds): the criterion is
-met, the allow ops stay BF16, the fallback is small, no configuration is evaluated twice,
-and the trials grow with log n, not n (the one-node-at-a-time search needed 7 / 22 / 82
-trials for 10 / 40 / 160 layers at k=1)."""
+"""Tuning with an evaluation function on digits-trained models with k planted sensitive
+Adds (``(h + 4096) - 4096``, the same op type as the model's innocent bias Adds), in every
+framework: MLPs of 10, 40 and 160 layers, a residual MLP and a small CNN. The criterion is
+met, >= 90% of the allow ops stay BF16, at most 2k+2 nodes fall back, no configuration is
+evaluated twice, and the trials stay within 2*ceil(log2 n) + 4k + 4 (the one-node-at-a-time
+search needed 7 / 22 / 82 trials for 10 / 40 / 160 layers at k=1).
+
+A plain run covers each framework's 10-layer MLP, residual MLP and CNN at one k; the full
+matrix (sizes 10/40/160, k = 1, 2, 4) is behind ``-m slow``."""
 import math
 import random
 
 import pytest
 
-pytest.importorskip("onnxruntime", reason="the digits models run in onnxruntime")
 pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
 
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
 from mixprec.config import AccuracyCriterion  # noqa: E402
-from tests.tuning.digits_models import digits, onnx_mlp, onnx_top1  # noqa: E402
+from tests.tuning.digits_models import FRAMEWORKS, cnn_spec, mlp_spec  # noqa: E402
+
+#: the module each framework's models need (installed by requirements.txt, so CI never skips)
+NEEDS = {"onnx": "onnxruntime", "torch": "torch", "tensorflow": "tensorflow",
+         "mxnet": "mixprec.frontends.mxnet"}  # mxnet, imported after numpy's np.bool is restored
 
 
-def _tune(model):
-    _, _, x, y = digits()
+def _planted(size, k):
+    return sorted(random.Random(size + k).sample(range(size), k))
+
+
+def _spec(kind, size, k):
+    if kind == "mlp":
+        return mlp_spec(size, _planted(size, k))
+    if kind == "residual":
+        return mlp_spec(size, _planted(size, k), residual=True)
+    return cnn_spec(size, _planted(size, k))
+
+
+def tune(framework, spec):
+    """fit() with eval_func on ``spec`` built in ``framework``; returns the result, the
+    fingerprints of the evaluated converted models, the FP32 baseline and the scorer."""
+    pytest.importorskip(NEEDS[framework], reason=f"the {framework} models need {NEEDS[framework]}")
+    fw = FRAMEWORKS[framework]
+    model = fw.build(spec)
+    baseline = fw.top1(model)
     seen = []
 
     def eval_func(candidate):
-        seen.append(candidate.SerializeToString())
-        return onnx_top1(candidate, x, y)
-    result = mix_precision.fit(model, MixedPrecisionConfig(accuracy_criterion=AccuracyCriterion(tolerable_loss=0.01)),
-                               eval_func=eval_func)
-    return result, seen, onnx_top1(model, x, y), eval_func
+        if candidate is not model:
+            seen.append(fw.fingerprint(candidate))
+        return fw.top1(candidate)
+    config = MixedPrecisionConfig(accuracy_criterion=AccuracyCriterion(tolerable_loss=0.01), **fw.config(model))
+    return mix_precision.fit(model, config, eval_func=eval_func), seen, baseline, fw.top1
 
 
-def _assert_tuned(result, seen, baseline, eval_func, k):
-    evaluated = seen[1:]  # the baseline first, then each trial once
-    assert len(evaluated) == len(set(evaluated)) == len(result.report.tuning["trials"])
-    _assert_within_bounds(result, baseline, eval_func, k)
-    for name in result.report.tuning["fallback_nodes"]:
-        assert result.report.decision(name).reason.startswith("accuracy tuning")
-
-
-def _assert_within_bounds(result, baseline, eval_func, k):
-    """Criterion met, >= 90% of the allow ops BF16, <= 2k+2 fallbacks, the trial bound."""
+def assert_tuned(result, seen, baseline, top1, k):
+    """Criterion met, >= 90% of the allow ops BF16, <= 2k+2 fallbacks, each configuration
+    evaluated once, the trial bound; every fallback is named in the report."""
     tuning = result.report.tuning
     nodes = [d for d in result.report.nodes if d.category != "cast"]
     allow = [d for d in nodes if d.category == "allow"]
-    assert eval_func(result.model) >= baseline * 0.99
+    assert top1(result.model) >= baseline * 0.99
     assert sum(d.precision == "bf16" for d in allow) >= 0.9 * len(allow)
-    assert len(tuning["fallback_nodes"]) <= 2 * k + 2
+    assert 1 <= len(tuning["fallback_nodes"]) <= 2 * k + 2
+    assert len(seen) == len(set(seen)) == len(tuning["trials"])
     assert len(tuning["trials"]) <= 2 * math.ceil(math.log2(len(nodes))) + 4 * k + 4
+    for name in tuning["fallback_nodes"]:
+        assert result.report.decision(name).reason.startswith("accuracy tuning")
 
 
-@pytest.mark.parametrize("layers", [10, 40, 160])
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_planted_mlp(layers, k):
-    planted = sorted(random.Random(layers + k).sample(range(layers), k))
-    result, seen, baseline, eval_func = _tune(onnx_mlp(layers, planted))
-    _assert_tuned(result, seen, baseline, eval_func, k)
+#: (kind, size, k) run by a plain pytest: the 10-layer MLP at k=1, the residual MLP and the
+#: 4-block CNN at k=2
+DEFAULT = [("mlp", 10, 1), ("residual", 10, 2), ("cnn", 4, 2)]
+FULL = ([("mlp", size, k) for size in (10, 40, 160) for k in (1, 2, 4)]
+        + [("residual", 24, k) for k in (1, 2, 4)] + [("cnn", 6, k) for k in (1, 2, 4)])
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+@pytest.mark.parametrize("kind, size, k", DEFAULT)
+def test_planted_model(framework, kind, size, k):
+    result, seen, baseline, top1 = tune(framework, _spec(kind, size, k))
+    assert_tuned(result, seen, baseline, top1, k)
     assert result.report.tuning["ranked"]  # error attribution ranked the culprits
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_planted_residual_mlp(k):
-    planted = sorted(random.Random(k).sample(range(24), k))
-    result, seen, baseline, eval_func = _tune(onnx_mlp(24, planted, residual=True))
-    _assert_tuned(result, seen, baseline, eval_func, k)
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+@pytest.mark.parametrize("kind, size, k", [case for case in FULL if case not in DEFAULT])
+def test_planted_model_full_matrix(framework, kind, size, k):
+    result, seen, baseline, top1 = tune(framework, _spec(kind, size, k))
+    assert_tuned(result, seen, baseline, top1, k)
 
 
 @pytest.mark.parametrize("layers, k", [(10, 1), (40, 2)])
-def test_planted_torch_mlp(layers, k):
-    """The same search on a torch module (torch.export path)."""
+def test_planted_torch_linear_mlp(layers, k):
+    """The search on a torch module made of nn.Linear layers (the planted Adds are the
+    only aten.add nodes), through torch.export."""
     torch = pytest.importorskip("torch", reason="the torch MLP needs torch")
-    from tests.tuning.digits_models import torch_mlp
+    from tests.tuning.digits_models import digits, torch_mlp
     _, _, x, y = digits()
     inputs = torch.tensor(x)
 
@@ -76,10 +104,14 @@ def test_planted_torch_mlp(layers, k):
             logits = module(inputs)
         return float((logits.float().argmax(1).numpy() == y).mean())
 
-    planted = sorted(random.Random(layers + k).sample(range(layers), k))
-    model = torch_mlp(layers, planted)
-    baseline = eval_func(model)
+    model = torch_mlp(layers, _planted(layers, k))
+    seen = []
+
+    def recording(module):
+        if module is not model:
+            seen.append(FRAMEWORKS["torch"].fingerprint(module))
+        return eval_func(module)
     result = mix_precision.fit(model, MixedPrecisionConfig(example_inputs=(inputs[:4],),
                                                            accuracy_criterion=AccuracyCriterion(tolerable_loss=0.01)),
-                               eval_func=eval_func)
-    _assert_within_bounds(result, baseline, eval_func, k)
+                               eval_func=recording)
+    assert_tuned(result, seen, eval_func(model), eval_func, k)

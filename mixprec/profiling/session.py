@@ -1,0 +1,399 @@
+"""The ``objective="performance"`` decision: measure each region (cache, portable profile
+or the framework's timer) and keep it low only where that is faster, casts included.
+
+Rules (the tests in tests/profiling hold them):
+
+- a component stays low exactly when its measured low-precision time, boundary casts
+  included, is lower than its FP32 time;
+- when a component loses, each of its allow ops is measured alone (with its own casts)
+  and stays low exactly when that is lower; every other node of the component is pinned
+  FP32 (source ``profile``, the measured numbers in the reason);
+- a region that cannot be measured (no timer for the framework, a region the timer
+  cannot run, an entry missing from a given profile file) is unknown and stays FP32, so
+  the result is never slower than FP32 by anything measured;
+- with a profile file nothing is timed locally (the machine converting is often not the
+  one deploying); its missing entries are unknown;
+- a cache hit costs no timer call."""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from mixprec import machine
+from mixprec.fileio import first_line
+from mixprec.ir.dtypes import DType
+from mixprec.ir.graph import Graph, Value
+from mixprec.profiling.cache import Profile, TimingCache
+from mixprec.profiling.regions import Region, extract
+from mixprec.profiling.timing import Measurement, TimingPolicy, TimingUnavailable, policy_from_env
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("memory", "performance", "accuracy")
+#: framework -> "module:class" of its region timer (imported only when profiling it)
+TIMERS = {"torch": "mixprec.runtimes.torch_timing:TorchTimer",
+          "tensorflow": "mixprec.runtimes.tensorflow_timing:TensorFlowTimer"}
+#: framework -> why its runtime gains nothing from low precision on this machine's CPU
+NO_FAST_KERNELS = {"onnx": "onnxruntime's CPU execution provider has no {p} kernels for MatMul, Gemm, Conv or the "
+                           "elementwise ops (only Cast and LayerNormalization run), so nothing runs faster in {p} "
+                           "there: objective='performance' keeps the ONNX model FP32 (not timed)"}
+
+
+@dataclass
+class RegionRecord:
+    """One measured (or unmeasurable) region and what was decided for it."""
+    kind: str
+    label: str
+    nodes: int
+    first: str
+    decision: str  # the low precision or "f32"
+    source: str  # measured | cache | profile | unknown
+    fp32_ms: float | None = None
+    low_ms: float | None = None
+    reps: int = 0
+    signature: str = ""
+    why: str = ""
+
+    @property
+    def saving_ms(self) -> float:
+        if self.fp32_ms is None or self.low_ms is None or self.decision == "f32":
+            return 0.0
+        return self.fp32_ms - self.low_ms
+
+
+class ProfileSession:
+    """Measurements for one conversion (and its tuning trials, which reuse them)."""
+
+    def __init__(self, framework: str, precision: str, policy: str | None = None, timer: Any = None,
+                 cache: TimingCache | None = None, profile: Profile | None = None, unavailable: str | None = None,
+                 timing: TimingPolicy = TimingPolicy(), exhaustive: bool = False) -> None:
+        self.framework = framework
+        self.precision = precision
+        self.policy = policy
+        self.timer = timer
+        self.cache = cache
+        self.profile = profile
+        self.unavailable = unavailable
+        self.timing = timing
+        self.exhaustive = exhaustive  # also measure the singles of components that win (mixprec profile)
+        self.records: list[RegionRecord] = []
+        self.used: dict[str, Measurement] = {}
+        self.timer_calls = 0
+        self.latency: dict[str, Any] = {}
+        self._captured: dict[str, Any] = {}
+        self.loaded: Any = None  # the FP32 IR model (whole-model latency keys)
+
+    def __repr__(self) -> str:  # passes print their options
+        return f"ProfileSession({self.framework}, {self.precision})"
+
+    # ---- the decision ---------------------------------------------------------------
+    def start_run(self) -> None:
+        """A new pipeline run: the records describe the latest one only."""
+        self.records = []
+
+    def decide(self, graph: Graph, component: Sequence[str], allow: set[str]) -> dict[str, str]:
+        """FP32 pins (node -> reason) for one low-precision component of ``graph`` (the
+        FP32 graph the pipeline is converting); see the module docstring."""
+        region = extract(graph, component, self.precision, self.policy, "component")
+        measured, record = self._measure(region, graph)
+        winners: list[str] = []
+        if len(component) > 1 and (self.exhaustive or measured is None or not measured.faster):
+            for name in component:
+                if name in allow:
+                    single, single_record = self._measure(extract(graph, [name], self.precision, self.policy,
+                                                                  "single"), graph)
+                    if single is not None and single.faster:
+                        winners.append(name)
+                    if measured is not None and measured.faster:
+                        single_record.decision = "f32"
+                        single_record.why = "inside a component kept low as a whole"
+        if measured is not None and measured.faster:
+            return {}
+        return {name: record.why for name in component if name not in winners}
+
+    def _measure(self, region: Region, graph: Graph) -> tuple[Measurement | None, RegionRecord]:
+        record = RegionRecord(region.kind, region.label(), len(region.nodes), region.nodes[0], "f32", "unknown")
+        self.records.append(record)
+        measured, record.source, why = self._lookup(region, graph, record)
+        if measured is None:
+            record.why = f"{region.label()} not measured ({why}): kept FP32"
+            return None, record
+        record.fp32_ms, record.low_ms, record.reps = measured.fp32_ms, measured.low_ms, measured.reps
+        verdict = "faster" if measured.faster else "not faster"
+        record.decision = self.precision if measured.faster else "f32"
+        record.why = (f"{region.label()}: FP32 {measured.fp32_ms:.4g} ms, {self.precision.upper()} "
+                      f"{measured.low_ms:.4g} ms with casts ({measured.reps} reps, {record.source}): {verdict}")
+        return measured, record
+
+    def _lookup(self, region: Region, graph: Graph, record: RegionRecord) -> tuple[Measurement | None, str, str]:
+        """(measurement or None, source, why not)."""
+        if region.untimeable:
+            return None, "unknown", region.untimeable
+        try:
+            shapes, inputs = self._inputs(region, graph)
+        except TimingUnavailable as exc:
+            return None, "unknown", first_line(exc)
+        signature = region.signature(shapes)
+        record.signature = signature
+        if self.profile is not None:
+            found = self.profile.entries.get(signature)
+            if found is None:
+                return None, "unknown", "missing from the profile file"
+            self.used[signature] = found
+            return found, "profile", ""
+        found = self.cache.get(signature) if self.cache is not None else None
+        if found is not None:
+            self.used[signature] = found
+            return found, "cache", ""
+        if self.timer is None:
+            return None, "unknown", self.unavailable or f"no {self.framework} timer"
+        self.timer_calls += 1
+        try:
+            found = self.timer.time(region.fp32, region.low, inputs(), self.timing)
+        except Exception as exc:  # a region the runtime cannot run: unknown, never a failed conversion
+            logger.info("cannot time %s: %s", region.label(), first_line(exc))
+            return None, "unknown", f"the timer failed: {type(exc).__name__}: {first_line(exc, 160)}"
+        if self.cache is not None:
+            self.cache.put(signature, found)
+        self.used[signature] = found
+        return found, "measured", ""
+
+    def _inputs(self, region: Region, graph: Graph) -> tuple[list[tuple[int, ...]], Any]:
+        """The concrete input shapes and a thunk making the input values: synthesized for
+        static float tensors, the FP32 model's own values (one captured run) otherwise."""
+        values = {v.name: v for v in graph.values()}
+        needed = [name for name in region.inputs if not _synthesizable(values[name]) and name not in self._captured]
+        if needed:
+            if self.timer is None:
+                raise TimingUnavailable("its inputs have dynamic shapes and there is no timer to capture them")
+            try:
+                self._captured.update(self.timer.capture(needed))
+            except TimingUnavailable:
+                raise
+            except Exception as exc:  # no sample input fits (SampleInputError), a model that rejects the probe
+                raise TimingUnavailable(f"its input values could not be captured: {first_line(exc, 160)}") from None
+        shapes = [tuple(getattr(self._captured[n], "shape", ())) if n in self._captured else tuple(values[n].shape)
+                  for n in region.inputs]
+
+        def make() -> list[Any]:
+            return [self._captured[n] if n in self._captured else synthesize(values[n]) for n in region.inputs]
+        return shapes, make
+
+    # ---- what the report shows --------------------------------------------------------
+    def summary(self, objective: str) -> dict[str, Any]:
+        source = ("profile file" if self.profile is not None else "unavailable" if self.unavailable
+                  else "measured on this machine")
+        out = {"objective": objective, "source": source, "framework": self.framework,
+               "machine": (self.profile.machine.get("summary") if self.profile is not None else None)
+               or machine.summary_line(),
+               "timer_calls": self.timer_calls, "regions": [asdict(r) for r in self.records],
+               "latency": dict(self.latency)}
+        if self.unavailable:
+            out["unavailable"] = self.unavailable
+        return out
+
+    def predicted_ms(self, fp32_ms: float) -> float:
+        return fp32_ms - sum(r.saving_ms for r in self.records)
+
+
+def _synthesizable(value: Value) -> bool:
+    return value.dtype.is_float and value.shape is not None and all(isinstance(d, int) for d in value.shape)
+
+
+def synthesize(value: Value, seed: int = 0) -> np.ndarray:
+    """Values of a static float tensor for timing (standard normal)."""
+    rng = np.random.default_rng(seed)
+    dtype = value.dtype if value.dtype in (DType.FLOAT32, DType.FLOAT64, DType.FLOAT16) else DType.FLOAT32
+    return rng.standard_normal(value.shape).astype(dtype.to_numpy())
+
+
+# ---- how fit drives it ---------------------------------------------------------------
+_ACTIVE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mixprec_profile_session", default=None)
+
+
+@contextlib.contextmanager
+def scope(exhaustive: bool = False) -> Iterator[dict]:
+    """Holds the session of one ``fit`` call (an enclosing scope is reused, so that
+    ``mixprec profile`` reads the session its ``fit`` made)."""
+    held = _ACTIVE.get()
+    if held is not None:
+        yield held
+        return
+    holder: dict[str, Any] = {"exhaustive": exhaustive}
+    token = _ACTIVE.set(holder)
+    try:
+        yield holder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current() -> ProfileSession | None:
+    held = _ACTIVE.get()
+    return held.get("session") if held is not None else None
+
+
+def begin(adapter: Any, original: Any, loaded: Any, config: Any) -> ProfileSession | None:
+    """Log the machine line; for ``objective="performance"`` make the session of this
+    conversion (timer, cache or profile file) and hold it in the active scope."""
+    logger.info("machine: %s", machine.summary_line())
+    held = _ACTIVE.get()
+    if config.objective != "performance":
+        return None
+    session = make_session(adapter, original, loaded, config, exhaustive=bool(held and held.get("exhaustive")))
+    session.loaded = loaded
+    if held is not None:
+        held["session"] = session
+    return session
+
+
+def make_session(adapter: Any, original: Any, loaded: Any, config: Any, exhaustive: bool = False) -> ProfileSession:
+    framework = adapter.name
+    precision, policy = config.precision, config.policy
+    if framework in NO_FAST_KERNELS:
+        return ProfileSession(framework, precision, policy,
+                              unavailable=NO_FAST_KERNELS[framework].format(p=precision.upper()))
+    profile = Profile.load(config.profile) if config.profile is not None else None
+    if profile is not None and profile.framework != framework:
+        from mixprec.errors import ConfigError
+        raise ConfigError(f"profile {config.profile} was measured with {profile.framework}, but the model is a "
+                          f"{framework} model; profile it with `mixprec profile MODEL -o FILE`")
+    timer = None
+    if framework in TIMERS and profile is None:
+        module, name = TIMERS[framework].split(":")
+        timer = getattr(importlib.import_module(module), name)(adapter, original, loaded, config)
+    if timer is None and profile is None:
+        return ProfileSession(framework, precision, policy, unavailable=f"mixprec has no {framework} timer yet: "
+                              "nothing can be measured, so the model stays FP32 (unknown -> FP32)")
+    cache = TimingCache(machine.fingerprint_key(), framework, timer.version()) if timer is not None else None
+    return ProfileSession(framework, precision, policy, timer=timer, cache=cache, profile=profile,
+                          timing=policy_from_env(), exhaustive=exhaustive)
+
+
+def extend_pipeline(spec: str, config: Any) -> tuple[str, dict[str, Any]]:
+    """The pipeline with ``profile-precision`` before assign-precision when the objective
+    asks for it, and the options that pass takes (given to build_pipeline as defaults)."""
+    if config.objective == "memory":
+        return spec, {}
+    from mixprec.passes.pipeline import split_items
+    items = split_items(spec)
+    names = [item.split("{")[0].strip() for item in items]
+    if "profile-precision" in names:
+        position = None
+    elif "assign-precision" in names:
+        position = names.index("assign-precision")
+    else:
+        logger.warning("objective=%r needs assign-precision in the pipeline; the pipeline has none", config.objective)
+        return spec, {}
+    session = current()
+    if session is None and config.objective == "performance":
+        logger.warning("objective='performance' measures while converting (fit, `mixprec convert`); this pipeline "
+                       "run paints as objective='memory'")
+        return spec, {}
+    if position is not None:
+        items.insert(position, "profile-precision")
+    if session is not None:
+        session.start_run()
+    return ",".join(items), {"objective": config.objective, "session": session}
+
+
+def annotate(report: Any, config: Any) -> None:
+    """Put the latest run's regions into ``report.profile`` (and the note for a runtime
+    with no fast kernels)."""
+    session = current()
+    if config.objective == "accuracy":
+        report.profile = {"objective": "accuracy", "regions": []}
+        return
+    if session is None or config.objective != "performance":
+        return
+    report.profile = session.summary(config.objective)
+    if session.unavailable and session.unavailable not in report.notes:
+        report.notes.append(session.unavailable)
+    elif session.profile is not None:
+        missing = sum(1 for r in session.records if r.source == "unknown")
+        report.notes.append(f"objective='performance' used the measurements of profile {config.profile} "
+                            f"({session.profile.machine.get('cpu', '?')}); nothing was timed on this machine"
+                            + (f"; {missing} region(s) missing from it stayed FP32" if missing else ""))
+
+
+def finish(adapter: Any, original: Any, result: Any, config: Any) -> None:
+    """The model's latency against FP32: measured on this machine (the timer's
+    ``time_models``), predicted from the regions (FP32 latency minus what each kept
+    region saved); both go into ``report.profile["latency"]``."""
+    session = current()
+    report = result.report
+    if session is None or config.objective != "performance" or report.profile is None:
+        return
+    latency = report.profile.setdefault("latency", {})
+    if session.profile is not None:
+        fp32_ms = session.profile.model.get("fp32_ms")
+        if fp32_ms:
+            latency.update(fp32_ms=fp32_ms, predicted_ms=session.predicted_ms(float(fp32_ms)), measured_ms=None)
+        return
+    if session.timer is None or not hasattr(session.timer, "time_models"):
+        return
+    key = _model_signature(session, result.ir)
+    measured = session.cache.get(key) if session.cache is not None else None
+    if measured is None:
+        try:
+            measured = session.timer.time_models(original, result.model, session.timing)
+        except Exception as exc:  # latency is information, never a failed conversion
+            report.notes.append(f"model latency not measured: {type(exc).__name__}: {first_line(exc, 160)}")
+            return
+        session.timer_calls += 1
+        report.profile["timer_calls"] = session.timer_calls
+        if session.cache is not None:
+            session.cache.put(key, measured)
+    latency.update(fp32_ms=measured.fp32_ms, measured_ms=measured.low_ms, reps=measured.reps,
+                   predicted_ms=session.predicted_ms(measured.fp32_ms))
+    session.latency = dict(latency)
+    if measured.low_ms > 1.02 * measured.fp32_ms:
+        kept = sum(1 for r in session.records if r.decision != "f32")
+        report.notes.append(
+            f"objective='performance': the converted model measured {measured.low_ms:.4g} ms against "
+            f"{measured.fp32_ms:.4g} ms for the FP32 model ({measured.low_ms / measured.fp32_ms:.2f}x) although "
+            f"{kept} region(s) kept low were each measured faster: the difference is outside the regions (the "
+            f"emitted graph runs op by op, without fused kernels the original model may use) or noise on a busy "
+            f"machine; the FP32 model may be the faster choice here")
+
+
+def _model_signature(session: ProfileSession, converted: Any) -> str:
+    """The cache key of a whole-model latency: the FP32 graph's text, every converted
+    node's precision (not the reasons, which name where measurements came from) and the
+    sample shapes."""
+    import hashlib
+
+    from mixprec.ir.text import dump
+    shapes = repr(session.timer.sample_shapes()) if hasattr(session.timer, "sample_shapes") else ""
+    decisions = "\n".join(f"{n.name} {n.op} {n.meta.get('precision')}" for n in converted.graph.all_nodes())
+    text = "\n".join(["mixprec-model 2", dump(session.loaded.graph), decisions, shapes])
+    return "model-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def profile_model(model: Any, config: Any, output: str) -> tuple[Any, Profile]:
+    """``mixprec profile``: convert ``model`` with objective='performance', measuring
+    every region (and every allow op alone), and write the measurements with this
+    machine's fingerprint to ``output``."""
+    import dataclasses
+
+    from mixprec.mix_precision import fit
+    config = dataclasses.replace(config, objective="performance", profile=None)
+    with scope(exhaustive=True) as held:
+        result = fit(model, config=config)
+        session = held.get("session")
+    if session is None or session.unavailable:
+        from mixprec.errors import ConfigError
+        raise ConfigError(session.unavailable if session is not None else "nothing to profile")
+    fp = machine.fingerprint()
+    fp["summary"] = machine.summary_line()
+    version = session.timer.version() if session.timer is not None else ""
+    latency = (result.report.profile or {}).get("latency", {})
+    profile = Profile(fp, session.framework, version, dict(session.used),
+                      {"fp32_ms": latency.get("fp32_ms"), "regions": len(session.records)})
+    profile.save(output)
+    return result, profile
