@@ -127,7 +127,7 @@ class _Options:
     outputs: list[str] | None = None
     check_outputs: bool = True
     check_runtime: str = "auto"
-    min_cosine: float = 0.99
+    min_cosine: float = 0.999
     max_flip_rate: float | None = None
     error_budget: bool = True
     trust_pickle: bool = False
