@@ -225,11 +225,10 @@ def run_entry(entry: Entry, work: Path | None = None) -> dict[str, Any]:
         row.update(report_figures(json.loads(report.read_text())))
         got = _reload(entry, out, feeds, work / "lp.npz", row)
         if got is not None:
-            fp32 = expected
-            expected = _same_runtime_reference(entry, expected, feeds, work, row)
-            expected, got = _trusted_runtime(entry, fp32, expected, got, out, feeds, row)
-            _match(entry, expected, got, row)
-            _reconvert(entry, out, feeds, got, work, row)
+            judged = _trusted_runtime(entry, expected, _same_runtime_reference(entry, expected, feeds, work, row),
+                                      got, out, feeds, row)
+            _match(entry, *judged, row)
+            _reconvert(entry, out, feeds, got, work, row)  # the same runtime as the re-converted model's run
     if entry.framework != "torch":
         done, _ = _convert(entry, model, work / ("shape-" + entry.output_file), work / "shape-report.json",
                            *input_shape_args(feeds))
