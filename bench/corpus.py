@@ -436,7 +436,9 @@ def markdown(rows: list[dict], command: str, seconds: float, rerun: str = "") ->
         "again gives the same model (or exits 2 saying it is already converted); converting IN with",
         "`--input-shape` for every input exits 0 (not for .pt2). 'allow ops in BF16' counts the policy's allow",
         "nodes painted BF16; nodes and casts come from the report. Cosine and agreement compare the",
-        "converted model run by its framework (ONNX: onnxruntime, else onnx.reference) with the FP32 model.",
+        "converted model run by its framework (ONNX: onnxruntime, else onnx.reference) with the FP32 model;",
+        "where onnx.reference's own FP32 outputs are further than the bar from onnxruntime's, a bf16 ONNX model",
+        "is judged in onnxruntime on mixprec's exact emulation against onnxruntime FP32 (see the notes).",
         "",
         f"Command: `{command}` (commit {commit}, {time.strftime('%Y-%m-%d')}, {seconds / 60:.0f} min on 2 shared cores)"
         + (f"; {rerun}" if rerun else ""),
