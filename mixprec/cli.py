@@ -297,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip comparing outputs with the FP32 model")
     p.add_argument("--external-data", action="store_true",
                    help="ONNX: write the tensors to OUT.data beside the model (automatic above 2 GB)")
-    p.add_argument("--min-cosine", type=float, default=0.99, metavar="X",
-                   help="every output's cosine to the FP32 output must be at least X (default 0.99): when the "
+    p.add_argument("--min-cosine", type=float, default=0.999, metavar="X",
+                   help="every output's cosine to the FP32 output must be at least X (default 0.999): when the "
                         "conversion misses it, the nodes most to blame fall back to FP32 until it holds")
     p.add_argument("--max-flip-rate", type=float, metavar="F",
                    help="also at most this fraction of task decisions flipped (top-1 of logits, the 0.5 threshold "

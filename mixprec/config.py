@@ -128,7 +128,7 @@ class _Options:
     check_outputs: bool = True
     check_runtime: str = "auto"
     external_data: bool = False
-    min_cosine: float = 0.99
+    min_cosine: float = 0.999
     max_flip_rate: float | None = None
     error_budget: bool = True
     trust_pickle: bool = False

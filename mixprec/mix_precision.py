@@ -38,7 +38,7 @@ from mixprec import profiling
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
-from mixprec.sample_inputs import check_sample_inputs, held_out
+from mixprec.sample_inputs import check_sample_inputs, held_out, noise_images
 from mixprec.tuning import Candidate, Trial, attribution, budget, fallback_search
 
 logger = logging.getLogger(__name__)
@@ -533,7 +533,38 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
                   config: MixedPrecisionConfig) -> tuple[Any, list[Any]]:
     """The first candidate sample input on which the FP32 model runs with finite
     outputs, and those outputs. SampleInputError (naming --input-shape/--sample-inputs)
-    when there is none; the user's own sample_inputs are tried alone."""
+    when there is none; the user's own sample_inputs are tried alone. Generated images
+    are smooth (``sample_inputs.smooth_image``); when a float output is flat on them (a
+    text detector finds nothing in a smooth image, and a cosine of near-zero maps
+    measures nothing), the candidates are made again with noise images, whose outputs
+    are used unless they are flat too."""
+    found = _first_reference_run(adapter, original, ir_model, config)
+    if config.sample_inputs is not None or not any(_flat(r) for r in found[1]):
+        return found
+    with noise_images():
+        try:
+            again = _first_reference_run(adapter, original, ir_model, config)
+        except SampleInputError:
+            return found
+    if any(_flat(r) for r in again[1]):
+        return found
+    logger.info("the FP32 outputs are flat on smooth sample images; the check uses noise images")
+    return again
+
+
+def _flat(output: Any) -> bool:
+    """A float output of 2 or more values that all lie within 1e-6 (absolute, or of its
+    largest magnitude): it carries no signal a cosine could compare."""
+    values = np.asarray(output)
+    if values.dtype.kind not in "fc" or values.size < 2:
+        return False
+    values = values.astype(np.float64)
+    return float(np.ptp(values)) <= 1e-6 * max(1.0, float(np.max(np.abs(values))))
+
+
+def _first_reference_run(adapter: Adapter, original: Any, ir_model: Model,
+                         config: MixedPrecisionConfig) -> tuple[Any, list[Any]]:
+    """``reference_run`` for the current kind of sample images."""
     failures: list[str] = []
     for inputs in _candidates(adapter, original, ir_model, config, failures):
         try:

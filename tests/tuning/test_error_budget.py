@@ -109,3 +109,38 @@ def test_tensorflow_budget_runs_load_the_model_file_once(tmp_path):
     keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(path)
     again = adapter.native(str(path))
     assert again is not first and adapter.run_original(str(path), [np.ones((1, 4), np.float32)])[0].shape == (1, 2)
+
+
+def _photo_calibrated_cnn(blocks: int):
+    """diffuse_models.depthwise_cnn with its BatchNorm statistics calibrated on smooth,
+    photo-like images instead of noise, as a network trained on photos is: its BF16 softmax
+    is near-perfect on i.i.d. noise (cosine 1.0) and off on images (0.996-0.9997)."""
+    import copy
+
+    from mixprec.sample_inputs import smooth_image
+    from tests.tuning.diffuse_models import _calibrate, depthwise_cnn
+    model = copy.deepcopy(depthwise_cnn(blocks))
+    bns = [n.name for n in model.graph.node if n.op_type == "BatchNormalization"]
+    _calibrate(model, bns, smooth_image(np.random.default_rng(5), (8, 3, 32, 32)).astype(np.float32))
+    return model
+
+
+def test_photo_calibrated_cnn_is_checked_on_smooth_images_and_met_on_held_out_images():
+    """The check used i.i.d. noise images, on which this model's conversion looked perfect
+    (cosine 1.0 at min_cosine=0.999: nothing fell back) while on image-like inputs it was
+    0.996. Sample images are smooth now: the check catches the miss and the budget meets
+    min_cosine on images no draw used."""
+    from mixprec.sample_inputs import noise_images, smooth_image
+    model = _photo_calibrated_cnn(24)
+    with noise_images():  # what the check saw before: a pass
+        assert mix_precision.fit(model, MixedPrecisionConfig(min_cosine=0.999, error_budget=False)).report.checks
+    with pytest.raises(AccuracyCheckError, match="below min_cosine=0.999"):
+        mix_precision.fit(model, MixedPrecisionConfig(min_cosine=0.999, error_budget=False))
+    result = mix_precision.fit(model, MixedPrecisionConfig(min_cosine=0.999))
+    assert result.report.tuning["kind"] == "error budget" and result.report.tuning["fallback_nodes"]
+    emulated = emulate_in_float(result.model, DType.BFLOAT16)
+    rng = np.random.default_rng(99)
+    for _ in range(4):
+        x = {"x": smooth_image(rng, (1, 3, 32, 32)).astype(np.float32)}
+        ref, got = run_onnxruntime(model, x)[0], run_onnxruntime(emulated, x)[0]
+        assert cosine(ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()) >= 0.999
