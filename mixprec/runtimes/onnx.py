@@ -248,6 +248,9 @@ def _run_session_of(source: str | bytes, feeds: Mapping[str, np.ndarray], provid
     options.log_severity_level = 4  # failures are raised, with onnxruntime's message
     # prepacked MatMul weights are a second copy of each; a check runs every session once
     options.add_session_config_entry("session.disable_prepacking", "1")
+    # each node runs as soon as its consumer's turn comes (the default order runs every
+    # Cast that widens an emulation's weight first, all widened weights alive at once)
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if folder is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     if not optimize:
