@@ -56,9 +56,20 @@ def emit(model: Model, opset: int | None = None) -> onnx.ModelProto:
     if model.framework not in ("onnx", "generic"):
         raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
                           f"{model.framework} backend")
+    return _emit_needing(model, required_opset(model.graph, _model_opset(model)), opset)
+
+
+def _model_opset(model: Model) -> int:
+    """The model's default-domain opset (DEFAULT_OPSET when it declares none)."""
+    opsets = model.meta.get("opset_import") or {}
+    return int(next((v for d, v in opsets.items() if d in _DEFAULT_DOMAINS), DEFAULT_OPSET))
+
+
+def _emit_needing(model: Model, required: tuple[int, str], opset: int | None = None) -> onnx.ModelProto:
+    """``emit`` given ``required_opset``'s answer for the model as it is."""
     proto = _emit_proto(model)
     current = _default_opset(proto)
-    needed, reason = required_opset(model.graph, current)
+    needed, reason = required
     target = needed if opset is None else opset
     if opset is not None and opset < needed:
         raise ConversionError(f"opset {opset} is too old for this model: {reason}; use opset >= {needed}")
@@ -78,18 +89,17 @@ def emit_legal(model: Model) -> tuple[onnx.ModelProto, list[str]]:
     if model.framework not in ("onnx", "generic"):
         raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
                           f"{model.framework} backend")
-    opsets = model.meta.get("opset_import") or {}
-    current = int(next((v for d, v in opsets.items() if d in _DEFAULT_DOMAINS), DEFAULT_OPSET))
+    current = _model_opset(model)
     notes: list[str] = []
-    stuck = [n for n in illegal_nodes(model.graph, current) if _lowest_opset_for(n, current) is None]
+    stuck = [n for n in _standard_nodes(model.graph) if _legality(_signature(n), current) == (True, None)]
     if stuck:
         keep_in_float32(stuck)
         notes.append(_kept_note(stuck, "no opset of their op accepts their mixed types"))
     needed, reason = required_opset(model.graph, current)
     if needed == current:
-        return emit(model), notes
+        return _emit_needing(model, (needed, reason)), notes
     try:
-        proto = emit(model)
+        proto = _emit_needing(model, (needed, reason))
     except ConversionError as exc:
         nodes = illegal_nodes(model.graph, current)
         if not nodes:
@@ -106,19 +116,6 @@ def _kept_note(nodes: list[Node], why: str) -> str:
     names = ", ".join(f"{n.name!r} ({n.op})" for n in nodes[:8]) + (f" and {len(nodes) - 8} more" if len(nodes) > 8
                                                                      else "")
     return f"kept in float32 because {why}: {names}"
-
-
-def illegal_nodes(graph: Graph, opset: int) -> list[Node]:
-    """Standard-domain nodes of the graph tree whose schema at ``opset`` does not accept
-    their tensor types (see ``_accepts``)."""
-    out = []
-    for node in graph.all_nodes():
-        if node.domain not in _DEFAULT_DOMAINS:
-            continue
-        versions = [s for s in _schema_table().get(("", node.op), []) if s.since_version <= opset]
-        if versions and not _node_accepted_by(versions[-1], node):
-            out.append(node)
-    return out
 
 
 def keep_in_float32(nodes: list[Node]) -> None:
@@ -465,21 +462,33 @@ def _schema_table() -> dict[tuple[str, str], list[Any]]:
     return table
 
 
-def _accepts(schema: Any, node: Node) -> bool:
-    """True when ``node``'s typed inputs and outputs satisfy ``schema``'s type constraints:
-    each value's type is one its formal parameter allows, and every occurrence of a type
-    parameter (``T`` of BatchNormalization's X, scale, B, mean and var before opset 15)
-    binds to one type (heterogeneous variadics, as Loop's carried values, excepted)."""
+#: the element types a node reads and writes, with its op: (op, input dtypes, output
+#: dtypes); an omitted input counts as untyped. Schema legality depends on nothing else.
+_Signature = tuple[str, tuple[DType, ...], tuple[DType, ...]]
+
+
+def _signature(node: Node) -> _Signature:
+    unknown = DType.UNKNOWN
+    return (node.op, tuple(unknown if v is None else v.dtype for v in node._inputs),
+            tuple(v.dtype for v in node._outputs))
+
+
+def _accepts(schema: Any, inputs: tuple[DType, ...], outputs: tuple[DType, ...]) -> bool:
+    """True when the input and output element types satisfy ``schema``'s type
+    constraints: each value's type is one its formal parameter allows, and every
+    occurrence of a type parameter (``T`` of BatchNormalization's X, scale, B, mean and
+    var before opset 15) binds to one type (heterogeneous variadics, as Loop's carried
+    values, excepted). Untyped values (DType.UNKNOWN) match anything."""
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     bound: dict[str, str] = {}
-    for formals, values in ((list(schema.inputs), node.inputs), (list(schema.outputs), node.outputs)):
-        for index, value in enumerate(values):
-            if value is None or value.dtype == DType.UNKNOWN:
+    for formals, dtypes in ((list(schema.inputs), inputs), (list(schema.outputs), outputs)):
+        for index, dtype in enumerate(dtypes):
+            if dtype == DType.UNKNOWN:
                 continue
             formal = _formal_at(formals, index)
             if formal is None:
                 continue  # arity problems are the checker's to report
-            type_str = onnx_type_string(value.dtype)
+            type_str = onnx_type_string(dtype)
             if type_str not in constraints.get(formal.type_str, {formal.type_str}):
                 return False
             variadic = formal.option == onnx.defs.OpSchema.FormalParameterOption.Variadic
@@ -497,23 +506,41 @@ def _formal_at(formals: list[Any], index: int) -> Any:
     return None
 
 
-def _node_accepted_by(schema: Any, node: Node) -> bool:
-    return _accepts(schema, node)
+@functools.lru_cache(maxsize=65536)
+def _legality(signature: _Signature, current: int) -> tuple[bool, int | None]:
+    """(illegal, lowest) for a standard-domain node of ``signature`` in a model at opset
+    ``current``: ``illegal`` when the op's schema at ``current`` exists and rejects the
+    types; ``lowest`` the lowest opset >= ``current`` whose schema accepts them (None when
+    none does or the op is unknown). Each schema is asked once per distinct signature."""
+    op, inputs, outputs = signature
+    versions = _schema_table().get(("", op))
+    if not versions:
+        return False, None
+    active = [s for s in versions if s.since_version <= current]
+    if active and _accepts(active[-1], inputs, outputs):
+        return False, current
+    for schema in versions:
+        if schema.since_version > current and _accepts(schema, inputs, outputs):
+            return bool(active), schema.since_version
+    return bool(active), None
+
+
+def _standard_nodes(graph: Graph) -> Iterator[Node]:
+    for node in graph.all_nodes():
+        if node.domain in _DEFAULT_DOMAINS:
+            yield node
 
 
 def _lowest_opset_for(node: Node, current: int) -> int | None:
     """The lowest default-domain opset >= ``current`` whose schema of ``node.op`` accepts
     the node's tensor types; None when no opset does (or the op is unknown)."""
-    versions = _schema_table().get(("", node.op))
-    if not versions:
-        return None
-    active = [s for s in versions if s.since_version <= current]
-    if active and _node_accepted_by(active[-1], node):
-        return current
-    for schema in versions:
-        if schema.since_version > current and _node_accepted_by(schema, node):
-            return schema.since_version
-    return None
+    return _legality(_signature(node), current)[1]
+
+
+def illegal_nodes(graph: Graph, opset: int) -> list[Node]:
+    """Standard-domain nodes of the graph tree whose schema at ``opset`` does not accept
+    their tensor types (see ``_accepts``)."""
+    return [node for node in _standard_nodes(graph) if _legality(_signature(node), opset)[0]]
 
 
 def required_opset(graph: Graph, current: int) -> tuple[int, str]:
@@ -521,10 +548,8 @@ def required_opset(graph: Graph, current: int) -> tuple[int, str]:
     standard op in the graph tree accepts the tensor types it reads and writes, and a
     sentence naming the op that needs it (empty when ``current`` is enough)."""
     needed, reason = current, ""
-    for node in graph.all_nodes():
-        if node.domain not in _DEFAULT_DOMAINS:
-            continue
-        lowest = _lowest_opset_for(node, current)
+    for node in _standard_nodes(graph):
+        lowest = _legality(_signature(node), current)[1]
         if lowest is not None and lowest > needed:
             types = ", ".join(sorted({v.dtype.value for v in node.inputs if v is not None}))
             needed, reason = lowest, f"{node.op} {node.name!r} on {types} needs opset {lowest}"
