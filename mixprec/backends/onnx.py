@@ -31,6 +31,7 @@ from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publish, same_file
 from mixprec.ir.dtypes import DType
 from mixprec.ir.cast import make_cast
+from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.ir.lazy import CHUNK_BYTES, LazyArray, in_file, is_lazy
 
@@ -151,7 +152,8 @@ def keep_in_float32(nodes: list[Node]) -> None:
 def _emit_proto(model: Model) -> onnx.ModelProto:
     """The model as a ModelProto at its own opset (no conversion)."""
     proto = onnx.ModelProto()
-    _Emitter(model).fill_graph(proto.graph, model.graph, "")
+    with paused_gc():
+        _Emitter(model).fill_graph(proto.graph, model.graph, "")
     _fill_model_fields(proto, model.meta)
     return proto
 
@@ -197,6 +199,8 @@ class _Emitter:
         self.raw_types: dict[str, onnx.TypeProto] = onnx_meta.get("types", {})
         self.graph_meta: dict[str, dict[str, Any]] = onnx_meta.get("graphs", {})
         self.inferred: set[str] = onnx_meta.get("inferred", set())
+        #: (element type, shape) -> its TypeProto, built once
+        self._types: dict[tuple[int, Any], onnx.TypeProto] = {}
 
     def name(self, value: Value) -> str:
         return self.renamed.get(value.name, value.name)
@@ -267,8 +271,15 @@ class _Emitter:
             return vi
         if value.dtype == DType.UNKNOWN:
             return onnx.ValueInfoProto(name=name) if required else None
-        shape = None if value.shape is None or not with_shape else list(value.shape)
-        return helper.make_tensor_value_info(name, dtype_to_onnx(value.dtype), shape)
+        shape = None if value.shape is None or not with_shape else value.shape
+        key = (dtype_to_onnx(value.dtype), shape)
+        tp = self._types.get(key)
+        if tp is None:
+            tp = self._types[key] = helper.make_tensor_value_info("", key[0], None if shape is None else list(shape)
+                                                                  ).type
+        vi = onnx.ValueInfoProto(name=name)
+        vi.type.CopyFrom(tp)
+        return vi
 
     # ---- tensors ------------------------------------------------------------------------
     def tensor(self, value: Value, name: str) -> onnx.TensorProto:
@@ -289,15 +300,17 @@ class _Emitter:
     # ---- nodes --------------------------------------------------------------------------
     def node(self, node: Node, key: str) -> onnx.NodeProto:
         meta = node.meta.get(NODE_META, {})
+        renamed = self.renamed
+        outputs = node._outputs
+        default_name = outputs[0].name if outputs else node.op
         proto = onnx.NodeProto()
-        if "shell" in meta:
+        if "shell" in meta:  # fields the IR does not model (doc string, metadata, ...)
             proto.CopyFrom(meta["shell"])
         proto.op_type = node.op
         proto.domain = node.domain
-        default_name = node.outputs[0].name if node.outputs else node.op
         proto.name = "" if meta.get("unnamed") and node.name == default_name else node.name
-        proto.input.extend("" if v is None else self.name(v) for v in node.inputs)
-        proto.output.extend(self.name(v) for v in node.outputs)
+        proto.input.extend(["" if v is None else renamed.get(v.name, v.name) for v in node._inputs])
+        proto.output.extend([renamed.get(v.name, v.name) for v in outputs])
         attr_types = meta.get("attr_types", {})
         for attr_name, value in node.attrs.items():
             value = _typed_attr(node, attr_name, value)
