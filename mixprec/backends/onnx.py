@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mixprec import progress
 from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx, graph_key,
                                    onnx_type_string, sparse_to_dense, type_from_proto)
 from mixprec.errors import ConfigError, ConversionError
@@ -786,9 +787,11 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path
     undo: list[tuple[onnx.TensorProto, Any]] = []
     try:
         tmp_data = tmp_dir / data_name
-        with open(tmp_data, "wb") as out:
-            for tensor in _all_initializers(proto.graph):
-                _externalize(tensor, out, data_name, undo)
+        todo = [(t, n) for t in _all_initializers(proto.graph) if (n := _external_bytes(t))]
+        with open(tmp_data, "wb") as out, \
+                progress.bytes("weights", total_bytes=sum(n for _, n in todo), tensors=len(todo)) as bar:
+            for tensor, _ in todo:
+                bar.update(_externalize(tensor, out, data_name, undo))
         tmp_model = tmp_dir / path.name
         with open(tmp_model, "wb") as handle:
             handle.write(proto.SerializeToString())
@@ -801,12 +804,25 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[tuple[onnx.TensorProto, Any]]) -> None:
+def _external_bytes(tensor: onnx.TensorProto) -> int:
+    """The data bytes ``_externalize`` writes for ``tensor``: a pending tensor's, or its
+    raw_data's when that holds at least EXTERNAL_MIN_BYTES; 0 when it stays inline."""
+    source = _pending_source(tensor)
+    if source is not None:
+        return int(source.nbytes)
+    if not tensor.HasField("raw_data"):
+        return 0
+    size = len(tensor.raw_data)
+    return size if size >= EXTERNAL_MIN_BYTES else 0
+
+
+def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[tuple[onnx.TensorProto, Any]]) -> int:
     """Append ``tensor``'s data to the open data file ``out`` (pending data streamed chunk
-    by chunk) and point the tensor at it; what ``_restore_tensor`` needs goes to ``undo``."""
+    by chunk) and point the tensor at it; what ``_restore_tensor`` needs goes to ``undo``.
+    Returns the bytes of data written (0: the tensor stays inline)."""
     source = _pending_source(tensor)
     if source is None and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_MIN_BYTES):
-        return
+        return 0
     offset = out.tell()
     if offset % DATA_ALIGNMENT:
         out.write(b"\0" * (DATA_ALIGNMENT - offset % DATA_ALIGNMENT))
@@ -827,6 +843,7 @@ def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[t
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
+    return length
 
 
 def _restore_tensor(tensor: onnx.TensorProto, saved: Any) -> None:

@@ -117,13 +117,15 @@ class Node:
         self.domain = domain
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.meta: dict[str, Any] = {}
-        self._inputs: list[Value | None] = []
         self._outputs: list[Value] = []
         self.graph: Graph | None = None
         self._prev: Node | None = None
         self._next: Node | None = None
-        for value in inputs:
-            self.append_input(value)
+        self._inputs = ins = list(inputs)
+        key = id(self)
+        for index, value in enumerate(ins):  # append_input, inlined: nodes are made by the hundred thousand
+            if value is not None:
+                value._uses[(key, index)] = (self, index)
         for value in outputs:
             self._add_output(value)
         self.name = name if name is not None else (self._outputs[0].name if self._outputs else op)
