@@ -29,7 +29,7 @@ SECURITY_NOTE = ("security: loading a model can run code it carries. A TensorFlo
                  "untrusted models only in a sandbox.")
 
 
-def _add_conversion_options(p: argparse.ArgumentParser) -> None:
+def _add_conversion_options(p: argparse.ArgumentParser, objective: bool = True) -> None:
     p.add_argument("--precision", choices=["bf16", "fp16"], default="bf16", help="low precision to convert to")
     p.add_argument("--target", choices=["spec", "onnxruntime"], default="spec",
                    help="ONNX: everything the spec allows, or only what onnxruntime can run")
@@ -55,13 +55,14 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling model data that can run code (.pt2 with pickled parts); "
                         "only for models from a trusted source")
-    p.add_argument("--objective", choices=["memory", "performance", "accuracy"], default=None,
-                   help="memory (default): the most low precision the policy allows; performance: low precision "
-                        "only where measured faster on this machine (or the --profile machine); accuracy: only "
-                        "allow ops, each kept only if the error budget clears it")
-    p.add_argument("--profile", metavar="MACHINE.json",
-                   help="timings written by `mixprec profile` on the deployment machine, used instead of timing "
-                        "here (implies --objective performance)")
+    if objective:  # `mixprec profile` always times (objective performance, no profile file)
+        p.add_argument("--objective", choices=["memory", "performance", "accuracy"], default=None,
+                       help="memory (default): the most low precision the policy allows; performance: low precision "
+                            "only where measured faster on this machine (or the --profile machine); accuracy: only "
+                            "allow ops, each kept only if the error budget clears it")
+        p.add_argument("--profile", metavar="MACHINE.json",
+                       help="timings written by `mixprec profile` on the deployment machine, used instead of timing "
+                            "here (implies --objective performance)")
     bars = p.add_mutually_exclusive_group()
     bars.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
                       help="draw progress bars on stderr even when it is not a terminal")
@@ -338,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "them for `convert --profile`")
     p.add_argument("input", help="model file (as for convert)")
     p.add_argument("-o", "--output", required=True, metavar="MACHINE.json", help="where to write the profile")
-    _add_conversion_options(p)
+    _add_conversion_options(p, objective=False)
     p.set_defaults(func=cmd_profile)
     return parser
 

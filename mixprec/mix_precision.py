@@ -189,13 +189,9 @@ def _tune(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionCon
     convert = _trial_converter(adapter, loaded, config, progress)
     ranking = _ranking(adapter, model, loaded, config, convert([], []))
 
-    def on_trial(trial: Trial, fp32_nodes: int) -> None:
-        if progress is not None:
-            progress(trial.index, config.tuning_criterion.max_trials,
-                     f"trial {trial.index}: {trial.accuracy:.4g}, {fp32_nodes} fp32")
-
     result = fallback_search(convert, lambda native: evaluate(native, False), baseline, config.accuracy_criterion,
-                             config.tuning_criterion, ranking=ranking, on_trial=on_trial,
+                             config.tuning_criterion, ranking=ranking,
+                             on_trial=_trial_progress(progress, "tuning", config.tuning_criterion.max_trials),
                              workers=config.tuning_criterion.workers)
     ir_model, report = result.best.payload
     report.tuning = result.summary()
@@ -225,7 +221,7 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
     fixed: list[str] = []
     trials: list[Trial] = []
     for index in range(budget.ROUNDS):
-        result = _budget_round(adapter, convert, draws, fixed, ranking, config, len(converted), trials)
+        result = _budget_round(adapter, convert, draws, fixed, ranking, config, len(converted), trials, progress)
         if result is None:
             break
         fixed = fixed + result.fallback_nodes
@@ -255,7 +251,8 @@ def _add_draw(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisio
 
 def _budget_round(adapter: Adapter, convert: Callable[[list[str], list[str]], Candidate],
                   draws: list[tuple[Any, list[Any]]], fixed: list[str], ranking: list[str] | None,
-                  config: MixedPrecisionConfig, converted: int, trials: list[Trial]) -> Any:
+                  config: MixedPrecisionConfig, converted: int, trials: list[Trial],
+                  progress: Progress | None = None) -> Any:
     """One search for more fallbacks on top of ``fixed`` that meet the slack target on every
     draw; its TuningResult (trials appended to ``trials``), or None when none does."""
     target = budget.search_cosine(config.min_cosine)
@@ -272,7 +269,8 @@ def _budget_round(adapter: Adapter, convert: Callable[[list[str], list[str]], Ca
     within = AccuracyCriterion(higher_is_better=True, criterion="absolute", tolerable_loss=0.0)
     remaining = [name for name in ranking or () if name not in set(fixed)] or None
     try:
-        result = fallback_search(convert_more, score, 0.0, within, limits, ranking=remaining)
+        result = fallback_search(convert_more, score, 0.0, within, limits, ranking=remaining,
+                                 on_trial=_trial_progress(progress, "error budget", cap))
     except ConversionError as exc:
         logger.info("error budget: no fallback meets the draws (%s)", first_line(exc))
         return None
@@ -317,6 +315,17 @@ def error_attribution(model: Any, config: MixedPrecisionConfig | None = None) ->
         errors = attribution.measure(adapter, loaded, default.payload[0], [n for n, _, _ in default.lowered],
                                      inputs, config)
     return sorted(errors, key=lambda e: -e.local)
+
+
+def _trial_progress(progress: Progress | None, name: str, total: int) -> Callable[[Trial, int], None]:
+    """The search's ``on_trial``: the caller's ``progress(index, total, text)`` callback, or
+    else a progress bar (drawn only when bars are on) showing the trial, its score and how
+    many nodes it keeps in FP32."""
+    show = progress if progress is not None else bars.callback(name)
+
+    def on_trial(trial: Trial, fp32_nodes: int) -> None:
+        show(trial.index, total, f"trial {trial.index}: {trial.accuracy:.4g}, {fp32_nodes} fp32")
+    return on_trial
 
 
 def _trial_converter(adapter: Adapter, loaded: Model, config: MixedPrecisionConfig,

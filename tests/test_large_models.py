@@ -1,7 +1,9 @@
 """Models larger than memory (issue 12), at small sizes: lazily stored constants are
 never held whole by the pipeline, the streamed writer writes what the in-memory path
 writes, large outputs go to external data, and the output check is skipped (with a
-note naming --no-check) when the model would not fit in memory."""
+note naming --no-check) when the model would not fit in memory; the check runs the FP32
+model from its file and the converted model's emulation from a temporary file its
+weights are streamed to, one onnxruntime session at a time."""
 from __future__ import annotations
 
 import logging
@@ -192,7 +194,7 @@ def test_check_skipped_with_a_note_when_memory_is_short(tmp_path, monkeypatch, c
     ir_model = frontend.load(str(model))
     weights = 3 * WIDTH * WIDTH * 4 + WIDTH * 4
     activations = 9 * WIDTH * 4  # nine [1, W] float outputs
-    assert memory.check_memory_need(ir_model) == memory.CHECK_MEMORY_FACTOR * (weights + activations)
+    assert memory.check_memory_need(ir_model) == int(memory.CHECK_MEMORY_FACTOR * (weights + activations))
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
     with caplog.at_level(logging.WARNING, logger="mixprec"):
         converted = fit(str(model), MixedPrecisionConfig())
@@ -234,3 +236,142 @@ def test_inline_raw_data_is_lazy_only_in_mixprecs_own_proto(tmp_path, lazy_small
     assert not (tmp_path / "out.onnx.data").exists()
     np.testing.assert_array_equal(_initializers(tmp_path / "out.onnx")["W0"].view(np.uint16),
                                   convert_array(_weights()[0], DType.BFLOAT16).view(np.uint16))
+
+
+# ------------------------------------------------- the check, from files (bounded) ---
+def _feeds() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(3).standard_normal((1, WIDTH)).astype(np.float32)}
+
+
+def _streamed(tmp_path: Path) -> tuple[Path, onnx.ModelProto]:
+    """The external-data MLP and its BF16 conversion whose weights are deferred."""
+    path = tmp_path / "in" / "mlp.onnx"
+    path.parent.mkdir()
+    _mlp(path)
+    converted = fit(str(path), MixedPrecisionConfig(check_outputs=False)).model
+    assert backend.pending_bytes(converted) > 0  # lazy_small: W0..W2 are deferred, unread
+    return path, converted
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """What every onnxruntime session of the check is made from (a path, or bytes)."""
+    import onnxruntime as ort
+    made: list[object] = []
+    real = ort.InferenceSession
+
+    def recording(source, *args, **kwargs):
+        made.append(source)
+        return real(source, *args, **kwargs)
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    return made
+
+
+def test_fp32_reference_session_is_made_from_the_path_weights_unread(tmp_path, lazy_small, monkeypatch, sessions):
+    import onnx.external_data_helper as edh
+    from mixprec.runtimes import onnx as runtime
+    path = tmp_path / "in" / "mlp.onnx"
+    path.parent.mkdir()
+    _mlp(path)
+    loads: list[object] = []
+    real_load = onnx.load
+
+    def counting_load(f, *args, **kwargs):
+        loads.append(kwargs.get("load_external_data", True))
+        return real_load(f, *args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the check loaded external data into Python")
+    monkeypatch.setattr(onnx, "load", counting_load)
+    monkeypatch.setattr(edh, "load_external_data_for_model", refuse)
+    monkeypatch.setattr(edh, "load_external_data_for_tensor", refuse)
+    want = runtime.run_onnxruntime(_mlp(), _feeds())  # the same model held in memory
+    sessions.clear()
+    got = runtime.OnnxAdapter().run_original(str(path), _feeds())
+    assert sessions == [str(path)], sessions
+    assert all(flag is False for flag in loads), loads
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    sessions.clear()
+    result = fit(str(path), MixedPrecisionConfig())
+    assert [c.output for c in result.report.checks] == ["y"] and result.report.checks[0].cosine > 0.99
+    assert sessions[0] == str(path)  # the FP32 reference
+    assert isinstance(sessions[1], str) and Path(sessions[1]).parent != path.parent  # the emulation's temp file
+    assert all(flag is False for flag in loads), loads
+
+
+def test_streamed_emulation_equals_the_in_memory_emulation(tmp_path, lazy_small):
+    from mixprec.runtimes import onnx as runtime
+    _, converted = _streamed(tmp_path)
+    in_memory = runtime.emulate_in_float(backend.resolved(converted), DType.BFLOAT16)
+    streamed = runtime.emulate_in_float(converted, DType.BFLOAT16, cast_initializers=True)
+    assert backend.pending_bytes(streamed) == backend.pending_bytes(converted)  # nothing was read
+    saved = backend.save(streamed, tmp_path / "emulated.onnx", external_data=True)
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(saved)).graph.initializer}
+    want = {t.name: numpy_helper.to_array(t) for t in in_memory.graph.initializer}
+    assert {n.removesuffix("__stored") for n in stored} == set(want)
+    for name, array in stored.items():
+        widened = array.astype(np.float32) if name.endswith("__stored") else array
+        assert widened.dtype == want[name.removesuffix("__stored")].dtype, name
+        assert widened.tobytes() == want[name.removesuffix("__stored")].tobytes(), name
+    nodes = list(streamed.graph.node)
+    for i, node in enumerate(nodes):  # each widening Cast sits just before the node that reads it
+        if node.op_type == "Cast" and node.input[0].endswith("__stored"):
+            assert node.output[0] in nodes[i + 1].input, (node, nodes[i + 1])
+    exact = runtime.run_onnxruntime(in_memory, _feeds(), exact=True)
+    (got,) = runtime.run_emulated(converted, _feeds(), [DType.BFLOAT16])
+    assert got.tobytes() == exact[0].tobytes()
+
+
+def test_segmented_runs_from_files_are_exact(tmp_path, lazy_small, monkeypatch):
+    from mixprec.runtimes import onnx as runtime, onnx_segments
+    path, converted = _streamed(tmp_path)
+    whole_fp32 = runtime.run_onnxruntime_file(path, _feeds(), exact=True)
+    whole_emulated = runtime.run_onnxruntime(runtime.emulate_in_float(backend.resolved(converted)), _feeds(),
+                                             exact=True)
+    monkeypatch.setattr(onnx_segments, "SEGMENT_NODES", 3)
+    runs = runtime.STATS["segmented_runs"]
+    assert runtime.run_onnxruntime_file(path, _feeds())[0].tobytes() == whole_fp32[0].tobytes()
+    assert runtime.run_emulated(converted, _feeds(), [DType.BFLOAT16])[0].tobytes() == whole_emulated[0].tobytes()
+    assert runtime.STATS["segmented_runs"] == runs + 2
+
+
+def test_temporary_files_are_removed_even_when_the_run_fails(tmp_path, lazy_small, monkeypatch):
+    import tempfile
+    from mixprec.errors import ConversionError
+    from mixprec.runtimes import onnx as runtime
+    path, converted = _streamed(tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in path.parent.iterdir()}
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    seen: list[list[str]] = []
+
+    def failing(session, feeds):
+        seen.append(sorted(p.name for p in scratch.rglob("*") if p.is_file()))
+        raise ConversionError("onnxruntime failed running the model: boom")
+    monkeypatch.setattr(runtime, "_run_session", failing)
+    with pytest.raises(ConversionError, match="boom"):
+        runtime.run_emulated(converted, _feeds(), [DType.BFLOAT16])
+    assert seen and "emulated.onnx.data" in seen[0], seen  # the weights were streamed there
+    assert list(scratch.iterdir()) == []
+    result = fit(str(path), MixedPrecisionConfig())  # the whole check: skipped with a note, nothing left
+    assert not result.report.checks and any("output check skipped" in n for n in result.report.notes)
+    assert list(scratch.iterdir()) == []
+    assert {p.name: p.stat().st_mtime_ns for p in path.parent.iterdir()} == before  # the input untouched
+
+
+def test_check_cosine_equals_the_in_memory_checks(tmp_path, lazy_small):
+    """The old check: the FP32 model loaded whole and run from memory, the converted
+    model's emulation built in memory (weights materialized and widened)."""
+    from mixprec.numerics import compare_outputs
+    from mixprec.runtimes import onnx as runtime
+    path = tmp_path / "in" / "mlp.onnx"
+    path.parent.mkdir()
+    _mlp(path)
+    result = fit(str(path), MixedPrecisionConfig(sample_inputs=_feeds()))
+    assert backend.pending_bytes(result.model) > 0
+    reference = runtime.run_onnxruntime(onnx.load(str(path)), _feeds())
+    emulated = runtime.run_onnxruntime(runtime.emulate_in_float(backend.resolved(result.model)), _feeds(), exact=True)
+    (old,) = compare_outputs(["y"], reference, emulated)
+    (new,) = result.report.checks
+    assert new.cosine == old.cosine and new.max_abs_error == old.max_abs_error, (new, old)

@@ -83,6 +83,26 @@ def test_fit_tunes_an_onnx_model_down_to_the_sensitive_conv(tmp_path):
     assert eval_func(result.model) == 1.0
 
 
+def test_tuning_shows_a_bar_of_trials_with_score_and_fp32_nodes(tmp_path):
+    pytest.importorskip("onnxruntime", reason="tuning an ONNX model needs onnxruntime")
+    import io
+    from mixprec import MixedPrecisionConfig, mix_precision, progress
+    path = Path(shutil.copy(EXAMPLE, tmp_path / "m.onnx"))
+
+    def eval_func(model):
+        return 0.9 if any(t.name == "conv2.w" and t.data_type == 16 for t in model.graph.initializer) else 1.0
+
+    stream = io.StringIO()
+    try:
+        progress.configure(True, stream=stream)
+        result = mix_precision.fit(path, config=MixedPrecisionConfig(), eval_func=eval_func)
+    finally:
+        progress.configure(False)
+    last = result.report.tuning["trials"][-1]
+    assert "tuning:" in stream.getvalue()
+    assert f"trial {last['index']}: {last['accuracy']:.4g}, 1 fp32" in stream.getvalue()
+
+
 def test_fit_with_dataloader_and_metric():
     onnx = pytest.importorskip("onnx", reason="tuning an ONNX model needs onnx")
     pytest.importorskip("onnxruntime", reason="tuning an ONNX model needs onnxruntime")

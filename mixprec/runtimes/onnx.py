@@ -85,16 +85,19 @@ class OnnxAdapter(Adapter):
         return onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
-        """onnxruntime; a model that already holds bf16/f16 values (mixprec's own output)
-        runs on its exact float32 emulation; the reference evaluator only as a fallback."""
-        proto = self.native(original)
+        """onnxruntime, from the model's file (its external data read by onnxruntime, never
+        loaded into Python; an in-memory ModelProto is run as ``run_onnxruntime`` runs it);
+        a model that already holds bf16/f16 values (mixprec's own output) runs on its exact
+        float32 emulation; the reference evaluator only as a fallback."""
+        path = Path(original) if isinstance(original, (str, os.PathLike)) else None
         try:
-            return run_onnxruntime(proto, inputs)
+            return run_onnxruntime_file(path, inputs) if path is not None else run_onnxruntime(original, inputs)
         except ConversionError as exc:
             ort_error = first_line(exc)
+        proto = onnx.load(os.fspath(path), load_external_data=False) if path is not None else original
         if low_precision_dtypes(proto):
             try:
-                return run_emulated(proto, inputs)
+                return run_emulated(proto, inputs, folder=path.parent if path is not None else None)
             except ConversionError:
                 pass
         nodes = sum(len(g.node) for g in _graphs(proto.graph))
@@ -102,7 +105,7 @@ class OnnxAdapter(Adapter):
             raise ConversionError(f"onnxruntime cannot run the FP32 model ({ort_error}), and the reference evaluator "
                                   f"would take minutes on its {nodes} nodes (more than {REFERENCE_MAX_NODES})")
         logger.info("onnxruntime cannot run the FP32 model (%s); using the reference evaluator", ort_error)
-        return run_reference(proto, inputs)
+        return run_reference(self.native(original), inputs)
 
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
         """The converted model's outputs, by ``config.check_runtime``: ``"reference"`` runs
@@ -110,10 +113,9 @@ class OnnxAdapter(Adapter):
         has the kernels (FP16, or target='onnxruntime') and otherwise onnxruntime on the
         exact emulation (``emulate_in_float``). Any failure of the runtime is
         OutputCheckUnavailable with a one-line reason."""
-        converted = backend.resolved(converted)  # data the emitted model defers (lazily loaded weights)
-        if config.check_runtime == "reference":
+        if config.check_runtime == "reference":  # the evaluator needs the data in memory (lazily loaded weights)
             self.last_check_note = "outputs checked with onnx.reference.ReferenceEvaluator (check_runtime='reference')"
-            return _unavailable_on_error("the reference evaluator", run_reference, converted, inputs)
+            return _unavailable_on_error("the reference evaluator", run_reference, backend.resolved(converted), inputs)
         if config.precision == "fp16" or config.target == "onnxruntime":
             try:
                 return run_onnxruntime(converted, inputs)
@@ -171,10 +173,14 @@ def _unavailable_on_error(what: str, run: Callable[..., list[np.ndarray]], *args
 
 # ----------------------------------------------------------------------- running ---
 def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                    provider: str = "CPUExecutionProvider", exact: bool = False) -> list[np.ndarray]:
+                    provider: str = "CPUExecutionProvider", exact: bool = False,
+                    folder: Path | None = None) -> list[np.ndarray]:
     """Run ``proto`` in onnxruntime and return every graph output. Raises
     ConversionError when onnxruntime cannot load the model (a missing kernel is
-    NOT_IMPLEMENTED) or fails running it. Large models are run from a temporary file.
+    NOT_IMPLEMENTED) or fails running it. ``folder`` is the directory the locations of
+    its external data are relative to (a model loaded with ``load_external_data=False``);
+    data it defers (``backend.deferred_tensor``) and models too large for one message are
+    streamed to a temporary file first (``_run_whole``).
 
     ``exact``, and every graph of more than ``onnx_segments.SEGMENT_NODES`` nodes, run
     with onnxruntime's graph optimizations off, so every node computes what it says (no
@@ -187,40 +193,79 @@ def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     segments = onnx_segments.plan(proto.graph, known=known) if large else None
     optimize = not (exact or large)
     if segments is None:
-        return _run_whole(proto, feeds, provider, optimize)
+        return _run_whole(proto, feeds, provider, optimize, folder)
     STATS["segmented_runs"] += 1
     logger.info("running %d nodes in onnxruntime as %d segments", len(proto.graph.node), len(segments))
     with bars.stage("onnxruntime", total=len(segments), unit="segment") as bar:
-        return onnx_segments.run_segments(proto, feeds, lambda p, f: _run_whole(p, f, provider, optimize), segments,
-                                          on_segment=lambda i, n: bar.update(1), known=known)
+        return onnx_segments.run_segments(proto, feeds, lambda p, f: _run_whole(p, f, provider, optimize, folder),
+                                          segments, on_segment=lambda i, n: bar.update(1), known=known)
+
+
+def run_onnxruntime_file(path: str | os.PathLike, feeds: Mapping[str, np.ndarray],
+                         provider: str = "CPUExecutionProvider", exact: bool = False) -> list[np.ndarray]:
+    """``run_onnxruntime`` of the model at ``path``, its weights never loaded into Python:
+    a graph that fits one segment runs in a session onnxruntime makes from the path (it
+    reads, or maps, the external data itself); a larger one is read without its external
+    data (``load_external_data=False``) and its segments reference the data files."""
+    path = Path(path)
+    structure = onnx.load(os.fspath(path), load_external_data=False)
+    if len(structure.graph.node) > onnx_segments.SEGMENT_NODES:
+        return run_onnxruntime(structure, feeds, provider, exact, folder=path.parent)
+    del structure
+    return _run_whole(path, feeds, provider, not exact)
 
 
 #: what the output check ran, for tests and benchmarks (never read by the conversion)
 STATS = {"segmented_runs": 0, "sessions": 0, "reference_runs": 0}
 
 
-def _run_whole(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], provider: str,
-               optimize: bool) -> list[np.ndarray]:
-    """One onnxruntime session of ``proto`` (optimizations on when ``optimize``)."""
+def _run_whole(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], provider: str,
+               optimize: bool, folder: Path | None = None) -> list[np.ndarray]:
+    """One onnxruntime session of ``model`` (a path, or a proto whose external data lies
+    in ``folder``; optimizations on when ``optimize``), released before this returns. A
+    proto with deferred data, or too large to serialize, is first written to a temporary
+    directory with its tensors in external data (``backend.save``, streaming) that is
+    removed afterwards, whether the run succeeds or not."""
+    if isinstance(model, Path):
+        return _run_session_of(str(model), feeds, provider, optimize, None)
+    if backend.pending_bytes(model) or (folder is None and _size(model) >= LARGE_MODEL_BYTES):
+        with tempfile.TemporaryDirectory(prefix="mixprec-ort-") as tmp:
+            path = backend.save(model, Path(tmp) / "model.onnx", external_data=True)
+            return _run_session_of(str(path), feeds, provider, optimize, None)
+    return _run_session_of(model.SerializeToString(), feeds, provider, optimize, folder)
+
+
+def _run_session_of(source: str | bytes, feeds: Mapping[str, np.ndarray], provider: str, optimize: bool,
+                    folder: Path | None) -> list[np.ndarray]:
+    """Create a session of ``source`` (a path, or serialized bytes whose external data
+    lies in ``folder``), run it, and drop it (collected) before returning its outputs,
+    so that no two checked models' weights are held by onnxruntime at once."""
+    import gc
+
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures are raised, with onnxruntime's message
+    # prepacked MatMul weights are a second copy of each; a check runs every session once
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    # each node runs as soon as its consumer's turn comes (the default order runs every
+    # Cast that widens an emulation's weight first, all widened weights alive at once)
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     STATS["sessions"] += 1
     try:
-        if _size(proto) >= LARGE_MODEL_BYTES:
-            with tempfile.TemporaryDirectory(prefix="mixprec-ort-") as tmp:
-                path = backend.save(proto, Path(tmp) / "model.onnx", external_data=True)
-                session = ort.InferenceSession(str(path), options, providers=[provider])
-                return _run_session(session, feeds)
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=[provider])
-    except ConversionError:
-        raise
+        session = ort.InferenceSession(source, options, providers=[provider])
     except Exception as exc:
         raise ConversionError(f"onnxruntime cannot load the model: {first_line(exc, 500)}") from None
-    return _run_session(session, feeds)
+    del source
+    try:
+        return _run_session(session, feeds)
+    finally:
+        del session
+        gc.collect()
 
 
 #: the longest one onnxruntime run of a check may take (a Loop with neither a trip count
@@ -503,31 +548,44 @@ def low_precision_dtypes(proto: onnx.ModelProto) -> set[DType]:
 
 
 def run_emulated(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                 lows: Iterable[DType] | None = None) -> list[np.ndarray]:
+                 lows: Iterable[DType] | None = None, folder: Path | None = None) -> list[np.ndarray]:
     """Run ``proto`` in onnxruntime on its exact float32 emulation (``emulate_in_float``
-    for each low-precision type it uses); feeds of a low-precision graph input are given
-    as float32 (they are exact). Raises ConversionError like ``run_onnxruntime``."""
+    for each low-precision type it uses, its low-precision weights kept as they are and
+    widened by a Cast where they are read, so no weight is converted in Python); feeds of
+    a low-precision graph input are given as float32 (they are exact). ``folder`` as in
+    ``run_onnxruntime``; deferred weights are streamed to a temporary file, removed after
+    the run. Raises ConversionError like ``run_onnxruntime``."""
     lows = sorted(low_precision_dtypes(proto) if lows is None else set(lows), key=lambda d: d.value)
     model = proto
     for low in lows:
-        model = emulate_in_float(model, low)
+        model = emulate_in_float(model, low, cast_initializers=True)
     low_inputs = {vi.name for vi in proto.graph.input if vi.type.tensor_type.elem_type in
                   {dtype_to_onnx(d) for d in lows}}
     fed = {k: (np.asarray(v).astype(np.float32) if k in low_inputs else v) for k, v in feeds.items()}
-    return run_onnxruntime(model, fed, "CPUExecutionProvider", True)  # exact: optimizations off
+    if folder is None and (backend.pending_bytes(model) or _size(model) >= LARGE_MODEL_BYTES):
+        with tempfile.TemporaryDirectory(prefix="mixprec-emulation-") as tmp:
+            path = backend.save(model, Path(tmp) / "emulated.onnx", external_data=True)
+            del model
+            return run_onnxruntime_file(path, fed, "CPUExecutionProvider", True)  # exact: optimizations off
+    return run_onnxruntime(model, fed, "CPUExecutionProvider", True, folder)
 
 
 #: INT attributes that name an output element type (Cast's ``to``, EyeLike's ``dtype``, ...)
 _DTYPE_ATTRS = ("to", "dtype")
 
 
-def emulate_in_float(proto: onnx.ModelProto, low: DType = DType.BFLOAT16) -> onnx.ModelProto:
+def emulate_in_float(proto: onnx.ModelProto, low: DType = DType.BFLOAT16,
+                     cast_initializers: bool = False) -> onnx.ModelProto:
     """A float32 copy of ``proto`` that onnxruntime's CPU provider can run, computing
     exactly the values of the low-precision model (as a CPU kernel that accumulates in
     float32 and rounds its result once does):
 
     - every initializer, tensor attribute and declared value of type ``low`` becomes
-      float32 (exact: float32 holds every bf16/f16 value);
+      float32 (exact: float32 holds every bf16/f16 value); with ``cast_initializers``, an
+      initializer of type ``low`` (that is no graph input) keeps its data, type and
+      storage (external or deferred data stays unread) under the name
+      ``<name>__stored``, and a ``Cast(to=float)`` before the first node that reads it
+      (or at the end of the graph) makes ``<name>``, the same float32 values;
     - casts to ``low`` (and ``dtype`` attributes naming it) become float32, and every
       node output of type ``low`` is rounded to ``low`` and back
       (``Cast(to=low) -> Cast(to=float)``) where it is produced, so every value any
@@ -548,7 +606,7 @@ def emulate_in_float(proto: onnx.ModelProto, low: DType = DType.BFLOAT16) -> onn
         for init in graph.initializer:
             types[init.name] = init.data_type
     for graph in _graphs(model.graph):
-        _emulate_graph(graph, types, low_elem, f32)
+        _emulate_graph(graph, types, low_elem, f32, cast_initializers)
     return model
 
 
@@ -573,9 +631,18 @@ _FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.Tenso
                      onnx.TensorProto.BFLOAT16})
 
 
-def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32: int) -> None:
+def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32: int,
+                   cast_initializers: bool = False) -> None:
+    inputs = {vi.name for vi in graph.input}
+    widened: dict[str, onnx.NodeProto] = {}
     for i, init in enumerate(graph.initializer):
-        if init.data_type == low:
+        if init.data_type != low:
+            continue
+        if cast_initializers and init.name not in inputs:
+            widened[init.name] = helper.make_node("Cast", [f"{init.name}__stored"], [init.name], to=f32)
+            graph.value_info.append(helper.make_tensor_value_info(init.name, f32, list(init.dims)))
+            init.name = f"{init.name}__stored"
+        else:
             graph.initializer[i].CopyFrom(numpy_helper.from_array(
                 numpy_helper.to_array(init).astype(np.float32), init.name))
     for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
@@ -583,6 +650,7 @@ def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32:
             vi.type.tensor_type.elem_type = f32
     nodes = []
     for node in graph.node:
+        nodes.extend(widened.pop(name) for name in onnx_segments.node_reads(node) if name in widened)
         if _casts_f32_to(node, types, low):  # Cast(to=low) rounds already: one cast back to float32
             name = node.output[0]
             node.output[0] = f"{name}__rounded"
@@ -602,6 +670,7 @@ def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32:
                 node.output[k] = raw
                 nodes.append(helper.make_node("Cast", [raw], [f"{name}__rounded"], to=low))
                 nodes.append(helper.make_node("Cast", [f"{name}__rounded"], [name], to=f32))
+    nodes.extend(widened.values())  # read by no node (a graph output)
     del graph.node[:]
     graph.node.extend(nodes)
 
