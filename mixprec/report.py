@@ -20,8 +20,9 @@ from mixprec.ir.graph import Graph
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeDecision:
+    """One node's decision (slots: a report holds one per node, 100k for a large graph)."""
     name: str
     op: str
     precision: str
@@ -29,6 +30,9 @@ class NodeDecision:
     reason: str
     graph: str  # the nested graph holding the node; "" for the main graph
     scope: str = ""
+
+
+_DECISION_FIELDS = tuple(f.name for f in fields(NodeDecision))
 
 
 @dataclass
@@ -102,7 +106,7 @@ class Report:
             for f in fields(self):
                 value = getattr(self, f.name)
                 if f.name == "nodes":  # flat string records: no deep copy needed
-                    data["nodes"] = [dict(vars(n)) for n in value]
+                    data["nodes"] = [{k: getattr(n, k) for k in _DECISION_FIELDS} for n in value]
                 elif f.name == "checks":
                     data["checks"] = [asdict(c) for c in value]
                 else:
