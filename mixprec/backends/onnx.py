@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -93,11 +93,14 @@ def emit_legal(model: Model) -> tuple[onnx.ModelProto, list[str]]:
                           f"{model.framework} backend")
     current = _model_opset(model)
     notes: list[str] = []
-    stuck = [n for n in _standard_nodes(model.graph) if _legality(_signature(n), current) == (True, None)]
+    answers = [(n, _legality(_signature(n), current)) for n in _standard_nodes(model.graph)]
+    stuck = [n for n, answer in answers if answer == (True, None)]
     if stuck:
         keep_in_float32(stuck)
         notes.append(_kept_note(stuck, "no opset of their op accepts their mixed types"))
-    needed, reason = required_opset(model.graph, current)
+        needed, reason = required_opset(model.graph, current)
+    else:  # the graph is as it was when asked
+        needed, reason = _required(answers, current)
     if needed == current:
         return _emit_needing(model, (needed, reason)), notes
     try:
@@ -561,9 +564,13 @@ def required_opset(graph: Graph, current: int) -> tuple[int, str]:
     """(opset, reason): the lowest default-domain opset >= ``current`` at which every
     standard op in the graph tree accepts the tensor types it reads and writes, and a
     sentence naming the op that needs it (empty when ``current`` is enough)."""
+    return _required(((n, _legality(_signature(n), current)) for n in _standard_nodes(graph)), current)
+
+
+def _required(answers: Iterable[tuple[Node, tuple[bool, int | None]]], current: int) -> tuple[int, str]:
+    """``required_opset`` from each standard node's ``_legality`` answer."""
     needed, reason = current, ""
-    for node in _standard_nodes(graph):
-        lowest = _legality(_signature(node), current)[1]
+    for node, (_, lowest) in answers:
         if lowest is not None and lowest > needed:
             types = ", ".join(sorted({v.dtype.value for v in node.inputs if v is not None}))
             needed, reason = lowest, f"{node.op} {node.name!r} on {types} needs opset {lowest}"
