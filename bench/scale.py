@@ -43,6 +43,7 @@ STAGES = {
     "  of it the FP32 run": ["mix_precision.py:reference_run"],
     "  of it the converted model's run": ["runtimes/onnx.py:run_converted"],
     "  of it onnxruntime session creation": ["onnxruntime_inference_collection.py:_create_inference_session"],
+    "  of it explicit gc.collect() calls": ["~:<built-in method gc.collect>"],
     "write (save the model)": ["mix_precision.py:save"],
     "report (statistics)": ["report.py:from_graph"],
 }

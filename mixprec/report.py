@@ -4,22 +4,25 @@ as text and as JSON. Built from the IR alone (node.meta), so ``mixprec report`` 
 rebuild it from a dumped or converted graph."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mixprec.fileio import atomic_write_text
+from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeDecision:
+    """One node's decision (slots: a report holds one per node, 100k for a large graph)."""
     name: str
     op: str
     precision: str
@@ -27,6 +30,9 @@ class NodeDecision:
     reason: str
     graph: str  # the nested graph holding the node; "" for the main graph
     scope: str = ""
+
+
+_DECISION_FIELDS = tuple(f.name for f in fields(NodeDecision))
 
 
 @dataclass
@@ -58,13 +64,15 @@ class Report:
     @classmethod
     def from_graph(cls, graph: Graph, precision: str, target: str = "spec") -> "Report":
         nodes = []
-        for g in graph.all_graphs():
-            for node in g.iter_nodes():
-                nodes.append(NodeDecision(node.name, node.qualified_op, node.meta.get("precision", "keep"),
-                                          node.meta.get("category", "-"),
-                                          node.meta.get("reason", "no pass recorded a decision"),
-                                          g.name if g is not graph else "",
-                                          node.meta.get("scope") or ""))
+        with paused_gc():
+            for g in graph.all_graphs():
+                where = g.name if g is not graph else ""
+                for node in g.iter_nodes():
+                    meta = node.meta
+                    nodes.append(NodeDecision(node.name, f"{node.domain}::{node.op}" if node.domain else node.op,
+                                              meta.get("precision", "keep"), meta.get("category", "-"),
+                                              meta.get("reason", "no pass recorded a decision"), where,
+                                              meta.get("scope") or ""))
         return cls(graph.framework, precision, target, nodes)
 
     # ---- summaries ----------------------------------------------------------------------
@@ -92,13 +100,32 @@ class Report:
 
     # ---- output -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["statistics"] = self.statistics()
-        data["casts_inserted"] = self.casts_inserted
+        """The report as plain data (a copy: changing it leaves the report as it is)."""
+        with paused_gc():
+            data: dict[str, Any] = {}
+            for f in fields(self):
+                value = getattr(self, f.name)
+                if f.name == "nodes":  # flat string records: no deep copy needed
+                    data["nodes"] = [{k: getattr(n, k) for k in _DECISION_FIELDS} for n in value]
+                elif f.name == "checks":
+                    data["checks"] = [asdict(c) for c in value]
+                else:
+                    data[f.name] = copy.deepcopy(value)
+            data["statistics"] = self.statistics()
+            data["casts_inserted"] = self.casts_inserted
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+        """``to_dict`` as JSON: keys sorted, indented, except that each node decision is
+        one line (a 100k-node report stays fast to write and to read)."""
+        data = self.to_dict()
+        nodes = data.pop("nodes")
+        marker = "\u0000nodes\u0000"
+        data["nodes"] = marker
+        text = json.dumps(data, indent=2, sort_keys=True, default=str)
+        encoder = json.JSONEncoder(sort_keys=True, default=str)
+        rows = ",\n    ".join(encoder.encode(n) for n in nodes)
+        return text.replace(json.dumps(marker), f"[\n    {rows}\n  ]" if nodes else "[]", 1)
 
     def summary_table(self) -> str:
         lp = self.precision.upper()

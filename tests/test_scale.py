@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import mixprec.runtimes.onnx as runtime  # noqa: E402
 from mixprec import MixedPrecisionConfig, mix_precision, progress  # noqa: E402
 from mixprec.ir import GraphBuilder  # noqa: E402
+from mixprec.ir.dtypes import DType  # noqa: E402
 from mixprec.ir.graph import Graph, Value  # noqa: E402
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline  # noqa: E402
 from mixprec.passes.pipeline import split_items  # noqa: E402
@@ -248,3 +249,144 @@ def test_the_bytes_bar_counts_bytes_and_tensors():
     with progress.bytes("weights", total_bytes=10, tensors=1) as bar:  # off: a no-op that still counts
         bar.update(10)
     assert bar.count == 1
+
+
+# ------------------------------------------------- per-node work that is cached ---
+def _bf16_chain(nodes: int):
+    """An ONNX IR model of ``nodes`` bf16 Adds and Relus (two signatures), opset 17."""
+    from mixprec.ir.graph import Model
+
+    b = GraphBuilder(framework="onnx")
+    x = b.input("x", "bf16", (1, HIDDEN))
+    for i in range(nodes // 2):
+        x = b.op("Relu", b.op("Add", x, x, out=f"a{i}"), out=f"r{i}")
+    b.output(x)
+    return Model(b.graph, {"opset_import": {"": 17}})
+
+
+def test_opset_legality_asks_each_schema_once_per_distinct_signature(monkeypatch):
+    from mixprec.backends import onnx as backend
+
+    calls = []
+    real = backend._accepts
+
+    def counting(schema, inputs, outputs):
+        calls.append((schema.name, schema.since_version))
+        return real(schema, inputs, outputs)
+    monkeypatch.setattr(backend, "_accepts", counting)
+    counts = []
+    for nodes in (20, 2000):
+        backend._legality.cache_clear()
+        calls.clear()
+        proto, notes = backend.emit_legal(_bf16_chain(nodes))
+        assert len(proto.graph.node) == nodes
+        counts.append(len(calls))
+    # two signatures (Add and Relu on bf16): the same schema questions at 20 and at 2000 nodes
+    assert counts[0] == counts[1] and 0 < counts[1] <= 2 * 8, counts
+    assert len(set(calls)) == len(calls), "a schema was asked twice about one signature"
+
+
+def test_opset_legality_answers_follow_the_node_types():
+    from mixprec.backends import onnx as backend
+
+    model = _bf16_chain(4)
+    # bf16 Add and Relu are legal from opset 13 (their schemas of opsets 7 and 6 reject bf16)
+    needed, reason = backend.required_opset(model.graph, 12)
+    assert needed == 13 and "on bf16 needs opset 13" in reason
+    assert backend.illegal_nodes(model.graph, 12) == model.graph.nodes
+    assert backend._lowest_opset_for(model.graph.nodes[0], 12) == 13
+    model.graph.nodes[1].outputs[0].dtype = DType.FLOAT32  # a Relu writing f32 from bf16: no schema binds it
+    assert backend._lowest_opset_for(model.graph.nodes[1], 12) is None
+    # the answers follow the changed types (the Add reading that f32 and writing bf16 is illegal too)
+    assert backend.required_opset(model.graph, 17) == (17, "")
+    assert backend.illegal_nodes(model.graph, 17) == model.graph.nodes[1:3]
+
+
+def test_all_graphs_reads_only_the_nodes_that_hold_subgraphs(monkeypatch):
+    from mixprec.ir import parse
+    from mixprec.ir.verify import verify
+    from mixprec.errors import IRError
+    from mixprec.ir.graph import Node
+
+    from tests.ir.test_clone import NESTED
+    graph = parse(NESTED)
+    visited = []
+    iter_nodes = Graph.iter_nodes
+
+    def counted(self):
+        for node in iter_nodes(self):
+            visited.append(node)
+            yield node
+    monkeypatch.setattr(Graph, "iter_nodes", counted)
+    names = [g.name for g in graph.all_graphs()]
+    assert names == ["main", "else_b", "then_b"]
+    visited.clear()
+    for _ in range(5):
+        assert [g.name for g in graph.all_graphs()] == names
+    assert visited == [], "all_graphs walked node lists again"
+    monkeypatch.undo()
+    if_node = graph.nodes[1]
+    graph.replace_output(if_node.outputs[0], graph.nodes[0].outputs[0])
+    graph.remove(if_node)
+    assert [g.name for g in graph.all_graphs()] == ["main"]
+    # a nested graph set after its node was added is refused by verify, not silently missed
+    late = Node("Identity", [graph.nodes[0].outputs[0]], [Value("late", graph.nodes[0].outputs[0].dtype)])
+    graph.append(late)
+    late.attrs["body"] = Graph("body", "onnx", graph)
+    with pytest.raises(IRError, match="set after the node was added"):
+        verify(graph)
+
+
+def test_cast_specs_are_looked_up_once_per_registered_framework(monkeypatch):
+    import mixprec.frameworks as registry
+    from mixprec.ir import cast
+
+    cast._SPECS.pop("onnx", None)
+    looked = []
+    real = registry.frameworks
+
+    def counting():
+        looked.append(1)
+        return real()
+    monkeypatch.setattr(registry, "frameworks", counting)
+    graph = _bf16_chain(200).graph
+    assert not any(cast.is_cast(n) for n in graph.iter_nodes())
+    assert len(looked) == 1
+    assert cast.cast_spec("no-such-framework") is cast.GENERIC_CAST and "no-such-framework" not in cast._SPECS
+
+
+def test_the_report_json_is_the_report_dict_with_one_line_per_node():
+    import json
+
+    from mixprec.report import Report
+
+    report = Report.from_graph(_bf16_chain(6).graph, "bf16")
+    report.notes.append('a "quoted" note')
+    text = report.to_json()
+    assert json.loads(text) == report.to_dict()
+    node_lines = [line for line in text.splitlines() if line.startswith('    {"category": ')]
+    assert len(node_lines) == 6
+    data = report.to_dict()
+    data["nodes"][0]["name"] = "changed"
+    assert report.nodes[0].name != "changed"  # to_dict is a copy
+    assert json.loads(Report("onnx", "bf16").to_json())["nodes"] == []
+
+
+def test_the_streamed_save_shows_a_weights_bar(tmp_path):
+    from mixprec.backends import onnx as backend
+
+    weights = [numpy_helper.from_array(np.full((64, 64), i, np.float32), f"w{i}") for i in range(3)]
+    nodes = [helper.make_node("Add", ["x", f"w{i}"], [f"y{i}"]) for i in range(3)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [64, 64]) for i in range(3)],
+                              weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    stream = io.StringIO()
+    try:
+        assert progress.configure(True, stream=stream)
+        backend.save(model, tmp_path / "m.onnx", external_data=True)
+    finally:
+        progress.configure(False)
+    text = stream.getvalue()
+    assert "weights" in text and "3/3 tensors" in text and "48.0k" in text, text
+    assert (tmp_path / "m.onnx.data").stat().st_size >= 3 * 64 * 64 * 4

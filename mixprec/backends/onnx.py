@@ -19,18 +19,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mixprec import progress
 from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx, graph_key,
                                    onnx_type_string, sparse_to_dense, type_from_proto)
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publish, same_file
 from mixprec.ir.dtypes import DType
 from mixprec.ir.cast import make_cast
+from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.ir.lazy import CHUNK_BYTES, LazyArray, in_file, is_lazy
 
@@ -56,9 +58,20 @@ def emit(model: Model, opset: int | None = None) -> onnx.ModelProto:
     if model.framework not in ("onnx", "generic"):
         raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
                           f"{model.framework} backend")
+    return _emit_needing(model, required_opset(model.graph, _model_opset(model)), opset)
+
+
+def _model_opset(model: Model) -> int:
+    """The model's default-domain opset (DEFAULT_OPSET when it declares none)."""
+    opsets = model.meta.get("opset_import") or {}
+    return int(next((v for d, v in opsets.items() if d in _DEFAULT_DOMAINS), DEFAULT_OPSET))
+
+
+def _emit_needing(model: Model, required: tuple[int, str], opset: int | None = None) -> onnx.ModelProto:
+    """``emit`` given ``required_opset``'s answer for the model as it is."""
     proto = _emit_proto(model)
     current = _default_opset(proto)
-    needed, reason = required_opset(model.graph, current)
+    needed, reason = required
     target = needed if opset is None else opset
     if opset is not None and opset < needed:
         raise ConversionError(f"opset {opset} is too old for this model: {reason}; use opset >= {needed}")
@@ -78,18 +91,20 @@ def emit_legal(model: Model) -> tuple[onnx.ModelProto, list[str]]:
     if model.framework not in ("onnx", "generic"):
         raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
                           f"{model.framework} backend")
-    opsets = model.meta.get("opset_import") or {}
-    current = int(next((v for d, v in opsets.items() if d in _DEFAULT_DOMAINS), DEFAULT_OPSET))
+    current = _model_opset(model)
     notes: list[str] = []
-    stuck = [n for n in illegal_nodes(model.graph, current) if _lowest_opset_for(n, current) is None]
+    answers = [(n, _legality(_signature(n), current)) for n in _standard_nodes(model.graph)]
+    stuck = [n for n, answer in answers if answer == (True, None)]
     if stuck:
         keep_in_float32(stuck)
         notes.append(_kept_note(stuck, "no opset of their op accepts their mixed types"))
-    needed, reason = required_opset(model.graph, current)
+        needed, reason = required_opset(model.graph, current)
+    else:  # the graph is as it was when asked
+        needed, reason = _required(answers, current)
     if needed == current:
-        return emit(model), notes
+        return _emit_needing(model, (needed, reason)), notes
     try:
-        proto = emit(model)
+        proto = _emit_needing(model, (needed, reason))
     except ConversionError as exc:
         nodes = illegal_nodes(model.graph, current)
         if not nodes:
@@ -106,19 +121,6 @@ def _kept_note(nodes: list[Node], why: str) -> str:
     names = ", ".join(f"{n.name!r} ({n.op})" for n in nodes[:8]) + (f" and {len(nodes) - 8} more" if len(nodes) > 8
                                                                      else "")
     return f"kept in float32 because {why}: {names}"
-
-
-def illegal_nodes(graph: Graph, opset: int) -> list[Node]:
-    """Standard-domain nodes of the graph tree whose schema at ``opset`` does not accept
-    their tensor types (see ``_accepts``)."""
-    out = []
-    for node in graph.all_nodes():
-        if node.domain not in _DEFAULT_DOMAINS:
-            continue
-        versions = [s for s in _schema_table().get(("", node.op), []) if s.since_version <= opset]
-        if versions and not _node_accepted_by(versions[-1], node):
-            out.append(node)
-    return out
 
 
 def keep_in_float32(nodes: list[Node]) -> None:
@@ -154,7 +156,8 @@ def keep_in_float32(nodes: list[Node]) -> None:
 def _emit_proto(model: Model) -> onnx.ModelProto:
     """The model as a ModelProto at its own opset (no conversion)."""
     proto = onnx.ModelProto()
-    _Emitter(model).fill_graph(proto.graph, model.graph, "")
+    with paused_gc():
+        _Emitter(model).fill_graph(proto.graph, model.graph, "")
     _fill_model_fields(proto, model.meta)
     return proto
 
@@ -200,6 +203,8 @@ class _Emitter:
         self.raw_types: dict[str, onnx.TypeProto] = onnx_meta.get("types", {})
         self.graph_meta: dict[str, dict[str, Any]] = onnx_meta.get("graphs", {})
         self.inferred: set[str] = onnx_meta.get("inferred", set())
+        #: (element type, shape) -> its TypeProto, built once
+        self._types: dict[tuple[int, Any], onnx.TypeProto] = {}
 
     def name(self, value: Value) -> str:
         return self.renamed.get(value.name, value.name)
@@ -270,8 +275,15 @@ class _Emitter:
             return vi
         if value.dtype == DType.UNKNOWN:
             return onnx.ValueInfoProto(name=name) if required else None
-        shape = None if value.shape is None or not with_shape else list(value.shape)
-        return helper.make_tensor_value_info(name, dtype_to_onnx(value.dtype), shape)
+        shape = None if value.shape is None or not with_shape else value.shape
+        key = (dtype_to_onnx(value.dtype), shape)
+        tp = self._types.get(key)
+        if tp is None:
+            tp = self._types[key] = helper.make_tensor_value_info("", key[0], None if shape is None else list(shape)
+                                                                  ).type
+        vi = onnx.ValueInfoProto(name=name)
+        vi.type.CopyFrom(tp)
+        return vi
 
     # ---- tensors ------------------------------------------------------------------------
     def tensor(self, value: Value, name: str) -> onnx.TensorProto:
@@ -292,15 +304,17 @@ class _Emitter:
     # ---- nodes --------------------------------------------------------------------------
     def node(self, node: Node, key: str) -> onnx.NodeProto:
         meta = node.meta.get(NODE_META, {})
+        renamed = self.renamed
+        outputs = node._outputs
+        default_name = outputs[0].name if outputs else node.op
         proto = onnx.NodeProto()
-        if "shell" in meta:
+        if "shell" in meta:  # fields the IR does not model (doc string, metadata, ...)
             proto.CopyFrom(meta["shell"])
         proto.op_type = node.op
         proto.domain = node.domain
-        default_name = node.outputs[0].name if node.outputs else node.op
         proto.name = "" if meta.get("unnamed") and node.name == default_name else node.name
-        proto.input.extend("" if v is None else self.name(v) for v in node.inputs)
-        proto.output.extend(self.name(v) for v in node.outputs)
+        proto.input.extend(["" if v is None else renamed.get(v.name, v.name) for v in node._inputs])
+        proto.output.extend([renamed.get(v.name, v.name) for v in outputs])
         attr_types = meta.get("attr_types", {})
         for attr_name, value in node.attrs.items():
             value = _typed_attr(node, attr_name, value)
@@ -465,21 +479,33 @@ def _schema_table() -> dict[tuple[str, str], list[Any]]:
     return table
 
 
-def _accepts(schema: Any, node: Node) -> bool:
-    """True when ``node``'s typed inputs and outputs satisfy ``schema``'s type constraints:
-    each value's type is one its formal parameter allows, and every occurrence of a type
-    parameter (``T`` of BatchNormalization's X, scale, B, mean and var before opset 15)
-    binds to one type (heterogeneous variadics, as Loop's carried values, excepted)."""
+#: the element types a node reads and writes, with its op: (op, input dtypes, output
+#: dtypes); an omitted input counts as untyped. Schema legality depends on nothing else.
+_Signature = tuple[str, tuple[DType, ...], tuple[DType, ...]]
+
+
+def _signature(node: Node) -> _Signature:
+    unknown = DType.UNKNOWN
+    return (node.op, tuple(unknown if v is None else v.dtype for v in node._inputs),
+            tuple(v.dtype for v in node._outputs))
+
+
+def _accepts(schema: Any, inputs: tuple[DType, ...], outputs: tuple[DType, ...]) -> bool:
+    """True when the input and output element types satisfy ``schema``'s type
+    constraints: each value's type is one its formal parameter allows, and every
+    occurrence of a type parameter (``T`` of BatchNormalization's X, scale, B, mean and
+    var before opset 15) binds to one type (heterogeneous variadics, as Loop's carried
+    values, excepted). Untyped values (DType.UNKNOWN) match anything."""
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     bound: dict[str, str] = {}
-    for formals, values in ((list(schema.inputs), node.inputs), (list(schema.outputs), node.outputs)):
-        for index, value in enumerate(values):
-            if value is None or value.dtype == DType.UNKNOWN:
+    for formals, dtypes in ((list(schema.inputs), inputs), (list(schema.outputs), outputs)):
+        for index, dtype in enumerate(dtypes):
+            if dtype == DType.UNKNOWN:
                 continue
             formal = _formal_at(formals, index)
             if formal is None:
                 continue  # arity problems are the checker's to report
-            type_str = onnx_type_string(value.dtype)
+            type_str = onnx_type_string(dtype)
             if type_str not in constraints.get(formal.type_str, {formal.type_str}):
                 return False
             variadic = formal.option == onnx.defs.OpSchema.FormalParameterOption.Variadic
@@ -497,34 +523,54 @@ def _formal_at(formals: list[Any], index: int) -> Any:
     return None
 
 
-def _node_accepted_by(schema: Any, node: Node) -> bool:
-    return _accepts(schema, node)
+@functools.lru_cache(maxsize=65536)
+def _legality(signature: _Signature, current: int) -> tuple[bool, int | None]:
+    """(illegal, lowest) for a standard-domain node of ``signature`` in a model at opset
+    ``current``: ``illegal`` when the op's schema at ``current`` exists and rejects the
+    types; ``lowest`` the lowest opset >= ``current`` whose schema accepts them (None when
+    none does or the op is unknown). Each schema is asked once per distinct signature."""
+    op, inputs, outputs = signature
+    versions = _schema_table().get(("", op))
+    if not versions:
+        return False, None
+    active = [s for s in versions if s.since_version <= current]
+    if active and _accepts(active[-1], inputs, outputs):
+        return False, current
+    for schema in versions:
+        if schema.since_version > current and _accepts(schema, inputs, outputs):
+            return bool(active), schema.since_version
+    return bool(active), None
+
+
+def _standard_nodes(graph: Graph) -> Iterator[Node]:
+    for node in graph.all_nodes():
+        if node.domain in _DEFAULT_DOMAINS:
+            yield node
 
 
 def _lowest_opset_for(node: Node, current: int) -> int | None:
     """The lowest default-domain opset >= ``current`` whose schema of ``node.op`` accepts
     the node's tensor types; None when no opset does (or the op is unknown)."""
-    versions = _schema_table().get(("", node.op))
-    if not versions:
-        return None
-    active = [s for s in versions if s.since_version <= current]
-    if active and _node_accepted_by(active[-1], node):
-        return current
-    for schema in versions:
-        if schema.since_version > current and _node_accepted_by(schema, node):
-            return schema.since_version
-    return None
+    return _legality(_signature(node), current)[1]
+
+
+def illegal_nodes(graph: Graph, opset: int) -> list[Node]:
+    """Standard-domain nodes of the graph tree whose schema at ``opset`` does not accept
+    their tensor types (see ``_accepts``)."""
+    return [node for node in _standard_nodes(graph) if _legality(_signature(node), opset)[0]]
 
 
 def required_opset(graph: Graph, current: int) -> tuple[int, str]:
     """(opset, reason): the lowest default-domain opset >= ``current`` at which every
     standard op in the graph tree accepts the tensor types it reads and writes, and a
     sentence naming the op that needs it (empty when ``current`` is enough)."""
+    return _required(((n, _legality(_signature(n), current)) for n in _standard_nodes(graph)), current)
+
+
+def _required(answers: Iterable[tuple[Node, tuple[bool, int | None]]], current: int) -> tuple[int, str]:
+    """``required_opset`` from each standard node's ``_legality`` answer."""
     needed, reason = current, ""
-    for node in graph.all_nodes():
-        if node.domain not in _DEFAULT_DOMAINS:
-            continue
-        lowest = _lowest_opset_for(node, current)
+    for node, (_, lowest) in answers:
         if lowest is not None and lowest > needed:
             types = ", ".join(sorted({v.dtype.value for v in node.inputs if v is not None}))
             needed, reason = lowest, f"{node.op} {node.name!r} on {types} needs opset {lowest}"
@@ -748,9 +794,11 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path
     undo: list[tuple[onnx.TensorProto, Any]] = []
     try:
         tmp_data = tmp_dir / data_name
-        with open(tmp_data, "wb") as out:
-            for tensor in _all_initializers(proto.graph):
-                _externalize(tensor, out, data_name, undo)
+        todo = [(t, n) for t in _all_initializers(proto.graph) if (n := _external_bytes(t))]
+        with open(tmp_data, "wb") as out, \
+                progress.bytes("weights", total_bytes=sum(n for _, n in todo), tensors=len(todo)) as bar:
+            for tensor, _ in todo:
+                bar.update(_externalize(tensor, out, data_name, undo))
         tmp_model = tmp_dir / path.name
         with open(tmp_model, "wb") as handle:
             handle.write(proto.SerializeToString())
@@ -763,12 +811,25 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, directory: Path
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[tuple[onnx.TensorProto, Any]]) -> None:
+def _external_bytes(tensor: onnx.TensorProto) -> int:
+    """The data bytes ``_externalize`` writes for ``tensor``: a pending tensor's, or its
+    raw_data's when that holds at least EXTERNAL_MIN_BYTES; 0 when it stays inline."""
+    source = _pending_source(tensor)
+    if source is not None:
+        return int(source.nbytes)
+    if not tensor.HasField("raw_data"):
+        return 0
+    size = len(tensor.raw_data)
+    return size if size >= EXTERNAL_MIN_BYTES else 0
+
+
+def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[tuple[onnx.TensorProto, Any]]) -> int:
     """Append ``tensor``'s data to the open data file ``out`` (pending data streamed chunk
-    by chunk) and point the tensor at it; what ``_restore_tensor`` needs goes to ``undo``."""
+    by chunk) and point the tensor at it; what ``_restore_tensor`` needs goes to ``undo``.
+    Returns the bytes of data written (0: the tensor stays inline)."""
     source = _pending_source(tensor)
     if source is None and not (tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_MIN_BYTES):
-        return
+        return 0
     offset = out.tell()
     if offset % DATA_ALIGNMENT:
         out.write(b"\0" * (DATA_ALIGNMENT - offset % DATA_ALIGNMENT))
@@ -789,6 +850,7 @@ def _externalize(tensor: onnx.TensorProto, out: Any, location: str, undo: list[t
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
+    return length
 
 
 def _restore_tensor(tensor: onnx.TensorProto, saved: Any) -> None:

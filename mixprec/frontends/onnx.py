@@ -39,6 +39,7 @@ from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawA
 from mixprec.errors import ModelLoadError
 from mixprec.fileio import first_line
 from mixprec.ir.dtypes import DType
+from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.ir.lazy import FileSlice, LazyArray, ProtoBytes
 
@@ -365,6 +366,10 @@ def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
 
 
 # ------------------------------------------------------------------------- lowering ---
+#: NodeProto fields the IR node holds; any other set field goes to the node's shell
+_NODE_LOWERED = frozenset(("input", "output", "name", "op_type", "domain", "attribute"))
+
+
 class _Lowerer:
     """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
 
@@ -383,8 +388,9 @@ class _Lowerer:
         self.graph_meta: dict[str, dict[str, Any]] = {}
 
     def lower(self) -> Model:
-        graph = self.lower_graph(self.proto.graph, None, {}, "")
-        return Model(graph, self._model_meta())
+        with paused_gc():  # long-lived graph objects: collections would rescan them again and again
+            graph = self.lower_graph(self.proto.graph, None, {}, "")
+            return Model(graph, self._model_meta())
 
     # ---- model meta ---------------------------------------------------------------------
     def _model_meta(self) -> dict[str, Any]:
@@ -553,8 +559,10 @@ class _Lowerer:
             dtype = DType.UNKNOWN
         return Value(rename.get(name, name), dtype, data.shape, data)
 
-    def _lookup(self, scope: Mapping[str, Value], name: str, node: onnx.NodeProto) -> Value:
-        value = scope.get(name)
+    def _lookup(self, scope: ChainMap[str, Value], name: str, node: onnx.NodeProto) -> Value:
+        value = scope.maps[0].get(name)  # this graph's own values first: a plain dict read
+        if value is None:
+            value = scope.get(name)
         if value is None:
             raise ModelLoadError(f"node {node.name or node.op_type!r} ({node.op_type}) reads {name!r}, which no "
                                  "node, input or initializer defines before it; the model is incomplete, "
@@ -580,10 +588,11 @@ class _Lowerer:
         node_meta: dict[str, Any] = {}
         for attr in np_node.attribute:
             node.attrs[attr.name] = self._attr(attr, np_node, node, graph, scope, key, node_meta)
-        shell = onnx.NodeProto()
-        _copy_fields(np_node, shell, skip=("input", "output", "name", "op_type", "domain", "attribute"))
-        if shell.ByteSize():
-            node_meta["shell"] = shell
+        if any(field.name not in _NODE_LOWERED for field, _ in np_node.ListFields()):
+            shell = onnx.NodeProto()
+            _copy_fields(np_node, shell, skip=_NODE_LOWERED)
+            if shell.ByteSize():
+                node_meta["shell"] = shell
         if not np_node.name:
             node_meta["unnamed"] = True
         if node_meta:

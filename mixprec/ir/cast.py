@@ -31,27 +31,48 @@ class CastSpec:
 GENERIC_CAST = CastSpec("Cast", "to")
 
 
+#: framework name -> its registered cast spec and the attribute names a plain cast may
+#: carry; only registered names are kept (a record never changes once registered)
+_SPECS: dict[str, tuple[CastSpec, frozenset[str]]] = {"generic": (GENERIC_CAST, frozenset({"to"}))}
+
+
+def _spec_entry(framework: str) -> tuple[CastSpec, frozenset[str]]:
+    entry = _SPECS.get(framework)
+    if entry is not None:
+        return entry
+    from mixprec.frameworks import frameworks  # the registry imports this module
+    record = frameworks().get(framework)
+    if record is None:  # not cached: the name may be registered later
+        return _SPECS["generic"]
+    spec = record.cast
+    allowed = frozenset({spec.to_attr, *spec.extra, *((spec.from_attr,) if spec.from_attr else ())})
+    _SPECS[framework] = entry = (spec, allowed)
+    return entry
+
+
 def cast_spec(framework: str) -> CastSpec:
     """The cast spec of a registered framework; the generic one for ``generic`` and for
     names no record claims."""
-    if framework == "generic":
-        return GENERIC_CAST
-    from mixprec.frameworks import frameworks  # the registry imports this module
-    record = frameworks().get(framework)
-    return record.cast if record is not None else GENERIC_CAST
+    return _spec_entry(framework)[0]
 
 
 def is_cast(node: Node, framework: str | None = None) -> bool:
     """True for a plain cast: one input, one output, a DType target and nothing else."""
-    spec = cast_spec(framework or (node.graph.root.framework if node.graph else "generic"))
-    if node.op != spec.op or node.domain != spec.domain or len(node.outputs) != 1:
+    if not framework:
+        graph = node.graph
+        if graph is None:
+            framework = "generic"
+        else:
+            while graph.parent is not None:
+                graph = graph.parent
+            framework = graph.framework
+    spec, allowed = _spec_entry(framework)
+    if node.op != spec.op or node.domain != spec.domain or len(node._outputs) != 1:
         return False
-    if not isinstance(node.attrs.get(spec.to_attr), DType):
+    attrs = node.attrs
+    if not isinstance(attrs.get(spec.to_attr), DType) or not allowed.issuperset(attrs):
         return False
-    allowed = {spec.to_attr, *spec.extra}
-    if spec.from_attr:
-        allowed.add(spec.from_attr)
-    return set(node.attrs) <= allowed and sum(v is not None for v in node.inputs) == 1
+    return sum(v is not None for v in node._inputs) == 1
 
 
 def cast_target(node: Node) -> DType:

@@ -7,7 +7,10 @@ Invariants (checked by mixprec.ir.verify):
   use-lists right in both directions;
 - ``graph.nodes`` is in topological order (every input is defined before its reader);
   nodes are kept in a doubly linked list so that inserting or removing one is O(1);
-- names of values are unique within a graph and the graphs nested in it.
+- names of values are unique within a graph and the graphs nested in it;
+- a graph knows which of its nodes hold subgraphs (registered when the node is linked,
+  dropped when it is removed), so ``all_graphs`` never walks the node list: a nested
+  graph is set as a node attribute before the node is added to its graph.
 """
 from __future__ import annotations
 
@@ -114,13 +117,15 @@ class Node:
         self.domain = domain
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.meta: dict[str, Any] = {}
-        self._inputs: list[Value | None] = []
         self._outputs: list[Value] = []
         self.graph: Graph | None = None
         self._prev: Node | None = None
         self._next: Node | None = None
-        for value in inputs:
-            self.append_input(value)
+        self._inputs = ins = list(inputs)
+        key = id(self)
+        for index, value in enumerate(ins):  # append_input, inlined: nodes are made by the hundred thousand
+            if value is not None:
+                value._uses[(key, index)] = (self, index)
         for value in outputs:
             self._add_output(value)
         self.name = name if name is not None else (self._outputs[0].name if self._outputs else op)
@@ -205,6 +210,10 @@ class Graph:
         self._count = 0
         self._names: set[str] = set()
         self._name_counter: dict[str, int] = {}
+        #: id -> node of this graph's nodes that hold subgraphs, and them in node order
+        #: (None: to be recomputed after a holder was added or removed or nodes reordered)
+        self._holders: dict[int, Node] = {}
+        self._holder_order: list[Node] | None = []
 
     # ---- values -------------------------------------------------------------------------
     def add_input(self, value: Value) -> Value:
@@ -283,9 +292,12 @@ class Graph:
         root = self.root
         for value in node._outputs:
             root._names.add(value.name)
-        for sub in node.subgraphs():
-            sub.parent = self
-            root._names |= sub._names
+        if node.attrs:
+            for sub in node.subgraphs():
+                sub.parent = self
+                root._names |= sub._names
+                self._holders[id(node)] = node
+                self._holder_order = None
 
     def append(self, node: Node) -> Node:
         """Add ``node`` at the end."""
@@ -323,6 +335,8 @@ class Graph:
             if value in self.outputs:
                 raise IRError(f"cannot remove {node.name!r}: output %{value.name} is a graph output")
         node.drop_inputs()
+        if self._holders.pop(id(node), None) is not None:
+            self._holder_order = None
         if node._prev is None:
             self._head = node._next
         else:
@@ -343,6 +357,8 @@ class Graph:
         keeps it topological (verify checks)."""
         if len(order) != self._count or any(n.graph is not self for n in order):
             raise IRError("reorder needs a permutation of the graph's own nodes")
+        if self._holders:
+            self._holder_order = None
         prev = None
         for node in order:
             node._prev = prev
@@ -367,12 +383,20 @@ class Graph:
             yield from node._outputs
 
     def all_graphs(self) -> Iterator["Graph"]:
-        """This graph and every graph nested in it, depth first."""
+        """This graph and every graph nested in it, depth first (in node order); reads
+        only the nodes that hold subgraphs, not the node list."""
         yield self
-        for node in self.iter_nodes():
-            if node.attrs:
-                for sub in node.subgraphs():
-                    yield from sub.all_graphs()
+        for node in self.subgraph_holders():
+            for sub in node.subgraphs():
+                yield from sub.all_graphs()
+
+    def subgraph_holders(self) -> list[Node]:
+        """This graph's nodes that hold subgraphs, in node order (a snapshot)."""
+        if not self._holders:
+            return []
+        if self._holder_order is None:
+            self._holder_order = [n for n in self.iter_nodes() if id(n) in self._holders]
+        return list(self._holder_order)
 
     def all_nodes(self) -> Iterator[Node]:
         for graph in self.all_graphs():

@@ -55,27 +55,35 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
         if node.graph is not graph or node._prev is not prev:
             raise IRError(f"node {node.name!r}: broken node list in graph {graph.name!r}")
         prev = node
+        node_id = id(node)
         for index, value in enumerate(node._inputs):
             if value is None:
                 continue
             if id(value) not in defined:
                 where = "after its reader (not topological)" if value.kind == "node" else "out of scope (dangling)"
                 raise IRError(f"node {node.name!r} ({node.op}) reads %{value.name} defined {where}")
-            if value._uses.get((id(node), index)) != (node, index):
+            use = value._uses.get((node_id, index))
+            if use is None or use[0] is not node or use[1] != index:
                 raise IRError(f"use-list of %{value.name} misses ({node.name!r}, input {index})")
         if node.attrs:
             for sub in node.subgraphs():
+                if graph._holders.get(node_id) is not node:
+                    raise IRError(f"node {node.name!r} holds subgraph {sub.name!r} that was set after the node was "
+                                  "added to its graph; set nested graphs as attributes before adding the node")
                 _verify(sub, defined, names, mixed_input_ok)
         for index, value in enumerate(node._outputs):
             if value._producer is not node or value._index != index or value._kind != "node":
                 raise IRError(f"output %{value.name} of {node.name!r} has a wrong producer link")
-            if value.name in names:
-                raise IRError(f"graph {graph.name!r}: value name %{value.name} is not unique "
+            name = value.name
+            if name in names:
+                raise IRError(f"graph {graph.name!r}: value name %{name} is not unique "
                               f"(output of {node.name!r})")
-            names.add(value.name)
+            names.add(name)
             defined.add(id(value))
-            _check_shape(value)
-            _check_uses(value)
+            if value.shape:
+                _check_dims(value)
+            if value._uses:
+                _check_uses(value)
         if node.op == cast_op or mixed_input_ok is not None:
             _check_types(node, mixed_input_ok)
     if count != len(graph):
@@ -89,15 +97,20 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
             raise IRError(f"graph {graph.name!r}: output %{value.name} is not defined")
 
 
+def _check_dims(value: Value) -> None:
+    """No negative dimension in the value's shape."""
+    for dim in value.shape or ():
+        if isinstance(dim, int) and dim < 0:
+            raise IRError(f"%{value.name} has a negative dimension in its shape {list(value.shape or ())}; a "
+                          "dimension is a size, unknown (None) or a symbolic name")
+
+
 def _check_shape(value: Value) -> None:
     """No negative dimension; a constant's data agrees with its declared shape."""
     shape = value.shape
     if shape is None:
         return
-    for dim in shape:
-        if isinstance(dim, int) and dim < 0:
-            raise IRError(f"%{value.name} has a negative dimension in its shape {list(shape)}; a dimension is "
-                          "a size, unknown (None) or a symbolic name")
+    _check_dims(value)
     data = value.storage  # shape only: lazily stored data is not read
     if data is None or value.kind != "const":
         return

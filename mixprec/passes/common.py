@@ -99,9 +99,12 @@ def mixed_float_inputs(graph: Graph, policy: Policy) -> str | None:
     for node in graph.all_nodes():
         if node.meta.get("precision") in (None, KEEP) or is_cast(node):
             continue
+        if len({v.dtype for v in node.inputs if v is not None and v.dtype.is_float}) < 2:
+            continue  # one float type (or none): nothing can mix, pinned inputs or not
+        op = node.qualified_op
         seen: DType | None = None
         for index, value in enumerate(node.inputs):
-            if value is None or not value.dtype.is_float or policy.is_pinned(node.qualified_op, index):
+            if value is None or not value.dtype.is_float or policy.is_pinned(op, index):
                 continue
             if seen is None:
                 seen = value.dtype

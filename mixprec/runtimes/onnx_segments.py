@@ -47,8 +47,10 @@ class Segment:
 def node_reads(node: onnx.NodeProto) -> list[str]:
     """The names ``node`` reads: its inputs and the outer-scope names its subgraph
     bodies read (names they use but do not define)."""
-    reads = [name for name in node.input if name]
-    if node.domain in ("", "ai.onnx") and node.op_type not in _WITH_SUBGRAPHS:
+    reads = list(node.input)  # one C-level copy; omitted optional inputs ("") are rare
+    if "" in reads:
+        reads = [name for name in reads if name]
+    if node.op_type not in _WITH_SUBGRAPHS and node.domain in ("", "ai.onnx"):
         return reads
     for attr in node.attribute:
         for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
@@ -74,60 +76,78 @@ def plan(graph: onnx.GraphProto, max_nodes: int | None = None,
     topologically ordered (a node reads a name a later node produces). ``known`` is
     ``typed_values(graph)`` when the caller has it already."""
     max_nodes = max_nodes if max_nodes is not None else SEGMENT_NODES
-    nodes = list(graph.node)
-    if len(nodes) <= max_nodes:
+    count = len(graph.node)
+    if count <= max_nodes:
         return None
-    initializers = {t.name for t in graph.initializer}
+    # flat name lists with per-node offsets (node i: names[at[i]:at[i + 1]]): a few big
+    # lists instead of one list per node keeps the garbage collector's work small
+    outs, out_at, reads, read_at = _names_by_node(graph)
     produced_at: dict[str, int] = {}
-    for index, node in enumerate(nodes):
-        for name in node.output:
+    for index in range(count):
+        for name in outs[out_at[index]:out_at[index + 1]]:
             if name:
                 produced_at[name] = index
-    reads = [node_reads(node) for node in nodes]
     last_read: dict[str, int] = {}
-    for index, names in enumerate(reads):
-        for name in names:
+    for index in range(count):
+        for name in reads[read_at[index]:read_at[index + 1]]:
             if produced_at.get(name, -1) >= index:
                 logger.info("the graph is not topologically ordered (%s); running it whole", name)
                 return None
             last_read[name] = index
     for vi in graph.output:
-        last_read[vi.name] = len(nodes)
+        last_read[vi.name] = count
+    initializers = {t.name for t in graph.initializer}
     typed = set(known if known is not None else typed_values(graph)) | {vi.name for vi in graph.input}
     segments = []
     start = 0
-    while start < len(nodes):
-        stop = _cut(nodes, start + max_nodes, last_read, typed)
+    while start < count:
+        stop = _cut(outs, out_at, start + max_nodes, last_read, typed)
         inputs: dict[str, None] = {}
         inits: dict[str, None] = {}
-        for names in reads[start:stop]:
-            for name in names:
-                if name in initializers and name not in produced_at:
-                    inits[name] = None
-                elif produced_at.get(name, -1) < start:
-                    inputs[name] = None
-        outputs = [name for node in nodes[start:stop] for name in node.output
-                   if name and last_read.get(name, -1) >= stop]
+        for name in reads[read_at[start]:read_at[stop]]:
+            if name in initializers and name not in produced_at:
+                inits[name] = None
+            elif produced_at.get(name, -1) < start:
+                inputs[name] = None
+        outputs = [name for name in outs[out_at[start]:out_at[stop]] if name and last_read.get(name, -1) >= stop]
         segments.append(Segment(start, stop, list(inputs), list(inits), outputs))
         start = stop
     return segments
+
+
+def _names_by_node(graph: onnx.GraphProto) -> tuple[list[str], list[int], list[str], list[int]]:
+    """(output names, their offsets, read names, their offsets) of ``graph``'s nodes:
+    node i writes ``outs[out_at[i]:out_at[i + 1]]`` (omitted outputs as "") and reads
+    ``node_reads(node) == reads[read_at[i]:read_at[i + 1]]``."""
+    outs: list[str] = []
+    out_at = [0]
+    reads: list[str] = []
+    read_at = [0]
+    for node in graph.node:
+        outs.extend(node.output)
+        out_at.append(len(outs))
+        reads.extend(node_reads(node))
+        read_at.append(len(reads))
+    return outs, out_at, reads, read_at
 
 
 #: how far past the wanted cut ``_cut`` looks for a clean one (nodes)
 _CUT_SLACK = 64
 
 
-def _cut(nodes: Sequence[onnx.NodeProto], wanted: int, last_read: Mapping[str, int], typed: set[str]) -> int:
+def _cut(outs: Sequence[str], out_at: Sequence[int], wanted: int, last_read: Mapping[str, int],
+         typed: set[str]) -> int:
     """The first position at or after ``wanted`` (within ``_CUT_SLACK`` nodes) where no
     value without a declared type, made just before it, is read after it: onnxruntime
     gives such a value the type it infers, which may be one numpy has no type for (an
-    emulation's bf16 rounding step). ``wanted`` itself when there is none."""
-    if wanted >= len(nodes):
-        return len(nodes)
-    for cut in range(wanted, min(wanted + _CUT_SLACK, len(nodes))):
-        recent = nodes[max(0, cut - 8):cut]
-        if not any(name and name not in typed and last_read.get(name, -1) >= cut
-                   for node in recent for name in node.output):
+    emulation's bf16 rounding step). ``wanted`` itself when there is none. Node i's
+    output names are ``outs[out_at[i]:out_at[i + 1]]``."""
+    count = len(out_at) - 1
+    if wanted >= count:
+        return count
+    for cut in range(wanted, min(wanted + _CUT_SLACK, count)):
+        recent = outs[out_at[max(0, cut - 8)]:out_at[cut]]
+        if not any(name and name not in typed and last_read.get(name, -1) >= cut for name in recent):
             return cut
     return wanted
 
