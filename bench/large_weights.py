@@ -83,14 +83,24 @@ def convert(model: Path, output: Path, *extra: str) -> tuple[float, float, int]:
 
 
 def verify(output: Path, precision: str, width: int) -> str:
-    """Run an FP16 result in onnxruntime on a batch of 1; check a BF16 one with onnx.checker."""
-    if precision == "fp16":
-        import onnxruntime as ort
-        session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-        y = session.run(None, {"x": np.ones((1, width), np.float32)})[0]
-        return f"ran in onnxruntime, output {y.shape} finite={bool(np.isfinite(y).all())}"
-    onnx.checker.check_model(str(output), full_check=True)
-    return "onnx.checker (full_check) on the path passed"
+    """Run an FP16 result in onnxruntime on a batch of 1; check a BF16 one with onnx.checker.
+    In a child process: a child's ``ru_maxrss`` includes what its parent held when it was
+    spawned, so the bench itself must never hold a model (an FP16 run here made every later
+    conversion report the session's 2.8 GiB)."""
+    code = f"""
+import sys, numpy as np
+if {precision!r} == "fp16":
+    import onnxruntime as ort
+    session = ort.InferenceSession({str(output)!r}, providers=["CPUExecutionProvider"])
+    y = session.run(None, {{"x": np.ones((1, {width}), np.float32)}})[0]
+    print(f"ran in onnxruntime, output {{y.shape}} finite={{bool(np.isfinite(y).all())}}")
+else:
+    import onnx
+    onnx.checker.check_model({str(output)!r}, full_check=True)
+    print("onnx.checker (full_check) on the path passed")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else f"FAILED: {done.stderr.strip()[-300:]}"
 
 
 def run_case(workdir: Path, width: int, layers: int, runs: list[tuple[str, list[str]]]) -> None:
