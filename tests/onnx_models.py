@@ -465,3 +465,68 @@ def deep_residual_model(blocks: int = 158, channels: int = 8, side: int = 8) -> 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+# ------------------------------------- hostile variants of matmul_model (issue 8) ---
+# Each mutates a fresh ``matmul_model()`` in place (or returns such a mutator); the frontend
+# tests assert the exact error, the robustness tests the CLI contract.
+
+
+def matmul_weight(proto):
+    """The MatMul weight initializer 'w' of matmul_model (16x8 float)."""
+    return next(t for t in proto.graph.initializer if t.name == "w")
+
+
+def short_raw_data(proto):
+    w = matmul_weight(proto)
+    data = numpy_helper.to_array(w).tobytes()
+    w.ClearField("float_data")
+    w.raw_data = data[:10]
+
+
+def huge_dims(keep_data):
+    def mutate(proto):
+        w = matmul_weight(proto)
+        del w.dims[:]
+        w.dims.extend([10**10])
+        if not keep_data:
+            w.ClearField("raw_data")
+            w.ClearField("float_data")
+    return mutate
+
+
+def huge_constant(proto):
+    huge = onnx.TensorProto(name="cv", data_type=onnx.TensorProto.FLOAT, dims=[10**10])
+    proto.graph.node.insert(0, helper.make_node("Constant", [], ["cv"], name="big", value=huge))
+    proto.graph.node[1].input[1] = "cv"
+
+
+def element_type(value):
+    def mutate(proto):
+        matmul_weight(proto).data_type = value
+    return mutate
+
+
+def negative_dim(proto):
+    w = matmul_weight(proto)
+    w.dims[0] = -16
+
+
+def sparse_initializer(indices, dims):
+    def mutate(proto):
+        del proto.graph.initializer[1]  # b
+        values = numpy_helper.from_array(np.ones(len(indices), np.float32), "b")
+        proto.graph.sparse_initializer.append(helper.make_sparse_tensor(
+            values, numpy_helper.from_array(np.array(indices, np.int64), "b_idx"), dims))
+    return mutate
+
+
+def sparse_constant(proto):
+    values = numpy_helper.from_array(np.ones(2, np.float32), "sv")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([1, 50], np.int64)), [8])
+    proto.graph.node.insert(0, helper.make_node("Constant", [], ["sb"], name="sc", sparse_value=sparse))
+    proto.graph.node[2].input[1] = "sb"
+
+
+def undeclared_domain(proto):
+    proto.graph.node[1].domain = "com.example"

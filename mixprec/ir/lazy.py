@@ -17,6 +17,7 @@ tests can assert that nothing was read, or held whole.
 Lazy arrays are immutable; a pass that changes a constant assigns a new array."""
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import os
@@ -32,8 +33,9 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 2**20
 
 
-class LazyArray:
-    """Read-only tensor data described by dtype and shape, read only when asked."""
+class LazyArray(abc.ABC):
+    """Read-only tensor data described by dtype and shape, read only when asked. A kind of
+    storage defines ``_read_flat`` (and may define a faster ``_read_all``)."""
 
     def __init__(self, dtype: Any, shape: tuple[int, ...]) -> None:
         self.dtype = np.dtype(dtype)
@@ -76,8 +78,9 @@ class LazyArray:
     def _read_all(self) -> np.ndarray:
         return self._read_flat(0, self.size).reshape(self.shape)
 
-    def _read_flat(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _read_flat(self, start: int, stop: int) -> np.ndarray:
+        """Elements ``[start, stop)`` of the flattened data, as a fresh 1-D array."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dtype}, {list(self.shape)})"
@@ -131,6 +134,9 @@ class Converted(LazyArray):
 
     def _read_all(self) -> np.ndarray:
         return np.asarray(convert_array(self.source.materialize(), self.target))
+
+    def _read_flat(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(convert_array(self.source._read_flat(start, stop), self.target))
 
     def chunks(self, max_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
         ratio = max(1, self.source.dtype.itemsize // max(1, self.dtype.itemsize))

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from mixprec.errors import MixprecError
-from mixprec.ir.graph import Graph
+from mixprec.ir.graph import Graph, Model
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,48 @@ class RegionTimer(Protocol):
 
     def time(self, fp32: Graph, low: Graph, inputs: Sequence[Any], policy: TimingPolicy) -> Measurement:
         """Both standalone graphs on ``inputs`` (one per graph input), interleaved."""
+
+
+class FrameworkTimer:
+    """What every framework's timer shares, knowing no framework: the model it times
+    (``original`` and ``loaded``, its FP32 IR), the sample inputs the output check uses
+    (the first the FP32 model runs on, made once), and the FP32 IR re-rooted on chosen
+    values for ``capture``. A subclass sets ``framework`` and provides ``version``,
+    ``capture``, ``time`` and ``time_models`` (RegionTimer)."""
+    framework = ""
+
+    def __init__(self, adapter: Any, original: Any, loaded: Model, config: Any) -> None:
+        self._adapter = adapter
+        self._original = original
+        self._loaded = loaded
+        self._config = config
+        self._sample: Any = None
+
+    def sample_inputs(self) -> Any:
+        if self._sample is None:
+            from mixprec.mix_precision import reference_run  # fit's own choice of inputs
+            self._sample, _ = reference_run(self._adapter, self._original, self._loaded, self._config)
+        return self._sample
+
+    def _with_outputs(self, names: Sequence[str]) -> Model:
+        """A clone of the FP32 IR whose graph outputs are the values ``names``;
+        TimingUnavailable when one is not in it."""
+        model = self._loaded.clone()
+        values = {v.name: v for v in model.graph.values()}
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise TimingUnavailable(f"no values named {missing[:3]} in the FP32 model")
+        model.graph.outputs = [values[n] for n in names]
+        return model
+
+
+#: the whole model is timed a little longer than one region
+MODEL_POLICY = TimingPolicy(min_reps=5, max_reps=30, max_seconds=4.0, min_sample_s=0.0)
+
+
+def model_policy(policy: TimingPolicy) -> TimingPolicy:
+    """The policy for timing a whole model: MODEL_POLICY, or ``policy`` when it allows more time."""
+    return MODEL_POLICY if policy.max_seconds <= MODEL_POLICY.max_seconds else policy
 
 
 def _calibrate(run: Callable[[], Any], min_sample_s: float) -> int:

@@ -14,34 +14,23 @@ import tensorflow as tf
 
 from mixprec.backends import tensorflow as backend
 from mixprec.ir.graph import Graph, Model
-from mixprec.profiling.timing import Measurement, TimingPolicy, TimingUnavailable, measure_pair
+from mixprec.profiling.timing import FrameworkTimer, Measurement, TimingPolicy, TimingUnavailable, measure_pair, \
+    model_policy
 
 logger = logging.getLogger(__name__)
 
-MODEL_POLICY = TimingPolicy(min_reps=5, max_reps=30, max_seconds=4.0, min_sample_s=0.0)
 
-
-class TensorFlowTimer:
+class TensorFlowTimer(FrameworkTimer):
     """Times regions of one TensorFlow model (``loaded``: its FP32 IR) on this machine."""
     framework = "tensorflow"
 
     def __init__(self, adapter: Any, original: Any, loaded: Model, config: Any) -> None:
-        self._adapter = adapter
-        self._original = original
-        self._loaded = loaded
-        self._config = config
-        self._sample: Any = None
+        super().__init__(adapter, original, loaded, config)
         self._native: Any = None
 
     def version(self) -> str:
         threads = tf.config.threading.get_intra_op_parallelism_threads() or "default"
         return f"{tf.__version__}-threads{threads}"
-
-    def sample_inputs(self) -> Any:
-        if self._sample is None:
-            from mixprec.mix_precision import reference_run
-            self._sample, _ = reference_run(self._adapter, self._original, self._loaded, self._config)
-        return self._sample
 
     def sample_shapes(self) -> list[tuple[int, ...]]:
         sample = self.sample_inputs()
@@ -50,13 +39,7 @@ class TensorFlowTimer:
         return [tuple(np.shape(leaf)) for leaf in leaves]
 
     def capture(self, names: Sequence[str]) -> dict[str, Any]:
-        model = self._loaded.clone()
-        graph = model.graph
-        values = {v.name: v for v in graph.values()}
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise TimingUnavailable(f"no values named {missing[:3]} in the FP32 model")
-        graph.outputs = [values[n] for n in names]
+        model = self._with_outputs(names)
         model.meta[backend.TF_META] = {k: v for k, v in model.meta.get(backend.TF_META, {}).items()
                                        if k != "output_keys"}
         try:
@@ -78,4 +61,5 @@ class TensorFlowTimer:
             self._native = self._adapter.native(original)
         inputs = self.sample_inputs()
         return measure_pair(lambda: self._adapter.run_original(self._native, inputs),
-                            lambda: self._adapter.run_converted(converted, inputs, self._config), MODEL_POLICY)
+                            lambda: self._adapter.run_converted(converted, inputs, self._config),
+                            model_policy(policy))

@@ -17,34 +17,18 @@ from torch.utils import _pytree as pytree
 from mixprec.backends import torch as backend
 from mixprec.dialects.torch import META_KEY, split_inputs
 from mixprec.ir.graph import Graph, Model
-from mixprec.profiling.timing import Measurement, TimingPolicy, TimingUnavailable, measure_pair
+from mixprec.profiling.timing import FrameworkTimer, Measurement, TimingPolicy, TimingUnavailable, measure_pair, \
+    model_policy
 
 logger = logging.getLogger(__name__)
 
-#: the whole model is timed a little longer than one region
-MODEL_POLICY = TimingPolicy(min_reps=5, max_reps=30, max_seconds=4.0, min_sample_s=0.0)
 
-
-class TorchTimer:
+class TorchTimer(FrameworkTimer):
     """Times regions of one torch model (``loaded``: its FP32 IR) on this machine."""
     framework = "torch"
 
-    def __init__(self, adapter: Any, original: Any, loaded: Model, config: Any) -> None:
-        self._adapter = adapter
-        self._original = original
-        self._loaded = loaded
-        self._config = config
-        self._sample: Any = None
-
     def version(self) -> str:
         return f"{torch.__version__}-threads{torch.get_num_threads()}"
-
-    def sample_inputs(self) -> Any:
-        """The sample inputs the output check uses (the first the FP32 model runs on)."""
-        if self._sample is None:
-            from mixprec.mix_precision import reference_run
-            self._sample, _ = reference_run(self._adapter, self._original, self._loaded, self._config)
-        return self._sample
 
     def sample_shapes(self) -> list[tuple[int, ...]]:
         leaves = pytree.tree_leaves(self.sample_inputs())
@@ -53,13 +37,7 @@ class TorchTimer:
     def capture(self, names: Sequence[str]) -> dict[str, Any]:
         """The FP32 model's values ``names`` on the sample inputs (one run of the model
         emitted with them as its outputs)."""
-        model = self._loaded.clone()
-        graph = model.graph
-        values = {v.name: v for v in graph.values()}
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise TimingUnavailable(f"no values named {missing[:3]} in the FP32 model")
-        graph.outputs = [values[n] for n in names]
+        model = self._with_outputs(names)
         meta = dict(model.meta.get(META_KEY, {}))
         meta["out_spec"] = pytree.tree_flatten(tuple(range(len(names))))[1]
         meta["constant_outputs"] = {}
@@ -86,4 +64,4 @@ class TorchTimer:
         args, kwargs = split_inputs(self.sample_inputs())
         with torch.no_grad():
             return measure_pair(lambda: native(*args, **kwargs), lambda: converted(*args, **kwargs),
-                                MODEL_POLICY if policy.max_seconds <= MODEL_POLICY.max_seconds else policy)
+                                model_policy(policy))

@@ -357,82 +357,26 @@ def test_graphs_attribute():
 from mixprec.errors import UnsupportedModelError  # noqa: E402
 
 
-def _weight(proto):
-    """The MatMul weight initializer 'w' of onnx_models.matmul_model (16x8 float)."""
-    return next(t for t in proto.graph.initializer if t.name == "w")
-
-
-def _short_raw(proto):
-    w = _weight(proto)
-    data = numpy_helper.to_array(w).tobytes()
-    w.ClearField("float_data")
-    w.raw_data = data[:10]
-
-
-def _huge_dims(keep_data):
-    def mutate(proto):
-        w = _weight(proto)
-        del w.dims[:]
-        w.dims.extend([10**10])
-        if not keep_data:
-            w.ClearField("raw_data")
-            w.ClearField("float_data")
-    return mutate
-
-
-def _huge_constant(proto):
-    huge = onnx.TensorProto(name="cv", data_type=onnx.TensorProto.FLOAT, dims=[10**10])
-    proto.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["cv"], name="big", value=huge))
-    proto.graph.node[1].input[1] = "cv"
-
-
-def _elem_type(value):
-    def mutate(proto):
-        _weight(proto).data_type = value
-    return mutate
-
-
-def _negative_dim(proto):
-    w = _weight(proto)
-    w.dims[0] = -16
-
-
-def _sparse(indices, dims):
-    def mutate(proto):
-        del proto.graph.initializer[1]  # b
-        values = numpy_helper.from_array(np.ones(len(indices), np.float32), "b")
-        proto.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(
-            values, numpy_helper.from_array(np.array(indices, np.int64), "b_idx"), dims))
-    return mutate
-
-
-def _sparse_constant(proto):
-    values = numpy_helper.from_array(np.ones(2, np.float32), "sv")
-    sparse = onnx.helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([1, 50], np.int64)), [8])
-    proto.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["sb"], name="sc", sparse_value=sparse))
-    proto.graph.node[2].input[1] = "sb"
-
-
-def _undeclared_domain(proto):
-    proto.graph.node[1].domain = "com.example"
+M = onnx_models  # the hostile variants of matmul_model
 
 
 @pytest.mark.parametrize("mutate, error, message", [
-    (_short_raw, ModelLoadError, "initializer 'w' of graph 'matmul' declares dims [16, 8] (128 FLOAT elements, "
-                                 "512 bytes) but its raw_data holds 10 bytes"),
-    (_huge_dims(False), ModelLoadError, "declares dims [10000000000] (10000000000 elements) but holds only 0 values"),
-    (_huge_dims(True), ModelLoadError, "(10000000000 FLOAT elements, 40000000000 bytes) but its raw_data holds"),
-    (_huge_constant, ModelLoadError, "attribute 'value' of node 'big' (Constant) in graph 'matmul' declares dims "
-                                     "[10000000000]"),
-    (_elem_type(0), ModelLoadError, "initializer 'w' of graph 'matmul' has element type UNDEFINED"),
-    (_elem_type(999), ModelLoadError, "has element type 999, which is not a defined ONNX tensor type"),
-    (_negative_dim, ModelLoadError, "has a negative dimension (-16)"),
-    (_sparse([1, 99], [8]), ModelLoadError, "sparse initializer 'b' of graph 'matmul': a sparse index lies outside"),
-    (_sparse([-1, 2], [8]), ModelLoadError, "a sparse index lies outside its dims [8]"),
-    (_sparse([1, 2], [10**10]), UnsupportedModelError, "more than 1024 MiB dense"),
-    (_sparse_constant, ModelLoadError, "attribute 'sparse_value' of node 'sc' (Constant)"),
-    (_undeclared_domain, ModelLoadError, "node 'add' (Add) uses op-set domain 'com.example', which the model's "
-                                         "opset_import does not declare"),
+    (M.short_raw_data, ModelLoadError, "initializer 'w' of graph 'matmul' declares dims [16, 8] (128 FLOAT "
+                                       "elements, 512 bytes) but its raw_data holds 10 bytes"),
+    (M.huge_dims(False), ModelLoadError, "declares dims [10000000000] (10000000000 elements) but holds only 0 values"),
+    (M.huge_dims(True), ModelLoadError, "(10000000000 FLOAT elements, 40000000000 bytes) but its raw_data holds"),
+    (M.huge_constant, ModelLoadError, "attribute 'value' of node 'big' (Constant) in graph 'matmul' declares dims "
+                                      "[10000000000]"),
+    (M.element_type(0), ModelLoadError, "initializer 'w' of graph 'matmul' has element type UNDEFINED"),
+    (M.element_type(999), ModelLoadError, "has element type 999, which is not a defined ONNX tensor type"),
+    (M.negative_dim, ModelLoadError, "has a negative dimension (-16)"),
+    (M.sparse_initializer([1, 99], [8]), ModelLoadError,
+     "sparse initializer 'b' of graph 'matmul': a sparse index lies outside"),
+    (M.sparse_initializer([-1, 2], [8]), ModelLoadError, "a sparse index lies outside its dims [8]"),
+    (M.sparse_initializer([1, 2], [10**10]), UnsupportedModelError, "more than 1024 MiB dense"),
+    (M.sparse_constant, ModelLoadError, "attribute 'sparse_value' of node 'sc' (Constant)"),
+    (M.undeclared_domain, ModelLoadError, "node 'add' (Add) uses op-set domain 'com.example', which the model's "
+                                          "opset_import does not declare"),
 ])
 def test_malformed_tensors_and_nodes_are_clear_errors(mutate, error, message, tmp_path):
     proto = onnx_models.matmul_model()

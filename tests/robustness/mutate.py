@@ -80,41 +80,35 @@ def splice(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 
 
 # ---------------------------------------------------------- field-level mutations ---
+def _graphs(model):
+    """The main graph and every subgraph in it (If/Loop/Scan bodies), outermost first."""
+    import onnx
+    pending = [model.graph]
+    while pending:
+        graph = pending.pop(0)
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    pending.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    pending.extend(attr.graphs)
+
+
 def _tensors(model):
     """Every TensorProto of the main graph and its subgraphs (initializers, attributes)."""
     import onnx
     out = []
-
-    def walk(graph):
+    for graph in _graphs(model):
         out.extend(graph.initializer)
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    out.append(attr.t)
-                elif attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        walk(g)
-    walk(model.graph)
+        out.extend(attr.t for node in graph.node for attr in node.attribute
+                   if attr.type == onnx.AttributeProto.TENSOR)
     return out
 
 
 def _nodes(model):
-    import onnx
-    out = []
-
-    def walk(graph):
-        for node in graph.node:
-            out.append((graph, node))
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        walk(g)
-    walk(model.graph)
-    return out
+    """(graph, node) for every node of the main graph and its subgraphs."""
+    return [(graph, node) for graph in _graphs(model) for node in graph.node]
 
 
 HUGE = (10**10, 2**31, 2**40, 2**62, -1, -7, 0, 3)

@@ -18,56 +18,15 @@ from tests import onnx_models  # noqa: E402
 from tests.robustness.contract import assert_cli_contract, run_cli, snapshot  # noqa: E402
 
 
-def _weight(proto):
-    return next(t for t in proto.graph.initializer if t.name == "w")
-
-
-def _raw_short(proto):
-    w = _weight(proto)
-    data = numpy_helper.to_array(w).tobytes()
-    w.ClearField("float_data")
-    w.raw_data = data[:10]
-
-
-def _dims_1e10(proto):
-    w = _weight(proto)
-    del w.dims[:]
-    w.dims.append(10**10)
-
-
-def _constant_1e10(proto):
-    huge = onnx.TensorProto(name="cv", data_type=onnx.TensorProto.FLOAT, dims=[10**10])
-    proto.graph.node.insert(0, helper.make_node("Constant", [], ["cv"], name="big", value=huge))
-    proto.graph.node[1].input[1] = "cv"
-
-
-def _undefined_type(proto):
-    _weight(proto).data_type = onnx.TensorProto.UNDEFINED
-
-
-def _type_999(proto):
-    _weight(proto).data_type = 999
-
-
-def _sparse_out_of_range(proto):
-    del proto.graph.initializer[1]
-    proto.graph.sparse_initializer.append(helper.make_sparse_tensor(
-        numpy_helper.from_array(np.ones(2, np.float32), "b"), numpy_helper.from_array(np.array([1, 99], np.int64)),
-        [8]))
-
-
-def _undeclared_domain(proto):
-    proto.graph.node[1].domain = "com.example"
-
-
 HOSTILE_MODELS = {
-    "raw_data shorter than dims": (_raw_short, ModelLoadError, "raw_data holds 10 bytes"),
-    "initializer dims 1e10": (_dims_1e10, ModelLoadError, "declares dims [10000000000]"),
-    "Constant dims 1e10": (_constant_1e10, ModelLoadError, "node 'big' (Constant)"),
-    "element type UNDEFINED": (_undefined_type, ModelLoadError, "element type UNDEFINED"),
-    "element type 999": (_type_999, ModelLoadError, "element type 999"),
-    "sparse index out of range": (_sparse_out_of_range, ModelLoadError, "sparse index lies outside"),
-    "undeclared domain": (_undeclared_domain, ModelLoadError, "does not declare"),
+    "raw_data shorter than dims": (onnx_models.short_raw_data, ModelLoadError, "raw_data holds 10 bytes"),
+    "initializer dims 1e10": (onnx_models.huge_dims(True), ModelLoadError, "declares dims [10000000000]"),
+    "Constant dims 1e10": (onnx_models.huge_constant, ModelLoadError, "node 'big' (Constant)"),
+    "element type UNDEFINED": (onnx_models.element_type(0), ModelLoadError, "element type UNDEFINED"),
+    "element type 999": (onnx_models.element_type(999), ModelLoadError, "element type 999"),
+    "sparse index out of range": (onnx_models.sparse_initializer([1, 99], [8]), ModelLoadError,
+                                  "sparse index lies outside"),
+    "undeclared domain": (onnx_models.undeclared_domain, ModelLoadError, "does not declare"),
 }
 
 
@@ -204,24 +163,25 @@ def test_bad_ir_text_through_report(text, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ policies ---
+#: the text of each bad policy file (the binary one and the directory are made below)
+POLICY_TEXTS = {
+    "list is a string": 'allow = "Conv"\n',
+    "list item is a number": 'allow = ["Conv", 3]\n',
+    "conditional op is a number": '[[conditional]]\nop = 1\nattr = "a"\nvalues = [3]\nlist = "deny"\n',
+    "conditional is a number": "conditional = 5\n",
+    "shape_sources is a string": 'shape_sources = "Shape"\n',
+    "framework is a list": 'framework = ["x"]\n',
+}
+
+
 def _policy(tmp_path, kind):
     path = tmp_path / "policy.toml"
     if kind == "binary":
         path.write_bytes(b"\x00\xff\xfe\x01binary")
     elif kind == "directory":
         path.mkdir()
-    elif kind == "list is a string":
-        path.write_text('allow = "Conv"\n')
-    elif kind == "list item is a number":
-        path.write_text('allow = ["Conv", 3]\n')
-    elif kind == "conditional op is a number":
-        path.write_text('[[conditional]]\nop = 1\nattr = "a"\nvalues = [3]\nlist = "deny"\n')
-    elif kind == "conditional is a number":
-        path.write_text("conditional = 5\n")
-    elif kind == "shape_sources is a string":
-        path.write_text('shape_sources = "Shape"\n')
-    elif kind == "framework is a list":
-        path.write_text('framework = ["x"]\n')
+    else:
+        path.write_text(POLICY_TEXTS[kind])
     return path
 
 
@@ -292,7 +252,7 @@ def test_real_stderr_is_one_line(tmp_path):
     import sys
     from pathlib import Path
     proto = onnx_models.matmul_model()
-    _raw_short(proto)
+    onnx_models.short_raw_data(proto)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(proto.SerializeToString())
     ext = onnx_models.external_data_model(tmp_path / "ext")
