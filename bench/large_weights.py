@@ -5,6 +5,7 @@ with the CLI, as a user runs it, and record wall time and peak RSS of that proce
     python bench/large_weights.py --huge               # also a 30 GB model, --no-check only
     python bench/large_weights.py --check-only         # only the 2.68 GB model with the output check
     python bench/large_weights.py --width 1024 --layers 4   # a small smoke run
+    python bench/large_weights.py --inline --layers 4   # 1.07 GB with the weights inside the .onnx
 
 The weights are generated and written one tensor at a time (never all in memory). Each
 conversion runs ``python -m mixprec.cli convert`` in a subprocess; its peak RSS is
@@ -63,6 +64,24 @@ def write_mlp(path: Path, width: int, layers: int, seed: int = 0) -> int:
     return offset
 
 
+def write_inline_mlp(path: Path, width: int, layers: int, seed: int = 0) -> int:
+    """The same MLP with its weights inline (raw_data) in one .onnx file; built in memory,
+    so ``run_case`` calls it in a spawned child (the bench itself never holds a model)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    for i in range(layers):
+        weight = (rng.random((width, width), dtype=np.float32) - 0.5) * (3.4 / np.sqrt(width))
+        inits.append(helper.make_tensor(f"W{i}", TensorProto.FLOAT, [width, width], weight.tobytes(), raw=True))
+        del weight
+        src = "x" if i == 0 else f"h{i - 1}"
+        nodes.append(helper.make_node("MatMul", [src, f"W{i}"], [f"m{i}"], name=f"matmul{i}"))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"h{i}" if i < layers - 1 else "y"], name=f"relu{i}"))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], inits)
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return width * width * 4 * layers
+
+
 def convert(model: Path, output: Path, *extra: str) -> tuple[float, float, int]:
     """(wall seconds, peak RSS GiB, exit status) of the CLI converting ``model``."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -103,11 +122,20 @@ else:
     return done.stdout.strip() if done.returncode == 0 else f"FAILED: {done.stderr.strip()[-300:]}"
 
 
-def run_case(workdir: Path, width: int, layers: int, runs: list[tuple[str, list[str]]]) -> None:
+def run_case(workdir: Path, width: int, layers: int, runs: list[tuple[str, list[str]]], inline: bool = False) -> None:
     model = workdir / f"mlp_{width}x{layers}.onnx"
     started = time.perf_counter()
-    weights = write_mlp(model, width, layers)
-    print(f"model: {layers} x MatMul[{width}x{width}], {weights / 1e9:.2f} GB FP32 in external data "
+    if inline:
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=write_inline_mlp, args=(model, width, layers))
+        child.start()
+        child.join()
+        weights = width * width * 4 * layers
+    else:
+        weights = write_mlp(model, width, layers)
+    where = "inline in the .onnx file" if inline else "in external data"
+    print(f"model: {layers} x MatMul[{width}x{width}], {weights / 1e9:.2f} GB FP32 {where} "
           f"(written in {time.perf_counter() - started:.1f} s)")
     for label, extra in runs:
         precision = "fp16" if "fp16" in extra else "bf16"
@@ -121,7 +149,7 @@ def run_case(workdir: Path, width: int, layers: int, runs: list[tuple[str, list[
             if path.exists():
                 path.unlink()
     for path in (model, model.with_name(model.name + ".data")):
-        path.unlink()
+        path.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -131,6 +159,7 @@ def main() -> int:
     parser.add_argument("--huge", action="store_true", help="also convert a 30 GB model (--no-check; ~45 GB disk)")
     parser.add_argument("--no-check-only", action="store_true", help="skip the run with the output check")
     parser.add_argument("--check-only", action="store_true", help="only the run with the output check")
+    parser.add_argument("--inline", action="store_true", help="weights inline in the .onnx file (< 2 GB: --layers 4)")
     parser.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mixprec-large-", dir=args.dir))
@@ -139,7 +168,7 @@ def main() -> int:
                                            ("fp16 --no-check", ["--no-check", "--precision", "fp16"])]
         if not args.no_check_only:
             runs.append(("bf16 with the check", []))
-        run_case(workdir, args.width, args.layers, runs)
+        run_case(workdir, args.width, args.layers, runs, inline=args.inline)
         if args.huge:
             width, layers = 16384, 28  # 28 x 1.07 GB = 30.1 GB
             need = width * width * 4 * layers * 1.6

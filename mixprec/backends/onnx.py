@@ -29,12 +29,12 @@ from mixprec import progress
 from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx, graph_key,
                                    onnx_type_string, sparse_to_dense, type_from_proto)
 from mixprec.errors import ConfigError, ConversionError
-from mixprec.fileio import atomic_write_bytes, first_line, make_temp_dir, publish, same_file
+from mixprec.fileio import atomic_write, atomic_write_bytes, first_line, make_temp_dir, publish, same_file
 from mixprec.ir.dtypes import DType
 from mixprec.ir.cast import make_cast
 from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph, Model, Node, Value
-from mixprec.ir.lazy import CHUNK_BYTES, LazyArray, in_file, is_lazy
+from mixprec.ir.lazy import CHUNK_BYTES, LazyArray, in_external_data, is_lazy
 
 
 logger = logging.getLogger(__name__)
@@ -441,9 +441,11 @@ def _all_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 
 def _pending_from_files(proto: onnx.ModelProto) -> bool:
-    """True when some pending initializer is read from a file (the input kept its weights
-    in external data)."""
-    return any(in_file(source) for t in _all_initializers(proto.graph) if (source := _pending_source(t)) is not None)
+    """True when some pending initializer is read from an external data file (the input
+    kept its weights in external data; a file's own inline data read in place does not
+    count: such a model is written inline like its input, below 2 GiB)."""
+    return any(in_external_data(source) for t in _all_initializers(proto.graph)
+               if (source := _pending_source(t)) is not None)
 
 
 def pending_bytes(proto: onnx.ModelProto) -> int:
@@ -458,13 +460,8 @@ def resolved(proto: onnx.ModelProto) -> onnx.ModelProto:
     if not pending_bytes(proto):
         return proto
     out = _copy_proto(proto)
-    for tensor in _all_initializers(out.graph):
-        source = _pending_source(tensor)
-        if source is not None:
-            tensor.ClearField("external_data")
-            tensor.ClearField("data_location")
-            tensor.raw_data = np.ascontiguousarray(source.materialize()).astype(source.dtype.newbyteorder("<")
-                                                                                 ).tobytes()
+    for graph in _all_graphs(out.graph):
+        _resolve_graph(graph)
     return out
 
 
@@ -777,9 +774,88 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     if external_data:
         logger.info("writing %s with its tensors in %s.data", path, path.name)
         _save_with_external_data(proto, path, directory)
+    elif pending:
+        atomic_write(path, lambda tmp: _write_inline_streaming(proto, tmp))
     else:
-        atomic_write_bytes(path, resolved(proto).SerializeToString())
+        atomic_write_bytes(path, proto.SerializeToString())
     return path
+
+
+#: protobuf field numbers and wire type of the fields ``_write_inline_streaming`` writes
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA, _LENGTH_DELIMITED = 7, 5, 9, 2
+
+
+def _write_inline_streaming(proto: onnx.ModelProto, tmp: str) -> None:
+    """Write ``proto`` to ``tmp`` with every main-graph initializer's data inline, its
+    pending data (``deferred_tensor``) streamed chunk by chunk instead of built in memory:
+    the file is the model without its main-graph initializers, then each initializer, in
+    order, as a further ``graph { initializer { ... } }`` field. Protobuf merges repeated
+    occurrences of a message field and appends repeated fields in order, so every reader
+    parses the same model (initializers in the same order) as from the usual
+    serialization. Subgraphs' pending initializers (rare) are resolved in memory."""
+    shell = onnx.ModelProto()
+    shell.CopyFrom(proto)  # holds no pending data: structure only
+    del shell.graph.initializer[:]
+    for sub in _all_graphs(shell.graph):
+        if sub is not shell.graph and _pending_bytes_of(sub):
+            _resolve_graph(sub)
+    with open(tmp, "wb") as out:
+        out.write(shell.SerializeToString())
+        del shell
+        for tensor in proto.graph.initializer:
+            source = _pending_source(tensor)
+            if source is None:
+                body = tensor.SerializeToString()
+                out.write(_field_header(_MODEL_GRAPH, _field_size(_GRAPH_INITIALIZER, len(body))))
+                out.write(_field_header(_GRAPH_INITIALIZER, len(body)))
+                out.write(body)
+                continue
+            bare = onnx.TensorProto()
+            bare.CopyFrom(tensor)
+            bare.ClearField("external_data")
+            bare.ClearField("data_location")
+            header = bare.SerializeToString() + _field_header(_TENSOR_RAW_DATA, int(source.nbytes))
+            size = len(header) + int(source.nbytes)
+            out.write(_field_header(_MODEL_GRAPH, _field_size(_GRAPH_INITIALIZER, size)))
+            out.write(_field_header(_GRAPH_INITIALIZER, size))
+            out.write(header)
+            little = source.dtype.newbyteorder("<")
+            for chunk in source.chunks(CHUNK_BYTES):
+                out.write(np.ascontiguousarray(chunk, dtype=little).reshape(-1).view(np.uint8).data)
+
+
+def _pending_bytes_of(graph: onnx.GraphProto) -> int:
+    """Bytes of pending data (``deferred_tensor``) of ``graph``'s own initializers."""
+    return sum(source.nbytes for t in graph.initializer if (source := _pending_source(t)) is not None)
+
+
+def _resolve_graph(graph: onnx.GraphProto) -> None:
+    for tensor in graph.initializer:
+        source = _pending_source(tensor)
+        if source is not None:
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            tensor.raw_data = np.ascontiguousarray(source.materialize()).astype(source.dtype.newbyteorder("<")
+                                                                                 ).tobytes()
+
+
+def _field_header(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(length)
+
+
+def _field_size(number: int, length: int) -> int:
+    """Bytes of a length-delimited field holding ``length`` bytes."""
+    return len(_field_header(number, length)) + length
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 #: initializers of fewer bytes stay inside the .onnx file when saving with external data

@@ -42,6 +42,7 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.gcpause import paused_gc
 from mixprec.ir.graph import Graph, Model, Node, Value
 from mixprec.ir.lazy import FileSlice, LazyArray, ProtoBytes
+from mixprec.frontends import onnx_wire
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
         base = os.fspath(base_dir) if base_dir is not None else None
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        proto = _read_file(path)
+        proto = read_file(path, in_place=base_dir is None)
         base = os.fspath(base_dir) if base_dir is not None else str(path.resolve().parent)
     else:
         raise ModelLoadError(f"cannot load an ONNX model from {type(model).__name__}; "
@@ -78,14 +79,23 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
     if infer_shapes:
         declared = _declared_names(proto.graph, set())
         proto = _infer_shapes(proto, path)
-    return _Lowerer(proto, base, declared, lazy_inline=path is not None).lower()
+    return _Lowerer(proto, base, declared, lazy_inline=path is not None,
+                    own_file=path.name if path is not None and base_dir is None else None).lower()
 
 
-def _read_file(path: Path) -> onnx.ModelProto:
+def read_file(path: Path, in_place: bool = True) -> onnx.ModelProto:
+    """The model in the .onnx file ``path``, its external data unread and, in a large
+    file with ``in_place``, its large inline initializers left in the file as references
+    to themselves (``onnx_wire.read_structure``: external data at ``location`` = the
+    file's own name, relative to the file's folder).
+    ModelLoadError when the file is missing or not a readable ONNX model."""
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file; check the model path")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a directory; pass the .onnx file inside it")
+    structure = onnx_wire.read_structure(path, LAZY_MIN_BYTES) if in_place else None
+    if structure is not None:
+        return structure
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError, OSError, ...
@@ -105,13 +115,44 @@ def _check_input(proto: onnx.ModelProto, path: Path | None) -> None:
     """Run onnx.checker (not full) and only warn: many real models have small flaws that
     do not stop conversion. Uses the path for large models and external data."""
     try:
-        if path is not None:
+        if path is not None and _refers_to(proto, path.name):
+            _check_in_place(proto)
+        elif path is not None:
             onnx.checker.check_model(str(path))
         elif not _is_large(proto):
             onnx.checker.check_model(proto)
     except Exception as exc:
         logger.warning("the input model does not pass onnx.checker (%s); converting anyway",
                        first_line(exc))
+
+
+def _refers_to(proto: onnx.ModelProto, location: str) -> bool:
+    """Some main-graph initializer of ``proto`` keeps its data at ``location``."""
+    return any(entry.key == "location" and entry.value == location
+               for tensor in proto.graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+               for entry in tensor.external_data)
+
+
+def _check_in_place(proto: onnx.ModelProto) -> None:
+    """onnx.checker on the structure of a file read in place (``read_file``): a copy
+    (the structure only: small) whose external tensors all point at an empty stub file in
+    a temporary folder, since the checker wants a model path to resolve external data and
+    refuses absolute locations and links; it checks locations, not lengths, and
+    ``check_tensor`` has checked that every tensor's bytes lie inside its real file."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    stub = "mixprec-stub.bin"
+    for tensor, _ in _graph_tensors(copy.graph):
+        if isinstance(tensor, onnx.TensorProto) and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = stub
+    with tempfile.TemporaryDirectory(prefix="mixprec-checker-") as tmp:
+        Path(tmp, stub).touch()
+        structure = os.path.join(tmp, "structure.onnx")
+        with open(structure, "wb") as handle:
+            handle.write(copy.SerializeToString())
+        onnx.checker.check_model(structure)
 
 
 #: deepest nesting of subgraphs (If/Loop/Scan bodies) accepted; protobuf itself refuses
@@ -280,11 +321,13 @@ LAZY_MIN_BYTES = 4 * 2**20
 
 
 def lazy_initializer(tensor: onnx.TensorProto, base_dir: str | None, where: str,
-                     inline: bool = True) -> LazyArray | None:
+                     inline: bool = True, own_file: str | None = None) -> LazyArray | None:
     """A LazyArray over ``tensor``'s data when it is large (LAZY_MIN_BYTES), of a plain
     numpy element type, and stored as external data or (when ``inline``: the proto is
     mixprec's own, not the caller's, which could change it) raw_data; None otherwise (the
-    caller reads it eagerly). Validates the tensor (``check_tensor``) first, reads nothing."""
+    caller reads it eagerly). External data at ``own_file`` (the model file's name, in
+    ``base_dir``) is the file's own inline data read in place (``FileSlice.in_place``).
+    Validates the tensor (``check_tensor``) first, reads nothing."""
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
     except Exception:  # an element type numpy has no plain form for
@@ -299,7 +342,7 @@ def lazy_initializer(tensor: onnx.TensorProto, base_dir: str | None, where: str,
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         info = {entry.key: entry.value for entry in tensor.external_data}
         return FileSlice(os.path.join(base_dir or "", info["location"]), int(info.get("offset") or 0), dtype,
-                         shape)
+                         shape, in_place=own_file is not None and info["location"] == own_file)
     if inline and tensor.HasField("raw_data"):
         return ProtoBytes(tensor, dtype, shape)
     return None
@@ -374,9 +417,10 @@ class _Lowerer:
     """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
 
     def __init__(self, proto: onnx.ModelProto, base_dir: str | None, declared: set[str] | None,
-                 lazy_inline: bool = False) -> None:
+                 lazy_inline: bool = False, own_file: str | None = None) -> None:
         self.proto = proto
         self.lazy_inline = lazy_inline  # the proto is mixprec's own: its raw_data may be read later
+        self.own_file = own_file  # the model file's name, when it is read in place (``read_file``)
         self.base_dir = base_dir
         self.declared = declared
         self.inferred: set[str] = set()
@@ -460,7 +504,7 @@ class _Lowerer:
         init_names = {t.name for t in gp.initializer}
         for tensor in gp.initializer:
             where = f"initializer {tensor.name!r} of graph {gp.name!r}"
-            data = lazy_initializer(tensor, self.base_dir, where, self.lazy_inline)
+            data = lazy_initializer(tensor, self.base_dir, where, self.lazy_inline, self.own_file)
             value = self._constant(tensor.name, rename, data if data is not None
                                    else tensor_to_array(tensor, self.base_dir, where))
             scope[tensor.name] = graph.add_constant(value)

@@ -91,12 +91,15 @@ class FileSlice(LazyArray):
 
     ``materialize()`` returns a fresh read-only ``np.memmap`` (pages are read when touched
     and the mapping goes away with the array); ``chunks`` reads with plain file reads, so a
-    streaming writer maps nothing."""
+    streaming writer maps nothing. ``in_place``: the bytes are a model file's own inline
+    data, read where they lie (not an external data file)."""
 
-    def __init__(self, path: str | os.PathLike, offset: int, dtype: Any, shape: tuple[int, ...]) -> None:
+    def __init__(self, path: str | os.PathLike, offset: int, dtype: Any, shape: tuple[int, ...],
+                 in_place: bool = False) -> None:
         super().__init__(dtype, shape)
         self.path = os.fspath(path)
         self.offset = int(offset)
+        self.in_place = in_place
 
     def _read_all(self) -> np.ndarray:
         if self.size == 0:
@@ -149,11 +152,12 @@ def is_lazy(data: Any) -> bool:
     return isinstance(data, LazyArray)
 
 
-def in_file(data: Any) -> bool:
-    """True when lazy ``data`` is read from a file (a FileSlice, or converted from one)."""
+def in_external_data(data: Any) -> bool:
+    """True when lazy ``data`` is read from an external data file (a FileSlice that is not
+    a model file's own inline data, or converted from one)."""
     while isinstance(data, Converted):
         data = data.source
-    return isinstance(data, FileSlice)
+    return isinstance(data, FileSlice) and not data.in_place
 
 
 def finite_abs_max(data: "np.ndarray | LazyArray", max_bytes: int = CHUNK_BYTES) -> float:

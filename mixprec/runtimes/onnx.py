@@ -94,7 +94,7 @@ class OnnxAdapter(Adapter):
             return run_onnxruntime_file(path, inputs) if path is not None else run_onnxruntime(original, inputs)
         except ConversionError as exc:
             ort_error = first_line(exc)
-        proto = onnx.load(os.fspath(path), load_external_data=False) if path is not None else original
+        proto = frontend.read_file(path) if path is not None else original
         if low_precision_dtypes(proto):
             try:
                 return run_emulated(proto, inputs, folder=path.parent if path is not None else None)
@@ -208,7 +208,7 @@ def run_onnxruntime_file(path: str | os.PathLike, feeds: Mapping[str, np.ndarray
     reads, or maps, the external data itself); a larger one is read without its external
     data (``load_external_data=False``) and its segments reference the data files."""
     path = Path(path)
-    structure = onnx.load(os.fspath(path), load_external_data=False)
+    structure = frontend.read_file(path)
     if len(structure.graph.node) > onnx_segments.SEGMENT_NODES:
         return run_onnxruntime(structure, feeds, provider, exact, folder=path.parent)
     del structure
@@ -691,16 +691,17 @@ def _keeps_low_values(node: onnx.NodeProto, types: Mapping[str, int], low: int) 
 
 
 def _external_files(path: Path) -> list[Path]:
-    """The external data files an ONNX file names (read without loading the data)."""
+    """The external data files an ONNX file names (read without loading the data; the
+    file's own inline data read in place is not another file)."""
     try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
+        proto = frontend.read_file(path)
     except Exception:  # not readable: the loader says why; nothing else is read
         return []
     found: set[Path] = set()
     for tensor in _tensors(proto.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-            if location:
+            if location and location != path.name:
                 found.add(path.parent / location)
     return sorted(found)
 
