@@ -196,8 +196,8 @@ def _symbol_region(symbol, shape):
 @pytest.mark.parametrize("make, op, why", [
     (lambda d: mx.sym.transpose(mx.sym.FullyConnected(d, num_hidden=8, name="fc"), name="t"), "transpose",
      "has no bf16 kernel for transpose"),  # measured to corrupt the heap: must never run
-    (lambda d: mx.sym.dot(mx.sym.FullyConnected(d, num_hidden=8, name="fc"), mx.sym.var("w", shape=(8, 4)), name="t"), "dot",
-     "has no bf16 kernel for dot"),  # raises "Unknown type enum 12"
+    (lambda d: mx.sym.dot(mx.sym.FullyConnected(d, num_hidden=8, name="fc"), mx.sym.var("w", shape=(8, 4)),
+                          name="t"), "dot", "has no bf16 kernel for dot"),  # raises "Unknown type enum 12"
     (lambda d: mx.sym.arccos(mx.sym.FullyConnected(d, num_hidden=8, name="fc"), name="t"), "arccos",
      "no bf16 kernel for arccos was verified"),  # never measured: not run either
 ])
