@@ -116,8 +116,6 @@ class MXNetTimer(FrameworkTimer):
         try:
             block = _block(model)
             outputs = runtime.run_block(block, sample, {v.name: v.dtype for v in model.graph.inputs})
-        except TimingUnavailable:
-            raise
         except Exception as exc:  # MXNetError, ConversionError: the values cannot be had
             raise TimingUnavailable(f"the FP32 model does not run with its intermediate values as outputs: "
                                     f"{type(exc).__name__}: {error_text(exc, 200)}") from None
@@ -164,7 +162,7 @@ def _runner(model: Model, inputs: Sequence[Any]) -> Callable[[], None]:
     TimingUnavailable before anything is timed."""
     try:
         block = _block(model)
-        args = [numpy_to_ndarray(np.asarray(x), v.dtype) for x, v in zip(inputs, model.graph.inputs)]
+        args = [_ndarray(x, v.dtype) for x, v in zip(inputs, model.graph.inputs)]
 
         def run() -> None:
             with mx.autograd.predict_mode():
@@ -174,3 +172,9 @@ def _runner(model: Model, inputs: Sequence[Any]) -> Callable[[], None]:
         raise TimingUnavailable(f"MXNet cannot run the region: {type(exc).__name__}: {error_text(exc, 200)}") \
             from None
     return run
+
+
+def _ndarray(value: Any, dtype: DType) -> Any:
+    """A region input as an NDArray of ``dtype`` (of its own dtype where the IR does not know it)."""
+    array = np.asarray(value)
+    return numpy_to_ndarray(array, DType.from_numpy(array.dtype) if dtype == DType.UNKNOWN else dtype)

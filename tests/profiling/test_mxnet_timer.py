@@ -23,7 +23,6 @@ try:
     mx = import_mxnet()  # patches numpy's removed np.bool first, which a bare import of mxnet 1.9.1 needs
 except MissingDependencyError as exc:
     pytest.skip(f"needs mxnet 1.9.1: {exc}", allow_module_level=True)
-pytest.importorskip("mxnet")
 
 from mixprec import frameworks, mix_precision  # noqa: E402
 from mixprec.cli import main as cli_main  # noqa: E402
