@@ -4,7 +4,9 @@ mixprec objective="memory" vs objective="performance" vs the framework's own AMP
 
 Models: a memory-bound MLP (Linear 4096->11008->4096) at batch 1 and 4, a transformer
 encoder at batch 1 and 32, a ResNet-50 (plain torch: torchvision does not import beside
-torch 2.13) at batch 1 and a Keras CNN (MobileNetV2, random weights) at batch 1. Also:
+torch 2.13) at batch 1, a Keras CNN (MobileNetV2, random weights) at batch 1, and MXNet
+Gluon blocks (hybridized; AMP is ``mx.contrib.amp`` bfloat16): the MLP and a model-zoo
+resnet18_v1 at batch 1. Also:
 the machine's own probe of BF16 vs FP32 for the MLP's shapes, and, per model, how much
 faster a second "performance" conversion is with the measurement cache: the whole
 conversion (load, torch.export / grappler, pipeline, emit, output check, profiling) and
@@ -212,6 +214,57 @@ def _decisions(converted) -> list[str]:
     return notes
 
 
+# ----------------------------------------------------------------------- mxnet models ---
+def mxnet_models(quick: bool):
+    """Gluon HybridBlocks, hybridized (as a user deploys them): the MLP at batch 1 and a
+    model-zoo resnet18_v1 (random weights, BatchNorm statistics calibrated) at batch 1."""
+    import numpy as np
+    from mixprec.dialects.mxnet import import_mxnet
+    from tests import mxnet_models as mm
+    mx = import_mxnet()
+    rng = np.random.RandomState(0)
+    mx.random.seed(0)
+    d, hidden = (512, 1376) if quick else (4096, 11008)
+    side = 64 if quick else 224
+    mlp = mx.gluon.nn.HybridSequential(prefix="mlp_")
+    with mlp.name_scope():
+        mlp.add(mx.gluon.nn.Dense(hidden, in_units=d, activation="relu"), mx.gluon.nn.Dense(d, in_units=hidden))
+    mlp.initialize(mx.init.Xavier())
+    resnet = mx.gluon.model_zoo.vision.get_model("resnet18_v1", pretrained=False, classes=1000)
+    resnet.initialize(mx.init.Xavier(magnitude=2.0))
+    mm.calibrate_all_batchnorms(resnet, mx.nd.array(rng.normal(size=(4, 3, side, side)).astype(np.float32)))
+    for name, block, shape in ((f"mxnet mlp {d}->{hidden}->{d} b1", mlp, (1, d)),
+                               (f"mxnet resnet18_v1 {side}px b1", resnet, (1, 3, side, side))):
+        x = mx.nd.array(rng.normal(size=shape).astype(np.float32))
+        block.hybridize()
+        block(x).wait_to_read()
+        yield name, block, x
+
+
+def mxnet_case(name: str, block, x, convert) -> Case:
+    """FP32 (the hybridized block), mixprec memory and performance, and MXNet's own AMP
+    (``mx.contrib.amp.convert_hybrid_block`` to bfloat16), each call waiting for its output."""
+    from mixprec.dialects.mxnet import error_text, import_mxnet
+    mx = import_mxnet()
+    case = Case(name, "mxnet")
+    memory, performance, case.conversion = converted_pair(block, (x,), convert)
+
+    def call(m):
+        def run():
+            with mx.autograd.predict_mode():
+                return m(x).wait_to_read()
+        return run
+    case.variants = {"fp32": call(block), "memory": call(memory.model), "performance": call(performance.model)}
+    try:
+        from mxnet.contrib import amp
+        case.variants["amp"] = call(amp.convert_hybrid_block(block, target_dtype="bfloat16", ctx=mx.cpu()))
+    except Exception as exc:  # an AMP this build cannot run: the row says so
+        case.notes.append(f"mx.contrib.amp failed: {error_text(exc, 120)}")
+    case.notes = _decisions(performance) + case.notes
+    case.returned_fp32 = performance.model is block
+    return case
+
+
 # ------------------------------------------------------------------------- probe ---
 def probe(quick: bool, reps: int) -> list[dict[str, Any]]:
     """BF16 vs FP32 for the MLP's two GEMMs (F.linear) at batch 1 and 4."""
@@ -235,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 reps: checks that everything runs")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 20, quick 3)")
-    parser.add_argument("--only", default="", help="comma-separated: mlp, encoder, resnet50, keras")
+    parser.add_argument("--only", default="", help="comma-separated: mlp, encoder, resnet50, keras, mxnet")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 20)
@@ -269,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     if not only or "keras" in only:
         print("converting keras mobilenetv2 ...", flush=True)
         cases.append(keras_case(args.quick, convert))
+    if not only or "mxnet" in only:
+        for name, block, x in mxnet_models(args.quick):
+            print(f"converting {name} ...", flush=True)
+            cases.append(mxnet_case(name, block, x, convert))
     for case in cases:
         print(f"timing {case.name} ({reps} interleaved reps) ...", flush=True)
         times = interleaved(case.variants, reps)
@@ -282,12 +339,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(results: dict[str, Any]) -> None:
     print()
-    print("| model | FP32 ms | memory | performance | AMP (autocast / grappler) | notes |")
+    print("| model | FP32 ms | memory | performance | AMP (autocast / grappler / mx.contrib.amp) | notes |")
     print("|---|---|---|---|---|---|")
     checks = []
     for row in results["models"]:
         t = row["ms"]
-        cell = {k: f"{t[k]:.2f} ({t[k] / t['fp32']:.2f}x)" for k in ("memory", "performance", "amp")}
+        cell = {k: f"{t[k]:.2f} ({t[k] / t['fp32']:.2f}x)" if k in t else "n/a"
+                for k in ("memory", "performance", "amp")}
         print(f"| {row['model']} | {t['fp32']:.2f} | {cell['memory']} | {cell['performance']} | {cell['amp']} | "
               f"{'; '.join(row['notes'])} |")
         ratio = t["performance"] / t["fp32"]

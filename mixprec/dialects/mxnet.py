@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 FRAMEWORK = Framework(
     name="mxnet", suffixes=(".json", ".params"), module_roots=("mxnet",), cast=CastSpec("amp_cast", "dtype"),
     policy="mxnet", adapter="mixprec.runtimes.mxnet:MxnetAdapter",
-    description="MXNet -symbol.json/.params pairs")
+    description="MXNet -symbol.json/.params pairs", timer="mixprec.runtimes.mxnet_timing:MXNetTimer")
 
 #: key of model.meta holding the round-trip data:
 #:   json_attrs:  the symbol JSON's top-level "attrs" (mxnet_version)

@@ -188,6 +188,10 @@ class MxnetAdapter(Adapter):
     def run_converted(self, converted: Any, inputs: Any, config: MixedPrecisionConfig) -> list[np.ndarray]:
         return run_block(converted, inputs, self._input_dtypes)
 
+    def converted_args(self, inputs: Any) -> list[Any]:
+        """``inputs`` as the NDArrays the latest emitted block is called with (cast to its input dtypes)."""
+        return block_args(inputs, self._input_dtypes)
+
     def input_files(self, path: Path, external: bool = True) -> list[Path]:
         """The -symbol.json and -0000.params pair."""
         return list(frontend.model_files(path))
@@ -230,12 +234,19 @@ def run_block(block: Any, inputs: Any, dtypes: Mapping[str, DType] | None = None
     """Call ``block`` on ``inputs`` (an array, a sequence, or a dict in input order) in
     inference mode; the outputs, flattened, as numpy (floats as float32). With
     ``dtypes`` ({input name: DType}, in input order) inputs are cast to them first."""
-    args = [frontend.to_ndarray(x) for x in _as_list(inputs)]
-    if dtypes:
-        args = [_cast(x, d) for x, d in zip(args, dtypes.values())]
+    args = block_args(inputs, dtypes)
     with mx.autograd.predict_mode():
         out = block(*args)
     return [_to_numpy(a) for a in _flatten(out)]
+
+
+def block_args(inputs: Any, dtypes: Mapping[str, DType] | None = None) -> list[Any]:
+    """``inputs`` (an array, a sequence, or a dict in input order) as a list of NDArrays,
+    cast to ``dtypes`` ({input name: DType}, in input order) when given."""
+    args = [frontend.to_ndarray(x) for x in _as_list(inputs)]
+    if dtypes:
+        args = [_cast(x, d) for x, d in zip(args, dtypes.values())]
+    return args
 
 
 def _as_list(inputs: Any) -> list[Any]:
