@@ -83,6 +83,7 @@ class ProfileSession:
         self._shapes: dict[str, tuple[int, ...]] = {}  # value name -> its concrete shape there
         self._needed: list[str] = []  # the values the regions read that must be captured
         self._capture_error: str | None = None
+        self._static_holds: bool | None = None  # the IR's static shapes are the sample inputs' (see _static)
         self._model_text: str | None = None
         self.loaded: Any = None  # the FP32 IR model (whole-model latency keys)
         self.seconds = 0.0  # wall time spent profiling (deciding regions, the model's latency), all runs
@@ -194,7 +195,7 @@ class ProfileSession:
             inside = set(region)
             for name in region:
                 needed.extend(v.name for v in nodes[name].inputs if v is not None and not v.is_constant
-                              and not _synthesizable(v) and (v.producer is None or v.producer.name not in inside))
+                              and not self._static(v, graph) and (v.producer is None or v.producer.name not in inside))
         self._needed = list(dict.fromkeys(self._needed + needed))
         missing = [n for n in dict.fromkeys(needed) if n not in self._shapes]
         if not missing:
@@ -263,12 +264,36 @@ class ProfileSession:
             self._model_text = dump(self.loaded.graph) if self.loaded is not None else ""
         return self._model_text
 
+    def _static(self, value: Value, graph: Graph) -> bool:
+        """``value`` can be synthesized at its IR shape: a static float tensor, and the IR's
+        static shapes are those of the sample inputs the model runs on. A frontend may
+        state shapes that the sample inputs do not have (an MXNet symbol's input shape
+        guessed from its weights, 1x3x32x32, where the sample ladder ran 224x224); then
+        every region input is captured, never synthesized at a shape the model does not
+        see."""
+        if not _synthesizable(value):
+            return False
+        if self._static_holds is None:
+            self._static_holds = True
+            declared = _input_shapes(graph.root)
+            if declared is not None and self.timer is not None and hasattr(self.timer, "sample_shapes"):
+                try:
+                    sample = [tuple(int(d) for d in s) for s in self.timer.sample_shapes()]
+                except Exception as exc:  # no sample inputs: nothing to compare, regions are skipped anyway
+                    logger.info("no sample shapes to compare with the IR's: %s", first_line(exc))
+                else:
+                    self._static_holds = sample == declared
+                    if not self._static_holds:
+                        logger.info("the sample inputs' shapes %s are not the IR's %s: region inputs are captured",
+                                    sample, declared)
+        return self._static_holds
+
     def _inputs(self, region: Region, graph: Graph) -> tuple[list[tuple[int, ...]], Any]:
         """The concrete input shapes and a thunk making the input values: synthesized for
         static float tensors, the FP32 model's own values (captured, see :meth:`prepare`)
         otherwise."""
         values = {v.name: v for v in graph.values()}
-        dynamic = [name for name in region.inputs if not _synthesizable(values[name])]
+        dynamic = [name for name in region.inputs if not self._static(values[name], graph)]
         if any(name not in self._shapes for name in dynamic):
             self.prepare(graph, [region.nodes])
         if any(name not in self._shapes for name in dynamic):
@@ -302,6 +327,16 @@ class ProfileSession:
 
 def _synthesizable(value: Value) -> bool:
     return value.dtype.is_float and value.shape is not None and all(isinstance(d, int) for d in value.shape)
+
+
+def _input_shapes(graph: Graph) -> list[tuple[int, ...]] | None:
+    """The graph inputs' shapes when all are static, else None."""
+    shapes = []
+    for value in graph.inputs:
+        if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+            return None
+        shapes.append(tuple(value.shape))
+    return shapes
 
 
 def synthesize(value: Value, seed: int = 0) -> np.ndarray:

@@ -261,3 +261,18 @@ def test_fake_timer_keeps_exactly_the_winning_convolutions_low(monkeypatch):
     assert [r["decision"] for r in regions if r["kind"] == "single" and "Convolution" in r["label"]] == ["bf16"] * 2
     assert converted.report.profile.get("returned") is None
     assert _cosine(_run(converted.model, x), _run(block, x)) > 0.99
+
+
+def test_regions_of_a_symbol_with_guessed_shapes_are_timed_at_the_sample_shapes(tmp_path):
+    """The regression: a -symbol.json without shapes gets its input shape guessed from the
+    weights (1x3x32x32 in the IR) while the sample inputs come from the ladder
+    (1x3x224x224); the regions were synthesized and timed at 32x32. Now every region
+    input is captured from the FP32 model run on the sample inputs."""
+    block, x = mm.cnn()
+    symbol_file, _ = mm.export(block, x, str(tmp_path / "cnn"))
+    loaded = MxnetAdapter().load(symbol_file, MixedPrecisionConfig())
+    assert [tuple(v.shape) for v in loaded.graph.inputs] == [(1, 3, 32, 32)]  # the guess
+    machine_file = tmp_path / "machine.json"
+    assert cli_main(["profile", symbol_file, "-o", str(machine_file)]) == 0
+    captured = json.loads(machine_file.read_text())["model"]["shapes"]["values"]
+    assert captured["data"] == [1, 3, 224, 224], captured
