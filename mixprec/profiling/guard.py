@@ -87,8 +87,9 @@ def fp32_result(result: Any, adapter: Any, original: Any, fp32_ir: Any, config: 
     if nothing_low(result, report.precision):
         why = (f"objective='performance': no region runs faster in {report.precision.upper()} here, so nothing "
                "was converted and the FP32 model is returned as given")
-        detail = ("the emitted FP32 graph would run op by op, without the fused kernels the original model may "
-                  "use" + (f" ({describe(measured)})" if measured is not None else ""))
+        detail = ("the model as given is returned, not the emitted FP32 graph, whose speed can differ from it "
+                  "(it may run without fused kernels the original uses, or with others)"
+                  + (f" ({describe(measured)})" if measured is not None else ""))
     else:
         assert measured is not None
         why = f"objective='performance': {describe(measured)}, so the FP32 model is returned as given"
