@@ -90,6 +90,14 @@ def test_lazy_arrays_chunks_equal_their_data(tmp_path):
     assert finite_abs_max(lazy) == pytest.approx(float(data.max())) and lazy.reads == reads  # kept, not re-read
 
 
+@pytest.mark.parametrize("extreme", [np.inf, -np.inf, np.nan, np.finfo(np.float32).max, -np.finfo(np.float32).max])
+def test_finite_abs_max_skips_non_finite_values_and_the_saturated_extreme(extreme):
+    data = np.array([0.5, -7.25, 3.0, extreme], np.float32)
+    assert finite_abs_max(data) == 7.25
+    assert finite_abs_max(np.array([extreme], np.float32)) == 0.0
+    assert finite_abs_max(np.array([-7.25, 3.0], np.float32)) == 7.25
+
+
 def test_value_data_materializes_storage_does_not(tmp_path):
     file = tmp_path / "w.bin"
     file.write_bytes(np.ones(64, np.float32).tobytes())

@@ -168,11 +168,16 @@ def finite_abs_max(data: "np.ndarray | LazyArray", max_bytes: int = CHUNK_BYTES)
         return data._abs_max
     best = 0.0
     pieces = data.chunks(max_bytes) if is_lazy(data) else [np.asarray(data).reshape(-1)]
+    limit = np.finfo(np.float32).max
     for piece in pieces:
         piece = np.abs(np.asarray(piece, dtype=np.float32))
-        finite = piece[np.isfinite(piece) & (piece < np.finfo(np.float32).max)]
-        if finite.size:
-            best = max(best, float(finite.max()))
+        if not piece.size:
+            continue
+        top = float(piece.max())  # NaN when any is NaN
+        if not top < limit:  # inf, NaN or the saturated extreme: only then mask them out
+            finite = piece[np.isfinite(piece) & (piece < limit)]
+            top = float(finite.max()) if finite.size else 0.0
+        best = max(best, top)
     if is_lazy(data):
         data._abs_max = best
     return best
