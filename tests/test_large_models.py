@@ -383,3 +383,21 @@ def test_check_cosine_equals_the_in_memory_checks(tmp_path, lazy_small):
     (old,) = compare_outputs(["y"], reference, emulated)
     (new,) = result.report.checks
     assert new.cosine == old.cosine and new.max_abs_error == old.max_abs_error, (new, old)
+
+
+def test_check_runs_when_lazy_weights_are_also_graph_inputs(tmp_path, lazy_small):
+    """The regression (the onnx package's model-zoo files, IR 3: every weight is also a
+    graph input with the initializer as its default): the emulation read such a weight's
+    deferred data with numpy_helper, which looked for the pending location on disk, and
+    the check was skipped ("should be stored in mixprec-pending:0"), so no error budget
+    ran either."""
+    model = _mlp()
+    model.ir_version = 3
+    for tensor in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    path = tmp_path / "ir3.onnx"
+    onnx.save(model, str(path))
+    converted = fit(str(path), MixedPrecisionConfig())
+    assert isinstance(converted.ir.graph.constants["W0"].storage, Converted)
+    assert not any("check skipped" in note for note in converted.report.notes), converted.report.notes
+    assert [c.output for c in converted.report.checks] == ["y"] and converted.report.checks[0].cosine > 0.99

@@ -435,6 +435,15 @@ def _pending_source(tensor: onnx.TensorProto) -> LazyArray | None:
     return None
 
 
+def initializer_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The values of an initializer of an emitted proto, its pending data
+    (``deferred_tensor``) read from its source; other tensors as numpy_helper reads them."""
+    source = _pending_source(tensor)
+    if source is not None:
+        return np.asarray(source.materialize())
+    return numpy_helper.to_array(tensor)
+
+
 def _all_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     for sub in _all_graphs(graph):
         yield from sub.initializer

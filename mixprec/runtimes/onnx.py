@@ -641,8 +641,8 @@ def _emulate_graph(graph: onnx.GraphProto, types: dict[str, int], low: int, f32:
             graph.value_info.append(helper.make_tensor_value_info(init.name, f32, list(init.dims)))
             init.name = f"{init.name}__stored"
         else:
-            graph.initializer[i].CopyFrom(numpy_helper.from_array(
-                numpy_helper.to_array(init).astype(np.float32), init.name))
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(  # a graph input's default: fed values win
+                backend.initializer_array(init).astype(np.float32), init.name))
     for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type == low:
             vi.type.tensor_type.elem_type = f32

@@ -21,7 +21,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from mixprec.backends import onnx as backend
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ def run_segments(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
             del env[name]
         if on_segment is not None:
             on_segment(index + 1, len(segments))
-    return [env[vi.name] if vi.name in env else numpy_helper.to_array(initializers[vi.name])
+    return [env[vi.name] if vi.name in env else backend.initializer_array(initializers[vi.name])
             for vi in graph.output]
 
 
