@@ -543,8 +543,8 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
     """The first candidate sample input on which the FP32 model runs with finite
     outputs, and those outputs. SampleInputError (naming --input-shape/--sample-inputs)
     when there is none; the user's own sample_inputs are tried alone. Generated images
-    are smooth (``sample_inputs.smooth_image``); when a float output is flat on them (a
-    text detector finds nothing in a smooth image, and a cosine of near-zero maps
+    are photo-like (``sample_inputs.photo_like_image``); when a float output is flat on them (a
+    text detector finds nothing in such an image, and a cosine of near-zero maps
     measures nothing), the candidates are made again with noise images, whose outputs
     are used unless they are flat too."""
     found = _first_reference_run(adapter, original, ir_model, config)
@@ -557,7 +557,7 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
             return found
     if any(_flat(r) for r in again[1]):
         return found
-    logger.info("the FP32 outputs are flat on smooth sample images; the check uses noise images")
+    logger.info("the FP32 outputs are flat on photo-like sample images; the check uses noise images")
     return again
 
 
