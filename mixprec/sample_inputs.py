@@ -62,20 +62,29 @@ Dim = int | str | None
 _VARIANT: contextvars.ContextVar[int] = contextvars.ContextVar("mixprec_sample_variant", default=0)
 
 
-#: whether ``make_arrays`` fills images with smooth values (True) or i.i.d. noise
-_SMOOTH_IMAGES: contextvars.ContextVar[bool] = contextvars.ContextVar("mixprec_smooth_images", default=True)
+#: what ``make_arrays`` fills images with: "photo" (``photo_like_image``, the default),
+#: "smooth" (``smooth_image``) or "noise" (i.i.d. standard normal, like any float input)
+IMAGE_KINDS = ("photo", "smooth", "noise")
+_IMAGE_KIND: contextvars.ContextVar[str] = contextvars.ContextVar("mixprec_image_kind", default="photo")
 
 
 @contextlib.contextmanager
-def noise_images() -> Iterator[None]:
-    """Within the block, ``make_arrays`` fills images with i.i.d. standard normal noise like
-    any other float input: for models whose FP32 outputs are flat on smooth images (a text
-    detector finds nothing in them)."""
-    token = _SMOOTH_IMAGES.set(False)
+def image_kind(kind: str) -> Iterator[None]:
+    """Within the block, ``make_arrays`` fills images with ``kind`` (one of ``IMAGE_KINDS``)."""
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"unknown image kind {kind!r}; one of {', '.join(IMAGE_KINDS)}")
+    token = _IMAGE_KIND.set(kind)
     try:
         yield
     finally:
-        _SMOOTH_IMAGES.reset(token)
+        _IMAGE_KIND.reset(token)
+
+
+def noise_images() -> contextlib.AbstractContextManager[None]:
+    """Within the block, ``make_arrays`` fills images with i.i.d. standard normal noise like
+    any other float input: for models whose FP32 outputs are flat on photo-like images (a
+    text detector finds nothing in them)."""
+    return image_kind("noise")
 
 
 @contextlib.contextmanager
@@ -186,18 +195,18 @@ def _channel_axis(spec: InputSpec) -> int:
 def make_arrays(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]],
                 seed: int = SEED) -> dict[str, np.ndarray]:
     """Seeded arrays for one shape assignment: images (``InputSpec.is_image``, 4-D) photo-like
-    (``photo_like_image``) unless inside ``noise_images``; other floats standard normal;
+    (``photo_like_image``) unless inside ``image_kind``/``noise_images``; other floats standard normal;
     integers in ``[0, high)`` (``high`` defaults to 2, safe for masks and type ids); bools
     True. Inside ``held_out`` the values come from another draw."""
     variant = _VARIANT.get()
     rng = np.random.default_rng([seed, variant] if variant else seed)
-    smooth = _SMOOTH_IMAGES.get()
+    kind = _IMAGE_KIND.get()
     out = {}
     for spec in specs:
         dims = tuple(int(d) for d in shapes[spec.name])
-        if smooth and len(dims) == 4 and spec.dtype.is_float and spec.is_image():
-            out[spec.name] = photo_like_image(rng, dims, _concrete_channel_axis(spec, dims)).astype(
-                spec.dtype.to_numpy())
+        if kind != "noise" and len(dims) == 4 and spec.dtype.is_float and spec.is_image():
+            make = photo_like_image if kind == "photo" else smooth_image
+            out[spec.name] = make(rng, dims, _concrete_channel_axis(spec, dims)).astype(spec.dtype.to_numpy())
         else:
             out[spec.name] = random_array(rng, spec.dtype, dims, spec.high)
     return out
