@@ -245,14 +245,14 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
 def _add_draw(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionConfig,
               draws: list[tuple[Any, list[Any]]], variant: int, kind: str) -> None:
     """Append the sample inputs of held-out draw ``variant`` with ``kind`` images and their
-    FP32 outputs (none when no candidate fits in that draw, or when its inputs are those of
-    a draw already there: user-given inputs, or a model without image inputs)."""
+    FP32 outputs (none when no candidate fits in that draw, or when its FP32 outputs are
+    those of a draw already there: user-given inputs, or a model without image inputs)."""
     with held_out(variant), image_kind(kind):
         try:
             draw = reference_run(adapter, model, loaded, config)
         except SampleInputError:
             return
-    if not any(budget.same_inputs(draw[0], inputs) for inputs, _ in draws):
+    if not any(budget.same_outputs(draw[1], reference) for _, reference in draws):
         draws.append(draw)
 
 

@@ -52,8 +52,10 @@ def _edge_detector(probabilities: bool = False):
     from onnx import TensorProto, helper, numpy_helper
     kernel = np.zeros((1, 3, 1, 2), np.float32)
     kernel[0, :, 0, 0], kernel[0, :, 0, 1] = 1.0, -1.0
-    head = [helper.make_node("Relu", ["s"], ["y"], name="relu")] if not probabilities else \
-        [helper.make_node("Mul", ["s", "gain"], ["g"], name="gain"), helper.make_node("Sigmoid", ["g"], ["y"], name="p")]
+    head = [helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    if probabilities:
+        head = [helper.make_node("Mul", ["s", "gain"], ["g"], name="gain"),
+                helper.make_node("Sigmoid", ["g"], ["y"], name="p")]
     nodes = [helper.make_node("Conv", ["x", "k"], ["d"], name="diff"),
              helper.make_node("Abs", ["d"], ["a"], name="abs"),
              helper.make_node("Sub", ["a", "t"], ["s"], name="sub"), *head]
