@@ -38,7 +38,7 @@ from mixprec import profiling
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
-from mixprec.sample_inputs import check_sample_inputs, held_out, noise_images
+from mixprec.sample_inputs import check_sample_inputs, held_out, image_kind, noise_images
 from mixprec.tuning import Candidate, Trial, attribution, budget, fallback_search
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,8 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
     inputs: fall back the nodes most to blame (error attribution's ranking, then the
     group-testing search of mixprec.tuning, at most ``budget.trial_cap`` trials a round)
     until every output meets the budget with slack (``budget.search_cosine``) on the
-    draws of sample inputs, then check the result on a fresh held-out draw. A miss there
+    draws of sample inputs (the check's, and one of each ``budget.DRAW_KINDS`` of image),
+    then check the result on a fresh held-out draw of each kind. A miss there
     joins the draws and the next round falls back more on top of what was found; after
     ``budget.ROUNDS`` rounds (or when no fallback meets the draws) every converted node
     goes FP32. So a budget that falling back can meet is met: fit raises
@@ -213,7 +214,8 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
     the fallbacks. User-given sample inputs are the same in every draw."""
     logger.info("%s; falling back the nodes most to blame", missed.failed_check)
     draws = [reference_run(adapter, model, loaded, config)]
-    _add_draw(adapter, model, loaded, config, draws, 2)  # a second draw, so that the search does not fit one
+    for kind in budget.DRAW_KINDS:  # more draws, so that the search does not fit one
+        _add_draw(adapter, model, loaded, config, draws, 2, kind)
     convert = _trial_converter(adapter, loaded, config, progress)
     default = convert([], [])
     converted = [name for name, _, _ in default.lowered]
@@ -226,27 +228,32 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
             break
         fixed = fixed + result.fallback_nodes
         native, (ir_model, report) = result.best.model, result.best.payload
-        if _held_out_check(adapter, model, native, ir_model, config, report, 3 + index):
+        missed_kind = _held_out_miss(adapter, model, native, ir_model, config, report, 3 + index)
+        if missed_kind is None:
             return native, ir_model, _budget_report(report, missed, config, fixed, trials, ranking, "")
-        logger.info("error budget: %d fallback(s) miss held-out draw %d; falling back more", len(fixed), 3 + index)
-        _add_draw(adapter, model, loaded, config, draws, 3 + index)
+        logger.info("error budget: %d fallback(s) miss held-out draw %d (%s images); falling back more", len(fixed),
+                    3 + index, missed_kind)
+        _add_draw(adapter, model, loaded, config, draws, 3 + index, missed_kind)
     last = convert([], converted)  # the last resort
     native, (ir_model, report) = last.model, last.payload
-    _held_out_check(adapter, model, native, ir_model, config, report, 3 + budget.ROUNDS)
+    _held_out_miss(adapter, model, native, ir_model, config, report, 3 + budget.ROUNDS)
     return native, ir_model, _budget_report(report, missed, config, converted, trials, ranking,
                                             "; the search did not meet it on held-out inputs, so every "
                                             "converted node is FP32")
 
 
 def _add_draw(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionConfig,
-              draws: list[tuple[Any, list[Any]]], variant: int) -> None:
-    """Append the sample inputs of held-out draw ``variant`` and their FP32 outputs (none
-    when no candidate fits in that draw)."""
-    with held_out(variant):
+              draws: list[tuple[Any, list[Any]]], variant: int, kind: str) -> None:
+    """Append the sample inputs of held-out draw ``variant`` with ``kind`` images and their
+    FP32 outputs (none when no candidate fits in that draw, or when its FP32 outputs are
+    those of a draw already there: user-given inputs, or a model without image inputs)."""
+    with held_out(variant), image_kind(kind):
         try:
-            draws.append(reference_run(adapter, model, loaded, config))
+            draw = reference_run(adapter, model, loaded, config)
         except SampleInputError:
-            pass
+            return
+    if not any(budget.same_outputs(draw[1], reference) for _, reference in draws):
+        draws.append(draw)
 
 
 def _budget_round(adapter: Adapter, convert: Callable[[list[str], list[str]], Candidate],
@@ -280,13 +287,18 @@ def _budget_round(adapter: Adapter, convert: Callable[[list[str], list[str]], Ca
     return result
 
 
-def _held_out_check(adapter: Adapter, model: Any, native: Any, ir_model: Model, config: MixedPrecisionConfig,
-                    report: Report, variant: int) -> bool:
-    """The output check on held-out draw ``variant``; whether it passed (``report`` holds it)."""
-    report.failed_check = None
-    with held_out(variant):
-        _check_outputs(adapter, model, native, ir_model, config, report)
-    return not report.failed_check
+def _held_out_miss(adapter: Adapter, model: Any, native: Any, ir_model: Model, config: MixedPrecisionConfig,
+                   report: Report, variant: int) -> str | None:
+    """The output check on held-out draw ``variant`` with each of ``budget.DRAW_KINDS`` of
+    images in turn; the first kind it fails on, or None when it passes on all (``report``
+    holds the last check: the failing one, or the last kind's)."""
+    for kind in budget.DRAW_KINDS:
+        report.failed_check = None
+        with held_out(variant), image_kind(kind):
+            _check_outputs(adapter, model, native, ir_model, config, report)
+        if report.failed_check:
+            return kind
+    return None
 
 
 def _budget_report(report: Report, missed: Report, config: MixedPrecisionConfig, fallbacks: list[str],
@@ -543,8 +555,8 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
     """The first candidate sample input on which the FP32 model runs with finite
     outputs, and those outputs. SampleInputError (naming --input-shape/--sample-inputs)
     when there is none; the user's own sample_inputs are tried alone. Generated images
-    are smooth (``sample_inputs.smooth_image``); when a float output is flat on them (a
-    text detector finds nothing in a smooth image, and a cosine of near-zero maps
+    are photo-like (``sample_inputs.photo_like_image``); when a float output is flat on them (a
+    text detector finds nothing in such an image, and a cosine of near-zero maps
     measures nothing), the candidates are made again with noise images, whose outputs
     are used unless they are flat too."""
     found = _first_reference_run(adapter, original, ir_model, config)
@@ -557,18 +569,19 @@ def reference_run(adapter: Adapter, original: Any, ir_model: Model,
             return found
     if any(_flat(r) for r in again[1]):
         return found
-    logger.info("the FP32 outputs are flat on smooth sample images; the check uses noise images")
+    logger.info("the FP32 outputs are flat on photo-like sample images; the check uses noise images")
     return again
 
 
 def _flat(output: Any) -> bool:
-    """A float output of 2 or more values that all lie within 1e-6 (absolute, or of its
-    largest magnitude): it carries no signal a cosine could compare."""
+    """A float output of 2 or more values that all lie within 1e-4 (absolute, or of its
+    largest magnitude): it carries no signal a cosine could compare (a text detector's
+    probability map on a photo-like image without text reads 0 to 2e-6: sigmoids of noise)."""
     values = np.asarray(output)
     if values.dtype.kind not in "fc" or values.size < 2:
         return False
     values = values.astype(np.float64)
-    return float(np.ptp(values)) <= 1e-6 * max(1.0, float(np.max(np.abs(values))))
+    return float(np.ptp(values)) <= 1e-4 * max(1.0, float(np.max(np.abs(values))))
 
 
 def _first_reference_run(adapter: Adapter, original: Any, ir_model: Model,

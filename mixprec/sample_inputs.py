@@ -7,9 +7,10 @@ sequence of concrete shape assignments to try, in order: the user's ``input_shap
 dims the model fixes stay; a symbolic name gets one value everywhere it appears; unknown
 dims follow a ladder of conventional sizes (batch 1; image sides 224, 320, 640, 32;
 sequence lengths 16, 128). ``make_arrays`` fills one assignment with seeded values in the
-range each input's consumers accept; images (``InputSpec.is_image``) get spatially smooth
-values standardized like a normalized photo (``smooth_image``), since i.i.d. noise makes a
-classifier's softmax peaky and over-estimates how well a conversion does on real images.
+range each input's consumers accept; images (``InputSpec.is_image``) get values with the
+statistics of a normalized photo (``photo_like_image``: a power-law spectrum, colour channels
+that share most of their content, standardized), since i.i.d. noise makes a classifier's
+softmax peaky and over-estimates how well a conversion does on real images.
 The caller runs the FP32 model on each candidate until one runs with finite outputs.
 
 Invariants: every candidate respects the bytes bound (``input_bytes_limit``), derived from
@@ -38,13 +39,21 @@ IMAGE_SIDES = (224, 320, 640, 32)
 SEQUENCE_LENGTHS = (16, 128)
 #: the smallest bound on all sample inputs together, whatever the weights
 MIN_INPUT_BYTES = 64 << 20
-#: sample images are white noise low-passed by a gaussian whose sigma is this fraction of
-#: the longer side. Measured on the corpus' image models (default BF16 conversion, the
-#: check's draw): where photos give 0.967-0.986, i.i.d. noise read 0.990-0.9998 and these
-#: images 0.980-0.991 (zoo-resnet50: noise 0.9975, smooth 0.9889, photos 0.9814); models
-#: at >= 0.999 on photos stay there on them but EfficientNetB0 (0.965; noise 0.0, a saturated
-#: softmax flipping). Sigma 2% and 5% and added dead-leaves
-#: edges predicted worse (closer to noise's over-estimate)
+#: sample images (``photo_like_image``) are random-phase fields whose amplitude spectrum falls
+#: as 1/f**IMAGE_ALPHA, as the bundled photos' does (resized to 96-320 px: 1.2-1.6 per
+#: octave), and whose colour channels share a common field so that they correlate at
+#: IMAGE_CHANNEL_CORRELATION (photos: 0.70-0.96). The correlation matters most: a network
+#: whose BatchNorm statistics come from photos sees few colour-opponent patterns, and
+#: independent channels drive it off its calibrated range (keras ResNet50, default BF16,
+#: 1 - cosine on 3 draws vs photos: independent smooth 0.014 vs 0.071, these 0.074; its
+#: error-budget fallback read 0.0003-0.0045 per smooth image while photos gave 0.0007-0.0017,
+#: these 0.0009-0.0014; EfficientNetB0: smooth 0.20 vs photos 0.0003, these 0.003;
+#: gluon mobilenet1.0: 0.0097 / 0.033 / 0.021; MobileNetV2: 0.0095 / 0.0137 / 0.0101).
+#: Amplitude 1/f (alpha 1) under-estimated as the smooth images did (ResNet50 0.011)
+IMAGE_ALPHA = 1.5
+IMAGE_CHANNEL_CORRELATION = 0.85
+#: ``smooth_image`` (the sample images before ``photo_like_image``): white noise low-passed by
+#: a gaussian whose sigma is this fraction of the longer side, channels independent
 IMAGE_SIGMA = 0.03
 
 Dim = int | str | None
@@ -53,20 +62,29 @@ Dim = int | str | None
 _VARIANT: contextvars.ContextVar[int] = contextvars.ContextVar("mixprec_sample_variant", default=0)
 
 
-#: whether ``make_arrays`` fills images with smooth values (True) or i.i.d. noise
-_SMOOTH_IMAGES: contextvars.ContextVar[bool] = contextvars.ContextVar("mixprec_smooth_images", default=True)
+#: what ``make_arrays`` fills images with: "photo" (``photo_like_image``, the default),
+#: "smooth" (``smooth_image``) or "noise" (i.i.d. standard normal, like any float input)
+IMAGE_KINDS = ("photo", "smooth", "noise")
+_IMAGE_KIND: contextvars.ContextVar[str] = contextvars.ContextVar("mixprec_image_kind", default="photo")
 
 
 @contextlib.contextmanager
-def noise_images() -> Iterator[None]:
-    """Within the block, ``make_arrays`` fills images with i.i.d. standard normal noise like
-    any other float input: for models whose FP32 outputs are flat on smooth images (a text
-    detector finds nothing in them)."""
-    token = _SMOOTH_IMAGES.set(False)
+def image_kind(kind: str) -> Iterator[None]:
+    """Within the block, ``make_arrays`` fills images with ``kind`` (one of ``IMAGE_KINDS``)."""
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"unknown image kind {kind!r}; one of {', '.join(IMAGE_KINDS)}")
+    token = _IMAGE_KIND.set(kind)
     try:
         yield
     finally:
-        _SMOOTH_IMAGES.reset(token)
+        _IMAGE_KIND.reset(token)
+
+
+def noise_images() -> contextlib.AbstractContextManager[None]:
+    """Within the block, ``make_arrays`` fills images with i.i.d. standard normal noise like
+    any other float input: for models whose FP32 outputs are flat on photo-like images (a
+    text detector finds nothing in them)."""
+    return image_kind("noise")
 
 
 @contextlib.contextmanager
@@ -176,27 +194,61 @@ def _channel_axis(spec: InputSpec) -> int:
 
 def make_arrays(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]],
                 seed: int = SEED) -> dict[str, np.ndarray]:
-    """Seeded arrays for one shape assignment: images (``InputSpec.is_image``, 4-D) smooth
-    (``smooth_image``) unless inside ``noise_images``; other floats standard normal;
+    """Seeded arrays for one shape assignment: images (``InputSpec.is_image``, 4-D) photo-like
+    (``photo_like_image``) unless inside ``image_kind``/``noise_images``; other floats standard normal;
     integers in ``[0, high)`` (``high`` defaults to 2, safe for masks and type ids); bools
     True. Inside ``held_out`` the values come from another draw."""
     variant = _VARIANT.get()
     rng = np.random.default_rng([seed, variant] if variant else seed)
-    smooth = _SMOOTH_IMAGES.get()
+    kind = _IMAGE_KIND.get()
     out = {}
     for spec in specs:
         dims = tuple(int(d) for d in shapes[spec.name])
-        if smooth and len(dims) == 4 and spec.dtype.is_float and spec.is_image():
-            out[spec.name] = smooth_image(rng, dims, _concrete_channel_axis(spec, dims)).astype(spec.dtype.to_numpy())
+        if kind != "noise" and len(dims) == 4 and spec.dtype.is_float and spec.is_image():
+            make = photo_like_image if kind == "photo" else smooth_image
+            out[spec.name] = make(rng, dims, _concrete_channel_axis(spec, dims)).astype(spec.dtype.to_numpy())
         else:
             out[spec.name] = random_array(rng, spec.dtype, dims, spec.high)
     return out
 
 
+def photo_like_image(rng: np.random.Generator, dims: tuple[int, ...], channel_axis: int = 1,
+                     alpha: float = IMAGE_ALPHA, correlation: float = IMAGE_CHANNEL_CORRELATION) -> np.ndarray:
+    """A batch of images of shape ``dims`` (NCHW when ``channel_axis`` is 1, NHWC when 3) with
+    the statistics of a photo normalized by its data set's mean and std: each channel is
+    ``sqrt(correlation)`` times a field shared by all channels plus ``sqrt(1 - correlation)``
+    times its own, every field white noise shaped to an amplitude spectrum of
+    ``1/f**alpha`` (in the frequency domain, so the images tile; no DC term); then each
+    image's each channel standardized to mean 0, std 1. Float64. Images of fewer than 4
+    pixels are plain standard normal noise. See ``IMAGE_ALPHA``."""
+    n, c, h, w = (dims[0], dims[3], dims[1], dims[2]) if channel_axis == 3 else dims
+    if h * w < 4:
+        return rng.standard_normal(dims)
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    radius = np.sqrt(fy * fy + fx * fx)
+    radius[0, 0] = 1.0
+    amplitude = radius ** -float(alpha)
+    amplitude[0, 0] = 0.0
+    shared = _standardized(np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, 1, h, w))) * amplitude, s=(h, w)))
+    own = _standardized(np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, c, h, w))) * amplitude, s=(h, w)))
+    mix = min(max(float(correlation), 0.0), 1.0) if c > 1 else 1.0
+    x = _standardized(np.sqrt(mix) * shared + np.sqrt(1.0 - mix) * own)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if channel_axis == 3 else x)
+
+
+def _standardized(x: np.ndarray) -> np.ndarray:
+    """``x`` (N, C, H, W) with each image's each channel at mean 0, std 1 (a constant one at 0)."""
+    x = x - x.mean(axis=(2, 3), keepdims=True)
+    std = x.std(axis=(2, 3), keepdims=True)
+    return x / np.where(std > 0, std, 1.0)
+
+
 def smooth_image(rng: np.random.Generator, dims: tuple[int, ...], channel_axis: int = 1,
                  sigma: float = IMAGE_SIGMA) -> np.ndarray:
     """A batch of images of shape ``dims`` (NCHW when ``channel_axis`` is 1, NHWC when 3):
-    white noise low-passed by a gaussian of ``sigma`` times the longer side (in the
+    white noise low-passed by a gaussian of ``sigma`` times the longer side, channels
+    independent (the sample images before ``photo_like_image``; in the
     frequency domain, so the images tile), then each image's each channel standardized to
     mean 0, std 1 like a photo normalized by its data set's mean and std. Float64.
     Images of fewer than 4 pixels are plain standard normal noise."""
@@ -210,10 +262,7 @@ def smooth_image(rng: np.random.Generator, dims: tuple[int, ...], channel_axis: 
     fx = np.fft.rfftfreq(w)[None, :]
     s = sigma * max(h, w)
     transfer = np.exp(-2.0 * np.pi ** 2 * s * s * (fy * fy + fx * fx))
-    x = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, c, h, w))) * transfer, s=(h, w))
-    x -= x.mean(axis=(2, 3), keepdims=True)
-    std = x.std(axis=(2, 3), keepdims=True)
-    x /= np.where(std > 0, std, 1.0)
+    x = _standardized(np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, c, h, w))) * transfer, s=(h, w)))
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if channel_axis == 3 else x)
 
 
