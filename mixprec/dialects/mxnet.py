@@ -9,6 +9,7 @@ first, and the frontend, backend and runtime call it at their module top."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
 import logging
@@ -65,6 +66,8 @@ def import_mxnet() -> Any:
     MissingDependencyError when mxnet is not installed."""
     if "bool" not in np.__dict__:
         np.bool = np.bool_  # type: ignore[attr-defined]
+    openmp = _openmp()
+    threads = openmp.omp_get_max_threads() if openmp is not None else 0
     try:
         with warnings.catch_warnings():  # mxnet probes numpy names that numpy deprecated
             warnings.simplefilter("ignore")
@@ -72,7 +75,22 @@ def import_mxnet() -> Any:
             from mxnet.contrib.amp import amp  # noqa: F401  (imported here, under the same filter)
     except ImportError as exc:
         raise MissingDependencyError(f"MXNet models need the mxnet package (pip install mxnet==1.9.1): {exc}") from None
+    if openmp is not None and threads > 0 and openmp.omp_get_max_threads() != threads:
+        # importing mxnet sets the calling thread's OpenMP threads to 1 (its engine runs ops on
+        # its own threads): torch in the same process would then run single-threaded (a 2x
+        # slower BF16 MLP on 2 cores), whether imported before mxnet or after
+        openmp.omp_set_num_threads(threads)
+        logger.debug("restored %d OpenMP threads after importing mxnet", threads)
     return mxnet
+
+
+@functools.cache
+def _openmp() -> Any:
+    """The process's GNU OpenMP runtime (the one torch and mxnet share), or None."""
+    try:
+        return ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        return None
 
 
 @functools.cache
