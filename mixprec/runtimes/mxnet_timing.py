@@ -91,10 +91,6 @@ class MXNetTimer(FrameworkTimer):
     """Times regions of one MXNet model (``loaded``: its FP32 IR) on this machine."""
     framework = "mxnet"
 
-    def __init__(self, adapter: Any, original: Any, loaded: Model, config: Any) -> None:
-        super().__init__(adapter, original, loaded, config)
-        self._native: Any = None
-
     def version(self) -> str:
         dnn = "onednn" if onednn_enabled() else "native"
         return f"{mx.__version__}-{dnn}-{thread_setting()}"
@@ -133,11 +129,9 @@ class MXNetTimer(FrameworkTimer):
     def time_models(self, original: Any, converted: Any, policy: TimingPolicy) -> Measurement:
         """The whole FP32 model (as given: a user's block runs as the user runs it)
         against the converted SymbolBlock on the sample inputs."""
-        if self._native is None:
-            self._native = self._adapter.native(original)
+        native = self.native(original)
         args = runtime.block_args(self.sample_inputs())
         converted_args = self._adapter.converted_args(self.sample_inputs())
-        native = self._native
 
         def fp32() -> None:
             with mx.autograd.predict_mode():

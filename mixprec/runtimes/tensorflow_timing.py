@@ -24,10 +24,6 @@ class TensorFlowTimer(FrameworkTimer):
     """Times regions of one TensorFlow model (``loaded``: its FP32 IR) on this machine."""
     framework = "tensorflow"
 
-    def __init__(self, adapter: Any, original: Any, loaded: Model, config: Any) -> None:
-        super().__init__(adapter, original, loaded, config)
-        self._native: Any = None
-
     def version(self) -> str:
         threads = tf.config.threading.get_intra_op_parallelism_threads() or "default"
         return f"{tf.__version__}-threads{threads}"
@@ -57,9 +53,7 @@ class TensorFlowTimer(FrameworkTimer):
         return measure_pair(lambda: reference.function(*feeds), lambda: converted.function(*feeds), policy)
 
     def time_models(self, original: Any, converted: Any, policy: TimingPolicy) -> Measurement:
-        if self._native is None:
-            self._native = self._adapter.native(original)
-        inputs = self.sample_inputs()
-        return measure_pair(lambda: self._adapter.run_original(self._native, inputs),
+        native, inputs = self.native(original), self.sample_inputs()
+        return measure_pair(lambda: self._adapter.run_original(native, inputs),
                             lambda: self._adapter.run_converted(converted, inputs, self._config),
                             model_policy(policy))

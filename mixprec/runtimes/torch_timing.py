@@ -60,7 +60,7 @@ class TorchTimer(FrameworkTimer):
 
     def time_models(self, original: Any, converted: Any, policy: TimingPolicy) -> Measurement:
         """The whole FP32 model against the converted one on the sample inputs."""
-        native = self._adapter.native(original)
+        native = self.native(original)
         args, kwargs = split_inputs(self.sample_inputs())
         with torch.no_grad():
             return measure_pair(lambda: native(*args, **kwargs), lambda: converted(*args, **kwargs),

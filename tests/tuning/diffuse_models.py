@@ -27,11 +27,30 @@ def _conv(prefix: str, x: str, cin: int, cout: int, kernel: int, group: int, rng
     return [node], f"{prefix}.out"
 
 
+def classifier_model(nodes: list, inits: list, x: str, weight: np.ndarray, side: int, name: str):
+    """The ONNX model (IR 8, opset 17) of ``nodes`` on input x[1, 3, side, side] ending in
+    global pool, Flatten, Gemm by ``weight`` ([channels, classes], zero bias) and Softmax
+    (output ``probs``); ``inits`` are the initializers ``nodes`` read."""
+    from onnx import TensorProto, helper, numpy_helper
+    classes = weight.shape[1]
+    inits = inits + [numpy_helper.from_array(weight.astype(np.float32), "fc.w"),
+                     numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b")]
+    nodes = nodes + [helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"),
+                     helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+                     helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc"),
+                     helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1)]
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 @functools.lru_cache(maxsize=None)
 def depthwise_cnn(blocks: int = 12, channels: int = 24, side: int = 32, seed: int = 0):
     """The model (onnx.ModelProto): stem conv, ``blocks`` x (depthwise 3x3, BN, Relu,
     pointwise 1x1, BN, Relu), global pool, Gemm to 10 classes, Softmax; BN calibrated."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
     rng = np.random.default_rng(seed)
     inits: list = []
     nodes, x = _conv("stem", "x", 3, channels, 3, 1, rng, inits)
@@ -44,17 +63,7 @@ def depthwise_cnn(blocks: int = 12, channels: int = 24, side: int = 32, seed: in
             nodes += conv + bn + [helper.make_node("Relu", [x], [f"b{i}.{kind}.relu"], name=f"b{i}.{kind}.relu")]
             x = f"b{i}.{kind}.relu"
     w = rng.standard_normal((channels, 10)) * np.sqrt(2.0 / channels)
-    inits += [numpy_helper.from_array(w.astype(np.float32), "fc.w"),
-              numpy_helper.from_array(np.zeros(10, np.float32), "fc.b")]
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"),
-              helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
-              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc"),
-              helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1)]
-    graph = helper.make_graph(nodes, "diffuse", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                [1, 3, side, side])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = classifier_model(nodes, inits, x, w, side, "diffuse")
     _calibrate(model, bns, rng.standard_normal((8, 3, side, side)).astype(np.float32))
     return model
 

@@ -23,6 +23,7 @@ from mixprec.runtimes.onnx import emulate_in_float, run_onnxruntime  # noqa: E40
 from mixprec.sample_inputs import InputSpec, image_kind, make_arrays, photo_like_image, smooth_image  # noqa: E402
 from mixprec.tuning.budget import same_outputs  # noqa: E402
 from tests.corpus import inputs  # noqa: E402
+from tests.tuning.diffuse_models import classifier_model  # noqa: E402
 
 SIDE = 48
 RESNET50_STAGES = ((16, 3), (32, 4), (64, 6), (128, 3))
@@ -64,7 +65,7 @@ def residual_cnn(stages: tuple[tuple[int, int], ...] = ((16, 4), (32, 4), (64, 4
     closely, as a trained network's fit its data), then the classifier scaled so that the
     photos' logits have std ``logit_std`` (a few competing classes, as keras ResNet50's
     softmax has on them), and the BatchNorms folded into Mul + Add as a TF graph has them."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
     rng = np.random.default_rng(seed)
     nodes: list = []
     inits: list = []
@@ -84,17 +85,7 @@ def residual_cnn(stages: tuple[tuple[int, int], ...] = ((16, 4), (32, 4), (64, 4
                                                            stride), channels)
             nodes.append(helper.make_node("Add", [x, h], [f"{name}.sum"], name=f"{name}.add"))
             x, width = _relu(nodes, f"{name}.out", f"{name}.sum"), channels
-    inits += [numpy_helper.from_array(rng.standard_normal((width, classes)).astype(np.float32), "fc.w"),
-              numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b")]
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"),
-              helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
-              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc"),
-              helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1)]
-    graph = helper.make_graph(nodes, "resnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                               [1, 3, SIDE, SIDE])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = classifier_model(nodes, inits, x, rng.standard_normal((width, classes)), SIDE, "resnet")
     _calibrate(model, inputs.photos(SIDE), logit_std)
     _fold_batchnorms(model)
     return model
