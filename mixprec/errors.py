@@ -74,6 +74,11 @@ class ConversionError(MixprecError):
     """A converted model failed its framework's validation or its numeric check."""
 
 
+class ModelRunError(ConversionError):
+    """A runtime loaded the model and then failed running it on the given inputs (most
+    often a shape the model cannot take); another runtime would reject them too."""
+
+
 class MissingDependencyError(MixprecError):
     """An optional framework needed for this model is not installed."""
 

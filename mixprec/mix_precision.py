@@ -14,6 +14,8 @@ unpickled in a way that can run code unless ``config.trust_pickle``; ``save`` an
 reads, or that is not a regular file (or a directory mixprec wrote)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -27,8 +29,8 @@ import numpy as np
 from mixprec import progress as bars
 from mixprec.runtimes import Adapter, adapter_for, framework_of, get_adapter
 from mixprec.config import AccuracyCriterion, MixedPrecisionConfig, pickle_trust
-from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, OutputCheckUnavailable,
-                            SampleInputError, UnsupportedModelError)
+from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, ModelRunError,
+                            OutputCheckUnavailable, SampleInputError, UnsupportedModelError)
 from mixprec.fileio import check_disjoint, check_dump_dir, check_output_dir, check_output_file, first_line
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model
@@ -98,7 +100,7 @@ def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Calla
         raise ConfigError(f"config must be a MixedPrecisionConfig, not {type(config).__name__}")
     if config.dump_dir is not None:
         check_dump_dir(config.dump_dir)
-    with pickle_trust(config.trust_pickle), profiling.scope():
+    with pickle_trust(config.trust_pickle), profiling.scope(), _rejected_inputs_scope():
         return _fit(model, config, eval_func, eval_dataloader, eval_metric, progress)
 
 
@@ -596,18 +598,57 @@ def _flat(output: Any) -> bool:
     return float(np.ptp(values)) <= 1e-4 * max(1.0, float(np.max(np.abs(values))))
 
 
+#: per ``fit``: the float input shapes the FP32 model failed to run on (shape signature ->
+#: the failure), so the error budget's and the tuning's many reference runs skip a
+#: generated shape the model cannot take instead of failing on it again each time
+_REJECTED: contextvars.ContextVar[dict[tuple, str] | None] = contextvars.ContextVar("mixprec_rejected", default=None)
+
+
+@contextlib.contextmanager
+def _rejected_inputs_scope() -> Iterator[None]:
+    token = _REJECTED.set({})
+    try:
+        yield
+    finally:
+        _REJECTED.reset(token)
+
+
+def _float_shapes(inputs: Any) -> tuple | None:
+    """The (shape, dtype) of every array in ``inputs`` (a mapping, sequence or array)
+    when all are float arrays; None otherwise (integer inputs such as token ids can fail
+    on their values, not their shapes)."""
+    values = list(inputs.values()) if isinstance(inputs, dict) else \
+        list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    arrays = [v for v in values if isinstance(v, np.ndarray)]
+    if not arrays or len(arrays) != len(values) or any(a.dtype.kind != "f" for a in arrays):
+        return None
+    return tuple((a.shape, a.dtype.str) for a in arrays)
+
+
 def _first_reference_run(adapter: Adapter, original: Any, ir_model: Model,
                          config: MixedPrecisionConfig) -> tuple[Any, list[Any]]:
     """``reference_run`` for the current kind of sample images."""
     failures: list[str] = []
+    rejected = _REJECTED.get()
     for inputs in _candidates(adapter, original, ir_model, config, failures):
+        shapes = _float_shapes(inputs) if rejected is not None and config.sample_inputs is None else None
+        if shapes is not None and shapes in rejected:
+            failures.append(rejected[shapes])
+            continue
         try:
             reference = adapter.run_original(original, inputs)
+        except ModelRunError as exc:  # the model loaded and rejects these inputs
+            failures.append(first_line(exc))
+            if shapes is not None:
+                rejected[shapes] = failures[-1]
+            continue
         except MixprecError as exc:
             failures.append(first_line(exc))
             continue
         except Exception as exc:  # the FP32 model itself rejects the inputs: a bad guess, not a bug
             failures.append(f"{type(exc).__name__}: {first_line(exc)}")
+            if shapes is not None:
+                rejected[shapes] = failures[-1]
             continue
         if all(np.all(np.isfinite(np.asarray(r, dtype=np.float64))) for r in reference
                if np.asarray(r).dtype.kind in "fc"):

@@ -415,6 +415,38 @@ def detector_model(stride: int = 32) -> "onnx.ModelProto":
     return model
 
 
+def text_line_model() -> "onnx.ModelProto":
+    """A text-line recognizer's corner, as PaddleOCR exports write it: input ``x``
+    [batch,3,h,w] (dynamic h/w), Conv -> Relu, then a Reshape to [batch, 8, 1024] whose
+    target is computed from the feature map's shape (a Slice ending at ``rank - 2``), so
+    shape inference leaves the Reshape's output of unknown rank and only h*w = 1024 runs
+    (32x32; onnxruntime and the reference evaluator reject 224x224), then MatMul to
+    ``y`` [batch,8,16]. Opset 17."""
+    rng = np.random.default_rng(SEED)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "conv.w"),
+             numpy_helper.from_array((rng.standard_normal((1024, 16)) * 0.05).astype(np.float32), "fc.w")]
+
+    def const(name: str, values: list[int]) -> "onnx.NodeProto":
+        return helper.make_node("Constant", [], [name], name=name,
+                                value=numpy_helper.from_array(np.array(values, np.int64), name))
+    nodes = [helper.make_node("Conv", ["x", "conv.w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["act"], name="act"),
+             helper.make_node("Shape", ["act"], ["act.shape"], name="act.shape"),
+             const("starts", [0]), const("two", [2]), const("rest", [1024]),
+             helper.make_node("Shape", ["act.shape"], ["rank"], name="rank"),
+             helper.make_node("Sub", ["rank", "two"], ["stop"], name="stop"),
+             helper.make_node("Slice", ["act.shape", "starts", "stop"], ["lead"], name="lead"),
+             helper.make_node("Concat", ["lead", "rest"], ["target"], name="target", axis=0),
+             helper.make_node("Reshape", ["act", "target"], ["flat"], name="flat"),
+             helper.make_node("MatMul", ["flat", "fc.w"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "text_line",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def bn_opset12_model() -> "onnx.ModelProto":
     """Conv -> BatchNormalization -> Relu -> GlobalAveragePool -> Flatten -> Gemm at
     opset 12, where BatchNormalization has one type parameter for X, scale, B, mean and

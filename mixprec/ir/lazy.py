@@ -170,11 +170,14 @@ def finite_abs_max(data: "np.ndarray | LazyArray", max_bytes: int = CHUNK_BYTES)
     pieces = data.chunks(max_bytes) if is_lazy(data) else [np.asarray(data).reshape(-1)]
     limit = np.finfo(np.float32).max
     for piece in pieces:
-        piece = np.abs(np.asarray(piece, dtype=np.float32))
+        piece = np.asarray(piece)
+        if piece.dtype != np.float32:
+            piece = piece.astype(np.float32)
         if not piece.size:
             continue
-        top = float(piece.max())  # NaN when any is NaN
+        top = max(float(piece.max()), -float(piece.min()))  # NaN when any is NaN; no |piece| temporary
         if not top < limit:  # inf, NaN or the saturated extreme: only then mask them out
+            piece = np.abs(piece)
             finite = piece[np.isfinite(piece) & (piece < limit)]
             top = float(finite.max()) if finite.size else 0.0
         best = max(best, top)

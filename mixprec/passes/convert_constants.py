@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import convert_array
 from mixprec.ir.graph import Graph
@@ -53,27 +51,17 @@ class ConvertConstants(Pass):
                     continue
                 if any(id(r.outputs[0]) in protected for r in readers):
                     continue
+                if const.storage is not None and overflows(const.storage, target):
+                    logger.warning("constant %s has values outside %s; left in %s",
+                                   const.name, target.value, const.dtype.value)
+                    continue
                 if is_lazy(const.storage):  # converted chunk by chunk when written, never held
-                    if overflows(const.storage, target):
-                        logger.warning("constant %s has values outside %s; left in %s",
-                                       const.name, target.value, const.dtype.value)
-                        continue
                     const.data = const.storage.converted(target)
                 elif const.data is not None:
-                    new = convert_array(const.data, target)
-                    if _overflowed(const.data, new):
-                        logger.warning("constant %s has values outside %s; left in %s",
-                                       const.name, target.value, const.dtype.value)
-                        continue
-                    const.data = new
+                    const.data = convert_array(const.data, target)
                 const.dtype = target
                 for reader in readers:
                     reader.outputs[0].replace_all_uses_with(const)
                     reader.graph.remove(reader)
                 modified = True
         return PassResult(graph, modified)
-
-
-def _overflowed(old: np.ndarray, new: np.ndarray) -> bool:
-    old = np.asarray(old)
-    return bool(np.any(np.isinf(new.astype(np.float32)) & np.isfinite(old)))

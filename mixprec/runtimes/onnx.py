@@ -24,7 +24,7 @@ from mixprec import progress as bars
 from mixprec.backends import onnx as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects.onnx import LARGE_MODEL_BYTES, dtype_to_onnx, onnx_name
-from mixprec.errors import ConfigError, ConversionError, OutputCheckUnavailable, SampleInputError
+from mixprec.errors import ConfigError, ConversionError, ModelRunError, OutputCheckUnavailable, SampleInputError
 from mixprec.fileio import first_line
 from mixprec.frontends import onnx as frontend
 from mixprec.ir.dtypes import DType
@@ -88,10 +88,17 @@ class OnnxAdapter(Adapter):
         """onnxruntime, from the model's file (its external data read by onnxruntime, never
         loaded into Python; an in-memory ModelProto is run as ``run_onnxruntime`` runs it);
         a model that already holds bf16/f16 values (mixprec's own output) runs on its exact
-        float32 emulation; the reference evaluator only as a fallback."""
+        float32 emulation; the reference evaluator only where onnxruntime cannot load the
+        model. A model that loads and fails on ``inputs`` (ModelRunError) is run once more
+        with the graph optimizations off, then the error is raised: the inputs do not fit."""
         path = Path(original) if isinstance(original, (str, os.PathLike)) else None
         try:
             return run_onnxruntime_file(path, inputs) if path is not None else run_onnxruntime(original, inputs)
+        except ModelRunError:  # loaded, then failed on these inputs: once more unoptimized (a graph
+            #                    optimization can be what fails), never in the reference evaluator, whose
+            #                    numpy kernels reject the same shapes after seconds (minutes on large images)
+            return run_onnxruntime_file(path, inputs, exact=True) if path is not None else \
+                run_onnxruntime(original, inputs, exact=True)
         except ConversionError as exc:
             ort_error = first_line(exc)
         proto = frontend.read_file(path) if path is not None else original
@@ -289,7 +296,7 @@ def _run_session(session: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarr
         if run_options.terminate:
             raise ConversionError(f"onnxruntime did not finish running the model within {limit:.0f} s (set "
                                   "MIXPREC_RUN_TIMEOUT to allow more, or skip the check with --no-check)") from None
-        raise ConversionError(f"onnxruntime failed running the model: {first_line(exc, 500)}") from None
+        raise ModelRunError(f"onnxruntime failed running the model: {first_line(exc, 500)}") from None
     finally:
         timer.cancel()
 

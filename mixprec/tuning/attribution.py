@@ -47,7 +47,9 @@ class NodeError:
 
 def probe_names(fp32: Model, converted: Model, lowered: Sequence[str]) -> list[str]:
     """Output value names of the ``lowered`` nodes (main graph, non-cast) that are float
-    tensors in both models and not already graph outputs."""
+    tensors of known rank in both models and not already graph outputs (a graph output
+    of unknown rank is invalid ONNX: onnx.checker requires its shape, so one such value
+    made every probe of a PaddleOCR export fail)."""
     fp32_values = {v.name: v for v in fp32.graph.values()}
     wanted = set(lowered)
     outputs = {v.name for v in converted.graph.outputs}
@@ -57,7 +59,8 @@ def probe_names(fp32: Model, converted: Model, lowered: Sequence[str]) -> list[s
             continue
         for value in node.outputs:
             twin = fp32_values.get(value.name)
-            if twin is not None and twin.dtype.is_float and value.dtype.is_float and value.name not in outputs:
+            if twin is not None and twin.dtype.is_float and value.dtype.is_float and value.name not in outputs \
+                    and value.shape is not None:
                 names.append(value.name)
     return names
 

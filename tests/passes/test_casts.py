@@ -214,3 +214,22 @@ def test_output_pins_keep_side_outputs_in_fp32(run, tmp_path):
         }""", DEFAULT_PIPELINE, policy=str(policy))
     assert "%n: bf16[2,2], %mean: f32[2], %var: f32[2] = Norm(%m)  # bf16 allow: allow list" in out
     assert "Cast(%mean)" not in out and "Cast(%var)" not in out
+
+
+def test_convert_constants_leaves_a_constant_that_would_overflow():
+    """A constant whose values the target cannot hold (70000 > the f16 maximum 65504)
+    keeps its type and its cast; one in range is stored in the target type."""
+    from mixprec.ir.dtypes import DType
+    from mixprec.passes.convert_constants import ConvertConstants
+    b = GraphBuilder()
+    x = b.input("x", "f16", (2,))
+    big = b.const("big", np.array([1.0, 70000.0], np.float32))
+    small = b.const("small", np.array([1.0, 60000.0], np.float32))
+    y = b.op("Add", x, b.op("Cast", big, attrs={"to": DType.FLOAT16}, dtype="f16", out="big.f16"), out="y")
+    b.output(b.op("Add", y, b.op("Cast", small, attrs={"to": DType.FLOAT16}, dtype="f16", out="small.f16"), out="z"))
+    g = b.graph
+    ConvertConstants(precision="fp16").run(g)
+    text = dump(g)
+    assert g.constants["big"].dtype.value == "f32" and "Cast(%big)" in text
+    assert g.constants["small"].dtype.value == "f16" and "Cast(%small)" not in text
+    assert g.constants["small"].data.tolist() == [1.0, 60000.0]
