@@ -303,6 +303,12 @@ def test_fp32_reference_session_is_made_from_the_path_weights_unread(tmp_path, l
     result = fit(str(path), MixedPrecisionConfig())
     assert [c.output for c in result.report.checks] == ["y"] and result.report.checks[0].cosine > 0.99
     assert sessions[0] == str(path)  # the FP32 reference
+    assert isinstance(sessions[1], bytes)  # a small emulation runs from memory, its weights handed over as arrays
+    sessions.clear()
+    monkeypatch.setattr(runtime, "IN_MEMORY_RUN_BYTES", 0)  # a large one is streamed to a temporary file
+    result = fit(str(path), MixedPrecisionConfig())
+    assert [c.output for c in result.report.checks] == ["y"] and result.report.checks[0].cosine > 0.99
+    assert sessions[0] == str(path)
     assert isinstance(sessions[1], str) and Path(sessions[1]).parent != path.parent  # the emulation's temp file
     assert all(flag is False for flag in loads), loads
 
@@ -358,6 +364,7 @@ def test_temporary_files_are_removed_even_when_the_run_fails(tmp_path, lazy_smal
         seen.append(sorted(p.name for p in scratch.rglob("*") if p.is_file()))
         raise ConversionError("onnxruntime failed running the model: boom")
     monkeypatch.setattr(runtime, "_run_session", failing)
+    monkeypatch.setattr(runtime, "IN_MEMORY_RUN_BYTES", 0)  # as a model too large to run from memory
     with pytest.raises(ConversionError, match="boom"):
         runtime.run_emulated(converted, _feeds(), [DType.BFLOAT16])
     assert seen and "emulated.onnx.data" in seen[0], seen  # the weights were streamed there
@@ -401,3 +408,34 @@ def test_check_runs_when_lazy_weights_are_also_graph_inputs(tmp_path, lazy_small
     assert isinstance(converted.ir.graph.constants["W0"].storage, Converted)
     assert not any("check skipped" in note for note in converted.report.notes), converted.report.notes
     assert [c.output for c in converted.report.checks] == ["y"] and converted.report.checks[0].cosine > 0.99
+
+
+def test_a_model_run_from_memory_hands_its_weights_over_as_arrays(tmp_path, lazy_small, monkeypatch, sessions):
+    """Inline FP32 weights and deferred BF16 ones reach onnxruntime as arrays
+    (``backend.detach_initializers``): the serialized model holds no weight bytes, and the
+    outputs equal those of the model serialized whole."""
+    from mixprec.runtimes import onnx as runtime
+    monkeypatch.setattr(runtime, "DETACH_MIN_BYTES", 1024)
+    inline = _mlp()
+    weight_bytes = sum(w.nbytes for w in _weights())
+    whole = runtime._run_session_of(inline.SerializeToString(), _feeds(), "CPUExecutionProvider", True, None)
+    sessions.clear()
+    got = runtime.run_onnxruntime(inline, _feeds())
+    assert isinstance(sessions[0], bytes) and len(sessions[0]) < weight_bytes // 10
+    np.testing.assert_array_equal(got[0], whole[0])
+    _, converted = _streamed(tmp_path)  # BF16 weights deferred (ml_dtypes arrays when read)
+    sessions.clear()
+    emulated = runtime.run_emulated(converted, _feeds(), [DType.BFLOAT16])
+    assert isinstance(sessions[0], bytes) and len(sessions[0]) < weight_bytes // 10  # BF16 data: weight_bytes / 2
+    streamed = runtime.emulate_in_float(backend.resolved(converted), DType.BFLOAT16)
+    np.testing.assert_array_equal(emulated[0], runtime._run_whole(streamed, _feeds(), "CPUExecutionProvider",
+                                                                  False)[0])
+
+
+def test_the_size_estimate_of_a_model_counts_its_tensors():
+    from mixprec.runtimes import onnx as runtime
+    model = _mlp()
+    model.graph.node.append(helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+        np.zeros((256, 256), np.float32), "c")))
+    exact = model.ByteSize()
+    assert exact <= runtime._size(model) <= exact + 512 * len(model.graph.node)

@@ -235,6 +235,9 @@ def _run_whole(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], p
     removed afterwards, whether the run succeeds or not."""
     if isinstance(model, Path):
         return _run_session_of(str(model), feeds, provider, optimize, None)
+    if backend.pending_bytes(model) <= IN_MEMORY_RUN_BYTES and _size(model) <= IN_MEMORY_RUN_BYTES:
+        shell, arrays = backend.detach_initializers(model, DETACH_MIN_BYTES)
+        return _run_session_of(shell.SerializeToString(), feeds, provider, optimize, folder, arrays)
     if backend.pending_bytes(model) or (folder is None and _size(model) >= LARGE_MODEL_BYTES):
         with tempfile.TemporaryDirectory(prefix="mixprec-ort-") as tmp:
             path = backend.save(model, Path(tmp) / "model.onnx", external_data=True)
@@ -243,13 +246,16 @@ def _run_whole(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], p
 
 
 def _run_session_of(source: str | bytes, feeds: Mapping[str, np.ndarray], provider: str, optimize: bool,
-                    folder: Path | None) -> list[np.ndarray]:
+                    folder: Path | None, arrays: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """Create a session of ``source`` (a path, or serialized bytes whose external data
-    lies in ``folder``), run it, and drop it before returning its outputs, so that no two
-    checked models' weights are held by onnxruntime at once."""
+    lies in ``folder``, and whose ``backend.IN_MEMORY_LOCATION`` initializers are
+    ``arrays``), run it, and drop it before returning its outputs, so that no two checked
+    models' weights are held by onnxruntime at once."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if arrays:  # onnxruntime copies them while it creates the session
+        options.add_external_initializers(list(arrays), [_ort_value(a) for a in arrays.values()])
     options.log_severity_level = 4  # failures are raised, with onnxruntime's message
     # prepacked MatMul weights are a second copy of each; a check runs every session once
     options.add_session_config_entry("session.disable_prepacking", "1")
@@ -272,6 +278,21 @@ def _run_session_of(source: str | bytes, feeds: Mapping[str, np.ndarray], provid
         del session  # the session's memory goes now (nothing else refers to it; no gc.collect, which
         #              walks the whole heap: 72 of them cost 130 s on a 100k-node graph)
 
+
+def _ort_value(array: np.ndarray) -> Any:
+    """An onnxruntime OrtValue sharing ``array``'s memory (bf16/fp8 arrays of ml_dtypes
+    passed as their bits with the ONNX element type)."""
+    import onnxruntime as ort
+
+    array = np.ascontiguousarray(array)
+    if array.dtype.type in _NUMPY_NATIVE:
+        return ort.OrtValue.ortvalue_from_numpy(array)
+    elem = helper.np_dtype_to_tensor_dtype(array.dtype)
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(f"u{array.dtype.itemsize}"), elem)
+
+
+_NUMPY_NATIVE = frozenset({np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                           np.uint64, np.float16, np.float32, np.float64})
 
 #: the longest one onnxruntime run of a check may take (a Loop with neither a trip count
 #: nor a condition never ends); MIXPREC_RUN_TIMEOUT overrides it, in seconds
@@ -309,11 +330,44 @@ def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> li
     return [np.asarray(out) for out in ReferenceEvaluator(proto).run(None, dict(feeds))]
 
 
+#: a model whose deferred data (``backend.deferred_tensor``) and inline data each stay within
+#: this many bytes runs from memory, its initializers of DETACH_MIN_BYTES or more handed to
+#: onnxruntime as arrays (``backend.detach_initializers``); a larger one is streamed to a
+#: temporary file first (writing, syncing and parsing 100 MB per tuning trial cost a
+#: ResNet-50's error budget 15 s)
+IN_MEMORY_RUN_BYTES = 512 * 2**20
+DETACH_MIN_BYTES = 64 * 2**10
+
+
 def _size(proto: onnx.ModelProto) -> int:
+    """The model's serialized size in bytes: estimated from its tensors' payload (inline
+    initializers and tensor attributes) plus 512 bytes a node, exact only when that
+    estimate reaches half of LARGE_MODEL_BYTES (``ByteSize`` serializes the whole message:
+    0.23 s on a 100 MB model, twice per tuning trial)."""
+    payload = nodes = 0
+    for graph in _graphs(proto.graph):
+        nodes += len(graph.node)
+        payload += sum(_tensor_bytes(t) for t in graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    payload += _tensor_bytes(attr.t)
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    payload += sum(_tensor_bytes(t) for t in attr.tensors)
+    estimate = payload + 512 * nodes
+    if estimate < LARGE_MODEL_BYTES // 2:
+        return estimate
     try:
         return proto.ByteSize()
     except Exception:  # pragma: no cover
         return LARGE_MODEL_BYTES
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes ``tensor`` holds inline (raw_data or typed fields; strings by length)."""
+    return (len(tensor.raw_data) + 4 * (len(tensor.float_data) + len(tensor.int32_data))
+            + 8 * (len(tensor.int64_data) + len(tensor.double_data) + len(tensor.uint64_data))
+            + sum(len(v) for v in tensor.string_data))
 
 
 # ---------------------------------------------------------------- sample inputs ---
@@ -567,7 +621,7 @@ def run_emulated(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     low_inputs = {vi.name for vi in proto.graph.input if vi.type.tensor_type.elem_type in
                   {dtype_to_onnx(d) for d in lows}}
     fed = {k: (np.asarray(v).astype(np.float32) if k in low_inputs else v) for k, v in feeds.items()}
-    if folder is None and (backend.pending_bytes(model) or _size(model) >= LARGE_MODEL_BYTES):
+    if folder is None and (backend.pending_bytes(model) > IN_MEMORY_RUN_BYTES or _size(model) >= LARGE_MODEL_BYTES):
         with tempfile.TemporaryDirectory(prefix="mixprec-emulation-") as tmp:
             path = backend.save(model, Path(tmp) / "emulated.onnx", external_data=True)
             del model
