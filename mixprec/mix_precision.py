@@ -14,8 +14,6 @@ unpickled in a way that can run code unless ``config.trust_pickle``; ``save`` an
 reads, or that is not a regular file (or a directory mixprec wrote)."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import logging
 import os
@@ -28,6 +26,7 @@ import numpy as np
 
 from mixprec import progress as bars
 from mixprec.runtimes import Adapter, adapter_for, framework_of, get_adapter
+from mixprec.runtimes.base import per_fit_memo, per_fit_scope
 from mixprec.config import AccuracyCriterion, MixedPrecisionConfig, pickle_trust
 from mixprec.errors import (AccuracyCheckError, ConfigError, ConversionError, MixprecError, ModelRunError,
                             OutputCheckUnavailable, SampleInputError, UnsupportedModelError)
@@ -100,7 +99,7 @@ def fit(model: Any, config: MixedPrecisionConfig | None = None, eval_func: Calla
         raise ConfigError(f"config must be a MixedPrecisionConfig, not {type(config).__name__}")
     if config.dump_dir is not None:
         check_dump_dir(config.dump_dir)
-    with pickle_trust(config.trust_pickle), profiling.scope(), _rejected_inputs_scope():
+    with pickle_trust(config.trust_pickle), profiling.scope(), per_fit_scope():
         return _fit(model, config, eval_func, eval_dataloader, eval_metric, progress)
 
 
@@ -134,14 +133,15 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
 
 
 def _convert(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, fallback_ops: list[str],
-             fallback_nodes: list[str], progress: Progress | None) -> tuple[Any, Model, Report]:
-    """Run the pipeline on ``ir_model`` in place and emit it."""
+             fallback_nodes: list[str], progress: Progress | None, validate: bool = True) -> tuple[Any, Model, Report]:
+    """Run the pipeline on ``ir_model`` in place and emit it (a tuning trial, which is only
+    run, without the framework's separate validation: ``validate=False``)."""
     logger.info("running the pipeline on %d nodes", sum(1 for _ in ir_model.graph.all_nodes()))
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
                           fallback_nodes=fallback_nodes)
-    logger.info("emitting and validating the converted model")
+    logger.info("emitting and validating the converted model" if validate else "emitting the trial's model")
     with bars.stage("emit"):
-        native = adapter.emit(ir_model, config)
+        native = adapter.emit(ir_model, config) if validate else adapter.emit_unvalidated(ir_model, config)
     report.notes.extend(ir_model.meta.pop("notes", []))  # what emitting changed (opset raised, nodes kept f32)
     return native, ir_model, report
 
@@ -210,6 +210,7 @@ def _tune(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecisionCon
     ir_model, report = result.best.payload
     report.tuning = result.summary()
     report.tuning["ranked"] = ranking is not None
+    adapter.validate(result.best.model, config)  # trials skip it; the model returned passes it
     return result.best.model, ir_model, report
 
 
@@ -244,12 +245,14 @@ def _meet_error_budget(adapter: Adapter, model: Any, loaded: Model, config: Mixe
         native, (ir_model, report) = result.best.model, result.best.payload
         missed_kind = _held_out_miss(adapter, model, native, ir_model, config, report, 3 + index)
         if missed_kind is None:
+            adapter.validate(native, config)  # trials skip it; the model returned passes it
             return native, ir_model, _budget_report(report, missed, config, fixed, trials, ranking, "")
         logger.info("error budget: %d fallback(s) miss held-out draw %d (%s images); falling back more", len(fixed),
                     3 + index, missed_kind)
         _add_draw(adapter, model, loaded, config, draws, 3 + index, missed_kind)
     last = convert([], converted)  # the last resort
     native, (ir_model, report) = last.model, last.payload
+    adapter.validate(native, config)
     _held_out_miss(adapter, model, native, ir_model, config, report, 3 + budget.ROUNDS)
     return native, ir_model, _budget_report(report, missed, config, converted, trials, ranking,
                                             "; the search did not meet it on held-out inputs, so every "
@@ -364,7 +367,7 @@ def _trial_converter(adapter: Adapter, loaded: Model, config: MixedPrecisionConf
         key = (tuple(ops), tuple(nodes))
         if key in memo:
             return memo[key]
-        native, ir_model, report = _convert(adapter, loaded.clone(), config, ops, nodes, progress)
+        native, ir_model, report = _convert(adapter, loaded.clone(), config, ops, nodes, progress, validate=False)
         lowered = [(n.name, n.op, n.meta.get("category", "")) for n in ir_model.graph.all_nodes()
                    if n.meta.get("precision") == config.precision and n.meta.get("category") != "cast"]
         candidate = Candidate(native, lowered, (ir_model, report))
@@ -598,21 +601,6 @@ def _flat(output: Any) -> bool:
     return float(np.ptp(values)) <= 1e-4 * max(1.0, float(np.max(np.abs(values))))
 
 
-#: per ``fit``: the float input shapes the FP32 model failed to run on (shape signature ->
-#: the failure), so the error budget's and the tuning's many reference runs skip a
-#: generated shape the model cannot take instead of failing on it again each time
-_REJECTED: contextvars.ContextVar[dict[tuple, str] | None] = contextvars.ContextVar("mixprec_rejected", default=None)
-
-
-@contextlib.contextmanager
-def _rejected_inputs_scope() -> Iterator[None]:
-    token = _REJECTED.set({})
-    try:
-        yield
-    finally:
-        _REJECTED.reset(token)
-
-
 def _float_shapes(inputs: Any) -> tuple | None:
     """The (shape, dtype) of every array in ``inputs`` (a mapping, sequence or array)
     when all are float arrays; None otherwise (integer inputs such as token ids can fail
@@ -629,7 +617,7 @@ def _first_reference_run(adapter: Adapter, original: Any, ir_model: Model,
                          config: MixedPrecisionConfig) -> tuple[Any, list[Any]]:
     """``reference_run`` for the current kind of sample images."""
     failures: list[str] = []
-    rejected = _REJECTED.get()
+    rejected = per_fit_memo("rejected sample shapes")  # tried once per fit: the budget and tuning run many
     for inputs in _candidates(adapter, original, ir_model, config, failures):
         shapes = _float_shapes(inputs) if rejected is not None and config.sample_inputs is None else None
         if shapes is not None and shapes in rejected:

@@ -1,6 +1,8 @@
 """The Adapter contract every framework implements for ``mix_precision.fit``."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -13,6 +15,28 @@ from mixprec.config import MixedPrecisionConfig
 from mixprec.ir.graph import Model
 
 logger = logging.getLogger(__name__)
+
+
+#: memos that live for one ``fit`` (kind -> key -> value); None outside a fit
+_PER_FIT: contextvars.ContextVar[dict[str, dict] | None] = contextvars.ContextVar("mixprec_per_fit", default=None)
+
+
+@contextlib.contextmanager
+def per_fit_scope() -> Iterator[None]:
+    """Memos made inside (``per_fit_memo``) are dropped when the scope ends (``fit`` holds it)."""
+    token = _PER_FIT.set({})
+    try:
+        yield
+    finally:
+        _PER_FIT.reset(token)
+
+
+def per_fit_memo(kind: str) -> dict | None:
+    """The memo of ``kind`` of the current ``fit`` (a dict to read and fill), or None
+    outside one: what many runs of one conversion would otherwise redo (a .pt2 program
+    loaded again for every reference run, a sample shape the model rejects tried again)."""
+    memos = _PER_FIT.get()
+    return None if memos is None else memos.setdefault(kind, {})
 
 
 @dataclass
@@ -50,6 +74,17 @@ class Adapter(ABC):
     @abstractmethod
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         """The converted IR as a native, validated model."""
+
+    def emit_unvalidated(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        """The converted IR as a native model that may skip the framework's own validation
+        (``validate``): for a tuning trial or a probe, which is only run. ``emit`` unless a
+        framework's validation is separate and costly (torch.export: 1.4 s a trial on
+        MobileNetV2); the model ``fit`` returns always passes ``validate``."""
+        return self.emit(ir_model, config)
+
+    def validate(self, native: Any, config: MixedPrecisionConfig) -> None:
+        """The framework's own validation of a model ``emit_unvalidated`` made
+        (ConversionError when it fails); nothing where ``emit`` validates."""
 
     @abstractmethod
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:

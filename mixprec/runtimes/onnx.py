@@ -62,12 +62,19 @@ class OnnxAdapter(Adapter):
         """The validated ModelProto, every node legal at its opset (``backend.emit_legal``:
         the opset raised, or a node kept in float32). What was done is logged and kept in
         ``ir_model.meta["notes"]`` for the report."""
+        proto = self.emit_unvalidated(ir_model, config)
+        backend.validate(proto)
+        return proto
+
+    def emit_unvalidated(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         proto, notes = backend.emit_legal(ir_model)
         for note in notes:
             logger.warning(note)
         ir_model.meta.setdefault("notes", []).extend(notes)
-        backend.validate(proto)
         return proto
+
+    def validate(self, native: Any, config: MixedPrecisionConfig) -> None:
+        backend.validate(native)
 
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         return next(iter(self.candidate_inputs(original, ir_model, config)))

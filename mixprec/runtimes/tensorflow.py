@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from mixprec.runtimes.base import Adapter, RuntimeLimits
+from mixprec.runtimes.base import Adapter, RuntimeLimits, per_fit_memo
 from mixprec.backends import tensorflow as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects import tensorflow as dialect
@@ -45,10 +45,6 @@ class TensorflowAdapter(Adapter):
         #: config.inputs / config.outputs of the model being converted: the interface of
         #: a GraphDef, which the FP32 reference run must use too
         self._graph_io: tuple[list[str] | None, list[str] | None] = (None, None)
-        #: the last model file loaded by ``native`` (path, mtime, size, graph interface) and what it loaded: the
-        #: output check, error attribution and each budget draw run the FP32 model, and
-        #: loading a .keras file or SavedModel takes seconds each time
-        self._native_cache: tuple[tuple[str, int, int, str], Any] | None = None
 
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
         self._graph_io = (config.inputs, config.outputs)
@@ -77,11 +73,13 @@ class TensorflowAdapter(Adapter):
             return model
         path = os.fspath(model)
         stat = os.stat(path)
-        key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, repr(self._graph_io))
-        if self._native_cache is not None and self._native_cache[0] == key:
-            return self._native_cache[1]
+        key = (os.path.abspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size, repr(self._graph_io))
+        memo = per_fit_memo("tensorflow models")  # loaded once per fit (5-10 s a time for EfficientNetB0)
+        if memo is not None and key in memo:
+            return memo[key]
         native = self._load_native(path)
-        self._native_cache = (key, native)
+        if memo is not None:
+            memo[key] = native
         return native
 
     def _load_native(self, path: str) -> Any:
