@@ -856,7 +856,7 @@ def detach_initializers(proto: onnx.ModelProto, min_bytes: int) -> tuple[onnx.Mo
     for tensor in proto.graph.initializer:
         source = _pending_source(tensor)
         inline = tensor.data_location != onnx.TensorProto.EXTERNAL
-        size = int(np.prod(tensor.dims, dtype=np.int64)) * _itemsize(tensor.data_type)
+        size = int(np.prod(tensor.dims, dtype=np.int64)) * _itemsize(tensor.data_type)  # as _initializer_sizes
         if source is None and (not inline or tensor.data_type == onnx.TensorProto.STRING or size < min_bytes) \
                 or tensor.name in arrays:
             shell.graph.initializer.add().CopyFrom(tensor)
@@ -868,6 +868,21 @@ def detach_initializers(proto: onnx.ModelProto, min_bytes: int) -> tuple[onnx.Mo
             entry = ref.external_data.add()
             entry.key, entry.value = key, value
     return shell, arrays
+
+
+def largest_initializer(proto: onnx.ModelProto) -> int:
+    """Bytes of the largest main-graph initializer (from its dims and type; 0 when none)."""
+    return max(_initializer_sizes(proto), default=0)
+
+
+def initializer_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of the main graph's initializers, held or not (from their dims and type)."""
+    return sum(_initializer_sizes(proto))
+
+
+def _initializer_sizes(proto: onnx.ModelProto) -> Iterator[int]:
+    for tensor in proto.graph.initializer:
+        yield int(np.prod(tensor.dims, dtype=np.int64)) * _itemsize(tensor.data_type)
 
 
 def _copy_fields(source: Any, target: Any, skip: str) -> None:

@@ -242,7 +242,9 @@ def _run_whole(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], p
     removed afterwards, whether the run succeeds or not."""
     if isinstance(model, Path):
         return _run_session_of(str(model), feeds, provider, optimize, None)
-    if backend.pending_bytes(model) <= IN_MEMORY_RUN_BYTES and _size(model) <= IN_MEMORY_RUN_BYTES:
+    pending = backend.pending_bytes(model)
+    if (pending or backend.largest_initializer(model) >= DETACH_MIN_BYTES) and pending <= IN_MEMORY_RUN_BYTES \
+            and _size(model) <= IN_MEMORY_RUN_BYTES:
         shell, arrays = backend.detach_initializers(model, DETACH_MIN_BYTES)
         return _run_session_of(shell.SerializeToString(), feeds, provider, optimize, folder, arrays)
     if backend.pending_bytes(model) or (folder is None and _size(model) >= LARGE_MODEL_BYTES):
@@ -344,13 +346,18 @@ def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> li
 #: ResNet-50's error budget 15 s)
 IN_MEMORY_RUN_BYTES = 512 * 2**20
 DETACH_MIN_BYTES = 64 * 2**10
+#: ``_size`` is exact below this many bytes of initializers (serializing them is cheap)
+EXACT_SIZE_BELOW = 32 * 2**20
 
 
 def _size(proto: onnx.ModelProto) -> int:
-    """The model's serialized size in bytes: estimated from its tensors' payload (inline
-    initializers and tensor attributes) plus 512 bytes a node, exact only when that
-    estimate reaches half of LARGE_MODEL_BYTES (``ByteSize`` serializes the whole message:
-    0.23 s on a 100 MB model, twice per tuning trial)."""
+    """The model's serialized size in bytes: exact (``ByteSize``, which serializes the
+    whole message) when its main-graph initializers hold under EXACT_SIZE_BELOW; otherwise
+    estimated from its tensors' payload (initializers and tensor attributes) plus 512
+    bytes a node, exact again only when that reaches half of LARGE_MODEL_BYTES
+    (``ByteSize`` took 0.23 s on a 100 MB model, twice per tuning trial)."""
+    if backend.initializer_bytes(proto) < EXACT_SIZE_BELOW:
+        return _byte_size(proto)
     payload = nodes = 0
     for graph in _graphs(proto.graph):
         nodes += len(graph.node)
@@ -362,8 +369,10 @@ def _size(proto: onnx.ModelProto) -> int:
                 elif attr.type == onnx.AttributeProto.TENSORS:
                     payload += sum(_tensor_bytes(t) for t in attr.tensors)
     estimate = payload + 512 * nodes
-    if estimate < LARGE_MODEL_BYTES // 2:
-        return estimate
+    return estimate if estimate < LARGE_MODEL_BYTES // 2 else _byte_size(proto)
+
+
+def _byte_size(proto: onnx.ModelProto) -> int:
     try:
         return proto.ByteSize()
     except Exception:  # pragma: no cover
