@@ -4,10 +4,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -37,6 +38,21 @@ def per_fit_memo(kind: str) -> dict | None:
     loaded again for every reference run, a sample shape the model rejects tried again)."""
     memos = _PER_FIT.get()
     return None if memos is None else memos.setdefault(kind, {})
+
+
+def load_once_per_fit(kind: str, path: str | os.PathLike, load: Callable[[], Any], *key: Any) -> Any:
+    """``load()`` of the model file at ``path``, made once per ``fit`` (per_fit_memo
+    ``kind``) and again when the file changes (its inode, size or modification time),
+    or when ``key`` differs; loaded every time outside a fit."""
+    stat = os.stat(path)
+    full = (os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, *key)
+    memo = per_fit_memo(kind)
+    if memo is not None and full in memo:
+        return memo[full]
+    value = load()
+    if memo is not None:
+        memo[full] = value
+    return value
 
 
 @dataclass

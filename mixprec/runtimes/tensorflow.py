@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from mixprec.runtimes.base import Adapter, RuntimeLimits, per_fit_memo
+from mixprec.runtimes.base import Adapter, RuntimeLimits, load_once_per_fit
 from mixprec.backends import tensorflow as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects import tensorflow as dialect
@@ -71,16 +71,8 @@ class TensorflowAdapter(Adapter):
             return self._graph_model(model)
         if not isinstance(model, (str, os.PathLike)):
             return model
-        path = os.fspath(model)
-        stat = os.stat(path)
-        key = (os.path.abspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size, repr(self._graph_io))
-        memo = per_fit_memo("tensorflow models")  # loaded once per fit (5-10 s a time for EfficientNetB0)
-        if memo is not None and key in memo:
-            return memo[key]
-        native = self._load_native(path)
-        if memo is not None:
-            memo[key] = native
-        return native
+        path = os.fspath(model)  # loaded once per fit (5-10 s a time for EfficientNetB0)
+        return load_once_per_fit("tensorflow models", path, lambda: self._load_native(path), repr(self._graph_io))
 
     def _load_native(self, path: str) -> Any:
         if os.path.isdir(path):

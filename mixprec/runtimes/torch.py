@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from mixprec.runtimes.base import Adapter, per_fit_memo
+from mixprec.runtimes.base import Adapter, load_once_per_fit
 from mixprec.backends import torch as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects.torch import META_KEY
@@ -92,15 +92,7 @@ class TorchAdapter(Adapter):
             return model.module()
         if not isinstance(model, (str, os.PathLike)):
             return model
-        memo = per_fit_memo("torch program modules")
-        stat = os.stat(model)
-        key = (os.path.abspath(model), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if memo is not None and key in memo:
-            return memo[key]
-        module = frontend.read_program(model).module()
-        if memo is not None:
-            memo[key] = module
-        return module
+        return load_once_per_fit("torch program modules", model, lambda: frontend.read_program(model).module())
 
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
         return _run(self.native(original), inputs)
