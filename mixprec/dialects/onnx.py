@@ -188,6 +188,14 @@ def _sub_byte_types() -> frozenset[int]:
     return frozenset({T.UINT4, T.INT4, T.FLOAT4E2M1, T.UINT2, T.INT2, T.FLOAT6E2M3, T.FLOAT6E3M2})
 
 
+@functools.cache
+def _defined_types() -> frozenset[int]:
+    """The ONNX tensor element types this onnx defines (UNDEFINED excluded)."""
+    import onnx
+
+    return frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+
+
 def element_count(dims: Iterable[int], where: str, limit: int | None = None) -> int:
     """The number of elements of ``dims``; ModelLoadError for a negative dim. Stops early
     (returning a number above ``limit``) once the product passes ``limit``, so that a
@@ -234,7 +242,7 @@ def check_tensor(tensor: onnx.TensorProto, base_dir: str | None, where: str) -> 
     import onnx
 
     elem = tensor.data_type
-    if elem == onnx.TensorProto.UNDEFINED or elem not in onnx.TensorProto.DataType.values():
+    if elem not in _defined_types():
         raise ModelLoadError(f"{where} has element type {_elem_name(elem)}, which is not a defined ONNX tensor "
                              "type; the model is corrupt or from a newer ONNX: re-export it")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
