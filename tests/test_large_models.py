@@ -440,3 +440,26 @@ def test_the_size_estimate_of_a_model_counts_its_tensors(monkeypatch):
         np.zeros((256, 256), np.float32), "c")))
     exact = model.ByteSize()
     assert exact <= runtime._size(model) <= exact + 512 * len(model.graph.node)
+
+
+def test_packed_sub_byte_initializers_stay_inline_when_weights_are_handed_over(monkeypatch):
+    """An INT4 weight is stored two values a byte: it is not handed over as an array (an
+    unpacked numpy int4 array is not its ONNX layout) but kept in the model."""
+    import ml_dtypes
+    from mixprec.runtimes import onnx as runtime
+    monkeypatch.setattr(runtime, "DETACH_MIN_BYTES", 1)
+    rng = np.random.default_rng(0)
+    q = rng.integers(-8, 8, size=(64, 32)).astype(ml_dtypes.int4)
+    inits = [numpy_helper.from_array(q, "q"), numpy_helper.from_array(np.float32(0.05), "s"),
+             numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "w")]
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s"], ["qf"]), helper.make_node("MatMul", ["x", "qf"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "int4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    shell, arrays = backend.detach_initializers(model, 1)
+    assert "q" not in arrays and "w" in arrays and {t.name for t in shell.graph.initializer} == {"q", "s", "w"}
+    feeds = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    whole = runtime._run_session_of(model.SerializeToString(), feeds, "CPUExecutionProvider", True, None)
+    np.testing.assert_array_equal(runtime.run_onnxruntime(model, feeds)[0], whole[0])

@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from mixprec import progress
 from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx, graph_key,
-                                   onnx_type_string, sparse_to_dense, type_from_proto)
+                                   onnx_type_string, sparse_to_dense, sub_byte_types, type_from_proto)
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import atomic_write, atomic_write_bytes, first_line, make_temp_dir, publish, same_file
 from mixprec.ir.dtypes import DType
@@ -843,8 +843,8 @@ def detach_initializers(proto: onnx.ModelProto, min_bytes: int) -> tuple[onnx.Mo
     inline ones of ``min_bytes`` or more are external references to IN_MEMORY_LOCATION, and
     their values by name, so that a runtime can take the arrays as they are instead of
     parsing them out of a serialized model (serializing a 100 MB model cost 0.17 s and
-    as much again to parse, per tuning trial). Other initializers, data of external files
-    and strings are copied as they are; subgraphs' pending data is resolved in place.
+    as much again to parse, per tuning trial). Other initializers, data of external files,
+    strings and packed sub-byte types are copied as they are; subgraphs' pending data is resolved in place.
     ``proto`` is left as it was; its bytes are copied only into the arrays."""
     shell = onnx.ModelProto()
     _copy_fields(proto, shell, skip="graph")
@@ -857,9 +857,12 @@ def detach_initializers(proto: onnx.ModelProto, min_bytes: int) -> tuple[onnx.Mo
         source = _pending_source(tensor)
         inline = tensor.data_location != onnx.TensorProto.EXTERNAL
         size = int(np.prod(tensor.dims, dtype=np.int64)) * _itemsize(tensor.data_type)  # as _initializer_sizes
-        if source is None and (not inline or tensor.data_type == onnx.TensorProto.STRING or size < min_bytes) \
-                or tensor.name in arrays:
-            shell.graph.initializer.add().CopyFrom(tensor)
+        packed = tensor.data_type in sub_byte_types()
+        if source is None and (not inline or tensor.data_type == onnx.TensorProto.STRING or size < min_bytes
+                               or packed) or tensor.name in arrays or packed:
+            copy = shell.graph.initializer.add()
+            copy.CopyFrom(tensor)
+            _resolve_tensor(copy)  # a pending packed one is held inline, as before
             continue
         arrays[tensor.name] = initializer_array(tensor)
         ref = shell.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
@@ -912,12 +915,16 @@ def _pending_bytes_of(graph: onnx.GraphProto) -> int:
 
 def _resolve_graph(graph: onnx.GraphProto) -> None:
     for tensor in graph.initializer:
-        source = _pending_source(tensor)
-        if source is not None:
-            tensor.ClearField("external_data")
-            tensor.ClearField("data_location")
-            tensor.raw_data = np.ascontiguousarray(source.materialize()).astype(source.dtype.newbyteorder("<")
-                                                                                 ).tobytes()
+        _resolve_tensor(tensor)
+
+
+def _resolve_tensor(tensor: onnx.TensorProto) -> None:
+    """Hold ``tensor``'s pending data (``deferred_tensor``) inline; others are left as they are."""
+    source = _pending_source(tensor)
+    if source is not None:
+        tensor.ClearField("external_data")
+        tensor.ClearField("data_location")
+        tensor.raw_data = np.ascontiguousarray(source.materialize()).astype(source.dtype.newbyteorder("<")).tobytes()
 
 
 def _field_header(number: int, length: int) -> bytes:

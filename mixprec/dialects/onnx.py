@@ -180,7 +180,7 @@ _PER_VALUE = 16
 
 
 @functools.cache
-def _sub_byte_types() -> frozenset[int]:
+def sub_byte_types() -> frozenset[int]:
     """Element types whose values take less than a byte (a lower bound on their packing)."""
     import onnx
 
@@ -231,7 +231,7 @@ def _min_bytes(elem_type: int, count: int) -> int | None:
 
     if elem_type == onnx.TensorProto.STRING:
         return None
-    if elem_type in _sub_byte_types():
+    if elem_type in sub_byte_types():
         return (count * 2 + 7) // 8
     return count * onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize
 

@@ -293,7 +293,8 @@ def _ort_value(array: np.ndarray) -> Any:
     passed as their bits with the ONNX element type)."""
     import onnxruntime as ort
 
-    array = np.ascontiguousarray(array)
+    if not array.flags.c_contiguous:
+        array = np.array(array, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
     if array.dtype.type in _NUMPY_NATIVE:
         return ort.OrtValue.ortvalue_from_numpy(array)
     elem = helper.np_dtype_to_tensor_dtype(array.dtype)
