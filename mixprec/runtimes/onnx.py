@@ -237,7 +237,9 @@ def _run_whole(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], p
                optimize: bool, folder: Path | None = None) -> list[np.ndarray]:
     """One onnxruntime session of ``model`` (a path, or a proto whose external data lies
     in ``folder``; optimizations on when ``optimize``), released before this returns. A
-    proto with deferred data, or too large to serialize, is first written to a temporary
+    proto with deferred data or large initializers, within IN_MEMORY_RUN_BYTES, hands
+    them to onnxruntime as arrays (``backend.detach_initializers``); a larger one with
+    deferred data, or one too large to serialize, is first written to a temporary
     directory with its tensors in external data (``backend.save``, streaming) that is
     removed afterwards, whether the run succeeds or not."""
     if isinstance(model, Path):
@@ -247,7 +249,7 @@ def _run_whole(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], p
             and _size(model) <= IN_MEMORY_RUN_BYTES:
         shell, arrays = backend.detach_initializers(model, DETACH_MIN_BYTES)
         return _run_session_of(shell.SerializeToString(), feeds, provider, optimize, folder, arrays)
-    if backend.pending_bytes(model) or (folder is None and _size(model) >= LARGE_MODEL_BYTES):
+    if pending or (folder is None and _size(model) >= LARGE_MODEL_BYTES):
         with tempfile.TemporaryDirectory(prefix="mixprec-ort-") as tmp:
             path = backend.save(model, Path(tmp) / "model.onnx", external_data=True)
             return _run_session_of(str(path), feeds, provider, optimize, None)
