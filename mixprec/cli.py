@@ -61,6 +61,9 @@ def _add_conversion_options(p: argparse.ArgumentParser, objective: bool = True) 
                        help="memory (default): the most low precision the policy allows; performance: low precision "
                             "only where measured faster on this machine (or the --profile machine); accuracy: only "
                             "allow ops, each kept only if the error budget clears it")
+        p.add_argument("--no-cache", action="store_true",
+                       help="objective performance: neither read nor write the measurement and conversion cache "
+                            "($MIXPREC_CACHE_DIR, default ~/.cache/mixprec)")
         p.add_argument("--profile", metavar="MACHINE.json",
                        help="timings written by `mixprec profile` on the deployment machine, used instead of timing "
                             "here (implies --objective performance)")
@@ -84,7 +87,7 @@ def _config(args: argparse.Namespace, **extra):
                                 inputs=_names(args.inputs, "--inputs"), outputs=_names(args.outputs, "--outputs"),
                                 check_runtime=args.check_runtime, trust_pickle=args.trust_pickle,
                                 objective=args.objective or ("performance" if args.profile else "memory"),
-                                profile=args.profile, **extra)
+                                profile=args.profile, cache=not getattr(args, "no_cache", False), **extra)
 
 
 def parse_input_shapes(items: Sequence[str]) -> dict[str, list[int]] | list[int] | None:

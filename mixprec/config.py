@@ -134,6 +134,7 @@ class _Options:
     trust_pickle: bool = False
     objective: str = "memory"
     profile: str | None = None
+    cache: bool = True
     accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
     tuning_criterion: TuningCriterion = field(default_factory=TuningCriterion)
 
@@ -181,6 +182,11 @@ class MixedPrecisionConfig(_Options):
       provider has no BF16 kernels) or ``"accuracy"`` (only allow ops low, each kept
       only if the error budget clears it); ``profile``: a file written by ``mixprec
       profile`` whose measurements replace local timing (objective ``"performance"``);
+      ``cache`` (default True): objective ``"performance"`` reads and writes the cache
+      directory (``$MIXPREC_CACHE_DIR``, default ``~/.cache/mixprec``): measurements, so
+      that nothing is timed twice, and whole conversions, so that converting the same
+      model again with the same options costs a fingerprint (mixprec.conversion_cache);
+      False: neither is read nor written;
     - ``accuracy_criterion`` / ``tuning_criterion``: used when ``fit`` gets an evaluation
       function: ops fall back to FP32 until the criterion holds, within the budget.
     """
@@ -216,7 +222,7 @@ class MixedPrecisionConfig(_Options):
         if self.check_runtime not in CHECK_RUNTIMES:
             raise ConfigError(f"check_runtime must be one of {CHECK_RUNTIMES}, not {self.check_runtime!r}")
         for name in ("keep_io_types", "dynamic_batch", "fallback_fx", "check_outputs", "error_budget", "trust_pickle",
-                     "external_data"):
+                     "cache", "external_data"):
             if not _is_bool(getattr(self, name)):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
         for name in ("policy", "dump_dir"):

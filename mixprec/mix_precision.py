@@ -35,7 +35,7 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model
 from mixprec.memory import check_skip_reason
 from mixprec.numerics import compare_outputs
-from mixprec import profiling
+from mixprec import conversion_cache, profiling
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
@@ -107,7 +107,15 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
          eval_metric: Any, progress: Progress | None) -> ConvertedModel:
     adapter = adapter_for(model)
     config = _resolve_bare_shape(adapter, model, config)
+    adapter.bind(config)
     evaluate = _evaluator(adapter, config, eval_func, eval_dataloader, eval_metric)
+    input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    slot = conversion_cache.slot(adapter, model, config, cacheable=evaluate is None and not profiling.exhaustive())
+    if slot is not None:
+        with bars.stage("conversion cache"):
+            reused = conversion_cache.reuse(slot, adapter, model, config)
+        if reused is not None:
+            return ConvertedModel(reused.native, reused.ir, reused.report, adapter, config, input_path)
     logger.info("loading the %s model", adapter.name)
     with bars.stage("load"):
         loaded = adapter.load(model, config)
@@ -116,19 +124,21 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
         converted, ir_model, report = _convert(adapter, loaded.clone(), config, [], [], progress)
     else:
         converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
+    check = None
     if config.check_outputs:
-        _check_outputs(adapter, model, converted, ir_model, config, report)
+        check = _check_outputs(adapter, model, converted, ir_model, config, report)
         if report.failed_check and evaluate is not None:
             _criterion_decides(report)
         elif report.failed_check and config.error_budget:
             converted, ir_model, report = _meet_error_budget(adapter, model, loaded, config, report, progress)
-    input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     result = ConvertedModel(converted, ir_model, report, adapter, config, input_path)
     # measured and predicted latency against FP32; the FP32 model as given when the converted one is slower
     result = profiling.finish(adapter, model, result, config)
     report = result.report
     if report.failed_check:
         raise AccuracyCheckError(report.failed_check, converted=result, report=report)
+    if slot is not None:
+        conversion_cache.store(slot, adapter, result, config, check)
     return result
 
 
@@ -497,8 +507,9 @@ def _refuse_converted(graph: Graph, precision: str) -> None:
 
 
 def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Model,
-                   config: MixedPrecisionConfig, report: Report) -> None:
-    """Compare the converted model's outputs with the FP32 model's; see ``fit``.
+                   config: MixedPrecisionConfig, report: Report) -> tuple[Any, list[Any]] | None:
+    """Compare the converted model's outputs with the FP32 model's; see ``fit``. Returns
+    the sample inputs and the FP32 outputs on them, or None when the check was skipped.
 
     A safety net never turns a valid conversion into a failure: when no sample input fits
     (the FP32 model fails or gives non-finite outputs on every candidate), or no runtime
@@ -523,14 +534,14 @@ def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Mo
             outputs = adapter.run_converted(converted, inputs, config)
     except OutputCheckUnavailable as exc:
         _skip_check(report, f"output check skipped: {exc}; the model passed its framework's validation only")
-        return
+        return inputs, reference
     report.checks = compare_outputs(adapter.output_names(ir_model), reference, outputs)
     if adapter.last_check_note:
         report.notes.append(adapter.last_check_note)
     report.notes.append(f"output check took {time.perf_counter() - started:.2f} s")
     failing = [c for c in report.checks if c.cosine != c.cosine or c.cosine < config.min_cosine]
     if not failing:
-        return
+        return inputs, reference
     check = min(failing, key=lambda c: -2.0 if c.cosine != c.cosine else c.cosine)  # the worst output
     what = ("is not finite or has the wrong shape" if check.cosine != check.cosine
             or (check.cosine == 0.0 and check.max_abs_error == float("inf"))
@@ -540,6 +551,7 @@ def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Mo
     report.failed_check = (f"output {check.output} of the converted model {what}{others}; keep the sensitive ops "
                            "in FP32 (op_type_dict / --fp32-op-type) or lower min_cosine")
     logger.info(report.failed_check)  # fit raises it as AccuracyCheckError; the caller reports it
+    return inputs, reference
 
 
 def _skip_check(report: Report, message: str) -> None:

@@ -75,6 +75,15 @@ class Report:
                                               meta.get("scope") or ""))
         return cls(graph.framework, precision, target, nodes)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """The report ``to_dict`` made (its statistics are derived again, not read)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and k not in ("nodes", "checks")}
+        with paused_gc():
+            nodes = [NodeDecision(**n) for n in data.get("nodes", [])]
+        return cls(**values, nodes=nodes, checks=[OutputCheck(**c) for c in data.get("checks", [])])
+
     # ---- summaries ----------------------------------------------------------------------
     @property
     def casts_inserted(self) -> int:

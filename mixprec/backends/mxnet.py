@@ -49,13 +49,17 @@ Triple = tuple[Any, dict[str, Any], dict[str, Any]]
 def emit(model: Model) -> Triple:
     """The model as ``(Symbol, arg_params, aux_params)``; parameters are NDArrays on the
     CPU and only those the symbol reads. Raises ConversionError when MXNet rejects it."""
-    doc = to_json(model)
+    symbol_ = symbol(model)
+    args, aux = _params(model, symbol_)
+    return symbol_, args, aux
+
+
+def symbol(model: Model) -> Any:
+    """The model's Symbol (without parameters). ConversionError when MXNet rejects it."""
     try:
-        symbol = mx.sym.load_json(json.dumps(doc))
+        return mx.sym.load_json(json.dumps(to_json(model)))
     except mx.base.MXNetError as exc:
         raise ConversionError(f"MXNet rejects the emitted symbol: {error_text(exc)}") from None
-    args, aux = _params(model, symbol)
-    return symbol, args, aux
 
 
 def to_json(model: Model) -> dict[str, Any]:
@@ -205,7 +209,9 @@ def to_block(symbol: Any, arg_params: Mapping[str, Any], aux_params: Mapping[str
              input_names: Sequence[str] | None = None,
              input_dtypes: Mapping[str, DType] | None = None) -> Any:
     """A gluon SymbolBlock running ``symbol`` with these parameters (in their own dtypes,
-    bf16 included) on the CPU. Inputs default to the symbol's non-parameter arguments."""
+    bf16 included) on the CPU. Inputs default to the symbol's non-parameter arguments.
+    The block is for inference: its parameters have ``grad_req="null"`` (no gradient
+    buffers; set ``block.collect_params().setattr("grad_req", "write")`` to train it)."""
     params = {**arg_params, **aux_params}
     names = list(input_names) if input_names is not None else \
         [n for n in symbol.list_arguments() if n not in params]
@@ -214,6 +220,7 @@ def to_block(symbol: Any, arg_params: Mapping[str, Any], aux_params: Mapping[str
     try:
         with quiet():
             block = mx.gluon.SymbolBlock(symbol, inputs)
+        block.collect_params().setattr("grad_req", "null")  # for inference: no gradient buffers to allocate
         loaded = {**{f"arg:{k}": v for k, v in arg_params.items()}, **{f"aux:{k}": v for k, v in aux_params.items()}}
         block.collect_params().load_dict(loaded, ctx=mx.cpu(), cast_dtype=True, dtype_source="saved")
     except (mx.base.MXNetError, AssertionError, ValueError) as exc:

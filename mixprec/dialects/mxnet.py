@@ -132,8 +132,11 @@ def numpy_to_ndarray(data: np.ndarray, dtype: DType) -> Any:
     """numpy data as an NDArray of ``dtype`` on the CPU (bf16 values survive exactly:
     they travel as float32, which holds every bf16 value)."""
     mx = import_mxnet()
-    if dtype == DType.BFLOAT16:
-        return mx.nd.array(np.asarray(data, dtype=np.float32), dtype=np.float32).astype(mx_bfloat16())
+    if dtype == DType.BFLOAT16:  # widened into a fresh array that MXNet takes without a copy, then cast
+        wide = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
+        low = mx.nd.from_numpy(wide, zero_copy=True).astype(mx_bfloat16())
+        low.wait_to_read()  # the cast has read ``wide`` before it goes
+        return low
     arr = np.asarray(data, dtype=dtype.to_numpy())
     return mx.nd.array(arr, dtype=arr.dtype)
 

@@ -4,9 +4,9 @@ timers live in mixprec/runtimes/<framework>_timing.py."""
 from mixprec.profiling.cache import Profile, TimingCache, cache_root
 from mixprec.profiling.regions import Region, extract, low_components
 from mixprec.profiling.session import (OBJECTIVES, ProfileSession, RegionRecord, annotate, begin, current,
-                                       extend_pipeline, finish, profile_model, scope)
+                                       exhaustive,                                        extend_pipeline, finish, profile_model, scope)
 from mixprec.profiling.timing import Measurement, RegionTimer, TimingPolicy, TimingUnavailable, measure_pair
 
 __all__ = ["OBJECTIVES", "Measurement", "Profile", "ProfileSession", "Region", "RegionRecord", "RegionTimer",
            "TimingCache", "TimingPolicy", "TimingUnavailable", "annotate", "begin", "cache_root", "current",
-           "extend_pipeline", "extract", "finish", "low_components", "measure_pair", "profile_model", "scope"]
+           "exhaustive", "extend_pipeline", "extract", "finish", "low_components", "measure_pair", "profile_model", "scope"]

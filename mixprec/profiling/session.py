@@ -366,6 +366,13 @@ def scope(exhaustive: bool = False) -> Iterator[dict]:
         _ACTIVE.reset(token)
 
 
+def exhaustive() -> bool:
+    """Whether this fit measures every region for ``mixprec profile`` (which must time,
+    so the conversion cache is not used)."""
+    held = _ACTIVE.get()
+    return bool(held and held.get("exhaustive"))
+
+
 def current() -> ProfileSession | None:
     held = _ACTIVE.get()
     return held.get("session") if held is not None else None
@@ -379,7 +386,7 @@ def begin(adapter: Any, original: Any, loaded: Any, config: Any) -> ProfileSessi
     if config.objective != "performance":
         return None
     started = time.perf_counter()
-    session = make_session(adapter, original, loaded, config, exhaustive=bool(held and held.get("exhaustive")))
+    session = make_session(adapter, original, loaded, config, exhaustive=exhaustive())
     session.seconds += time.perf_counter() - started
     session.loaded = loaded
     if held is not None:
@@ -408,7 +415,8 @@ def make_session(adapter: Any, original: Any, loaded: Any, config: Any, exhausti
     if timer is None and profile is None:
         return ProfileSession(framework, precision, policy, unavailable=f"mixprec has no {framework} timer yet: "
                               "nothing can be measured, so the model stays FP32 (unknown -> FP32)")
-    cache = TimingCache(machine.fingerprint_key(), framework, timer.version()) if timer is not None else None
+    cache = TimingCache(machine.fingerprint_key(), framework, timer.version()) \
+        if timer is not None and config.cache else None
     return ProfileSession(framework, precision, policy, timer=timer, cache=cache, profile=profile,
                           timing=policy_from_env(), exhaustive=exhaustive)
 

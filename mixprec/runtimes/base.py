@@ -14,6 +14,7 @@ import numpy as np
 
 from mixprec.config import MixedPrecisionConfig
 from mixprec.ir.graph import Model
+from mixprec.runtimes.fingerprint import Fingerprint, Unfingerprintable
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ class Adapter(ABC):
     #: own runtime directly (fit puts it in the report); None otherwise
     last_check_note: str | None = None
 
+    def bind(self, config: MixedPrecisionConfig) -> None:
+        """Take what running the user's model needs from ``config`` (a GraphDef's chosen
+        inputs and outputs); ``fit`` calls it first, also when it reuses a cached conversion
+        without loading the model."""
+
     @abstractmethod
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
         """The user's model (object or path) as IR."""
@@ -101,6 +107,28 @@ class Adapter(ABC):
     def validate(self, native: Any, config: MixedPrecisionConfig) -> None:
         """The framework's own validation of a model ``emit_unvalidated`` made
         (ConversionError when it fails); nothing where ``emit`` validates."""
+
+    def fingerprint(self, model: Any, digest: Fingerprint) -> None:
+        """Feed a model *object* to ``digest`` for the conversion cache: the code it runs,
+        its attributes and its weights (a path is hashed by its files, ``input_files``).
+        Unfingerprintable when some of it cannot be hashed faithfully: the conversion is
+        then not cached."""
+        raise Unfingerprintable(f"mixprec does not fingerprint {self.name} model objects of type "
+                                f"{type(model).__qualname__}")
+
+    def store_native(self, native: Any, directory: Path) -> None:
+        """Write into ``directory`` what ``load_native`` needs to rebuild ``native`` faster
+        than emitting its IR again (the conversion cache); nothing by default."""
+
+    def load_native(self, directory: Path, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        """The native model of a cached conversion: from what ``store_native`` wrote, or
+        ``emit_unvalidated(ir_model)`` where it wrote nothing."""
+        return self.emit_unvalidated(ir_model, config)
+
+    def hash_value(self, digest: Fingerprint, value: Any, where: str, depth: int) -> bool:
+        """Hash a value ``Fingerprint.plain`` does not know (this framework's tensors in
+        example or sample inputs); True when it did."""
+        return False
 
     @abstractmethod
     def sample_inputs(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> Any:

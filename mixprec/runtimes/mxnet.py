@@ -23,9 +23,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from mixprec.runtimes.base import Adapter, RuntimeLimits
+from mixprec.runtimes.fingerprint import Fingerprint, Unfingerprintable
 from mixprec.backends import mxnet as backend
 from mixprec.config import MixedPrecisionConfig
-from mixprec.dialects.mxnet import META, dtype_from_mx, dtype_to_mx, import_mxnet, numpy_to_ndarray
+from mixprec.dialects.mxnet import META, dtype_from_mx, dtype_to_mx, import_mxnet, ndarray_to_numpy, numpy_to_ndarray
 from mixprec.errors import ConfigError
 from mixprec.frontends import mxnet as frontend
 from mixprec.ir.dtypes import DType
@@ -121,6 +122,43 @@ class MxnetAdapter(Adapter):
         shapes = config.input_shapes if config.example_inputs is None and config.input_shapes else None
         return frontend.load(model, example_inputs=config.example_inputs, input_shapes=shapes)
 
+    def fingerprint(self, model: Any, digest: Fingerprint) -> None:
+        """A gluon block by its structure (``repr``), its blocks' code and its parameters
+        by structural name (``0.weight``), shape, dtype and values; a ``(symbol,
+        arg_params, aux_params)`` triple by the symbol's JSON and the parameters."""
+        if isinstance(model, (tuple, list)) and len(model) == 3:
+            symbol, args, aux = model
+            digest.text("symbol", symbol.tojson())
+            for kind, params in (("arg", args or {}), ("aux", aux or {})):
+                for name in sorted(params):
+                    digest.text(kind, name)
+                    digest.array(host_view(params[name]))
+            return
+        if not isinstance(model, mx.gluon.Block):
+            raise Unfingerprintable(f"a {type(model).__qualname__} is not an MXNet gluon block")
+        digest.text("block", repr(model))
+        stack = [model]
+        while stack:
+            block = stack.pop()
+            digest.code(type(block))
+            stack.extend(reversed(list(block._children.values())))
+        params = model._collect_params_with_prefix() if hasattr(model, "_collect_params_with_prefix") \
+            else model.collect_params()
+        for name in sorted(params):
+            param = params[name]
+            try:
+                data = param.data()
+            except Exception as exc:  # deferred initialization: no values yet
+                raise Unfingerprintable(f"parameter {name} has no value ({type(exc).__name__})") from None
+            digest.text("param", name, str(param.dtype))
+            digest.array(host_view(data))
+
+    def hash_value(self, digest: Fingerprint, value: Any, where: str, depth: int) -> bool:
+        if isinstance(value, mx.nd.NDArray):
+            digest.array(host_view(value))
+            return True
+        return False
+
     def native(self, model: Any) -> Any:
         """A callable gluon block: the block itself, or a SymbolBlock for files and triples."""
         if isinstance(model, mx.gluon.Block):
@@ -161,6 +199,25 @@ class MxnetAdapter(Adapter):
         shapes = {v.name: v.shape for v in graph.inputs
                   if v.shape is not None and all(isinstance(d, int) for d in v.shape)}
         backend.validate(symbol, args, aux, self._input_dtypes, shapes)
+        return backend.to_block(symbol, args, aux, [v.name for v in graph.inputs], self._input_dtypes)
+
+    def store_native(self, native: Any, directory: Path) -> None:
+        """A SymbolBlock's parameters in MXNet's own format: loading them takes a third of
+        the time of making bf16 NDArrays from the IR's arrays again (the symbol is made
+        from the IR, which is fast)."""
+        if isinstance(native, mx.gluon.SymbolBlock):
+            mx.nd.save(str(directory / _CACHED_PARAMS), {n: p.data() for n, p in native.collect_params().items()})
+
+    def load_native(self, directory: Path, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        if not (directory / _CACHED_PARAMS).is_file():
+            return self.emit_unvalidated(ir_model, config)
+        loaded = mx.nd.load(str(directory / _CACHED_PARAMS))
+        symbol = backend.symbol(ir_model)
+        aux_names = set(symbol.list_auxiliary_states())
+        args = {k: v for k, v in loaded.items() if k not in aux_names}
+        aux = {k: v for k, v in loaded.items() if k in aux_names}
+        graph = ir_model.graph
+        self._input_dtypes = {v.name: v.dtype for v in graph.inputs}
         return backend.to_block(symbol, args, aux, [v.name for v in graph.inputs], self._input_dtypes)
 
     # ---- running ------------------------------------------------------------------------
@@ -207,6 +264,32 @@ class MxnetAdapter(Adapter):
              input_path: str | None) -> None:
         protected = list(frontend.model_files(input_path)) if input_path is not None else []
         backend.save(ir_model, path, protected=protected)
+
+
+#: the conversion cache's file of an emitted SymbolBlock's parameters (Adapter.store_native)
+_CACHED_PARAMS = "block.params"
+
+
+class _DLPack:
+    """A DLPack capsule as the object ``np.from_dlpack`` takes."""
+
+    def __init__(self, capsule: Any) -> None:
+        self.capsule = capsule
+
+    def __dlpack__(self, stream: Any = None) -> Any:
+        return self.capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+def host_view(array: Any) -> np.ndarray:
+    """A CPU NDArray's data as numpy without a copy (DLPack; ``asnumpy`` copies at about
+    1 GB/s), or a copy where DLPack cannot carry it (bf16). Valid while ``array`` lives."""
+    try:
+        return np.from_dlpack(_DLPack(array.to_dlpack_for_read()))
+    except (TypeError, ValueError, BufferError, AttributeError, RuntimeError, mx.base.MXNetError):
+        return ndarray_to_numpy(array)
 
 
 def input_specs(ir_model: Model) -> list[InputSpec]:

@@ -25,6 +25,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from mixprec.runtimes.base import Adapter, RuntimeLimits, load_once_per_fit
+from mixprec.runtimes.fingerprint import Fingerprint, Unfingerprintable
 from mixprec.backends import tensorflow as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects import tensorflow as dialect
@@ -46,8 +47,31 @@ class TensorflowAdapter(Adapter):
         #: a GraphDef, which the FP32 reference run must use too
         self._graph_io: tuple[list[str] | None, list[str] | None] = (None, None)
 
-    def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
+    def bind(self, config: MixedPrecisionConfig) -> None:
         self._graph_io = (config.inputs, config.outputs)
+
+    def fingerprint(self, model: Any, digest: Fingerprint) -> None:
+        """A GraphDef by its bytes; a Keras model by its architecture (``to_json``, or
+        each layer's config), its layers' code and plain attributes, and its weights."""
+        if isinstance(model, graph_pb2.GraphDef):
+            digest.plain(model.SerializeToString(deterministic=True), "the GraphDef")
+            return
+        if not frontend.is_keras(model):
+            raise Unfingerprintable(f"a {type(model).__qualname__} is not fingerprinted (only Keras models, GraphDefs "
+                                    "and model files are); save it as a SavedModel and convert the directory")
+        fingerprint_keras(model, digest)
+
+    def hash_value(self, digest: Fingerprint, value: Any, where: str, depth: int) -> bool:
+        if isinstance(value, (tf.Tensor, tf.Variable)):
+            digest.array(np.asarray(value))
+            return True
+        if isinstance(value, (tf.TensorSpec, tf.dtypes.DType, tf.TensorShape)):
+            digest.text(type(value).__name__, repr(value))
+            return True
+        return False
+
+    def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
+        self.bind(config)
         signature = _signature(model, config.example_inputs)
         if signature is None and frontend.is_keras(model) and not has_defined_input(model):
             signature = _signature(model, config.sample_inputs)  # a subclassed model: trace it on those
@@ -145,6 +169,31 @@ class TensorflowAdapter(Adapter):
 
 
 # --------------------------------------------------------------------- helpers ---
+def fingerprint_keras(model: Any, digest: Fingerprint) -> None:
+    """See ``TensorflowAdapter.fingerprint``; the conversion cache also checks that the
+    model gives its cached FP32 outputs before a conversion is reused."""
+    try:
+        digest.text("architecture", model.to_json())
+        configs = False
+    except (NotImplementedError, TypeError, ValueError, AttributeError):  # a subclassed model without get_config
+        configs = True
+    layers = list(model._flatten_layers(include_self=True)) if hasattr(model, "_flatten_layers") else [model]
+    for layer in layers:
+        digest.text("layer", layer.name)
+        digest.code(type(layer))
+        if configs:
+            try:
+                digest.plain(layer.get_config(), f"{layer.name}'s config")
+            except (NotImplementedError, TypeError, Unfingerprintable):
+                digest.text("no config")
+        for name, value in sorted(vars(layer).items()):  # subclassed models keep settings as attributes
+            if isinstance(value, (str, int, float, bool, type(None))) and not name.startswith("_"):
+                digest.text(name, repr(value))
+    for variable in model.weights:
+        digest.text("weight", getattr(variable, "path", None) or variable.name)
+        digest.array(np.asarray(variable.numpy()))
+
+
 class _SavedModelSignature:
     """A SavedModel's serving_default signature, holding the loaded object (whose
     variables the signature reads) alive."""

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mixprec.runtimes.base import Adapter, load_once_per_fit
+from mixprec.runtimes.fingerprint import Fingerprint, Unfingerprintable
 from mixprec.backends import torch as backend
 from mixprec.config import MixedPrecisionConfig
 from mixprec.dialects.torch import META_KEY
@@ -83,6 +84,21 @@ class TorchAdapter(Adapter):
             for position, value in zip(tensors, graph.inputs):
                 filled[position] = torch.from_numpy(arrays[value.name]).to(leaves[position].dtype)
             yield torch.utils._pytree.tree_unflatten(filled, spec)
+
+    def fingerprint(self, model: Any, digest: Fingerprint) -> None:
+        """A module by its code, attributes, hooks and tensors (runtimes.torch_fingerprint);
+        an ExportedProgram by its serialized bytes."""
+        from mixprec.runtimes import torch_fingerprint
+        if isinstance(model, torch.export.ExportedProgram):
+            raise Unfingerprintable("an ExportedProgram object is not fingerprinted (save it as .pt2 and convert "
+                                    "the file to use the conversion cache)")
+        if not isinstance(model, torch.nn.Module):
+            raise Unfingerprintable(f"a {type(model).__qualname__} is not a torch.nn.Module")
+        torch_fingerprint.fingerprint_module(model, digest)
+
+    def hash_value(self, digest: Fingerprint, value: Any, where: str, depth: int) -> bool:
+        from mixprec.runtimes import torch_fingerprint
+        return torch_fingerprint.torch_value(digest, value, where, depth)
 
     def native(self, model: Any) -> Any:
         """A module: the user's, or the program's (a .pt2 path or an ExportedProgram); a

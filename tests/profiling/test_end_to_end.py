@@ -2,6 +2,8 @@
 report, decisions explained by pins, a second conversion served by the cache, and ONNX
 kept FP32 (onnxruntime's CPU provider has no BF16 kernels). Timing results themselves are
 never asserted: only that they were measured and acted on consistently."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,7 @@ def test_torch_mlp_performance(cache_dir):
     assert "region component linear..linear_1" in first.report.summary_table()
     assert "model latency: FP32" in first.report.summary_table()
     assert list(cache_dir.glob("timings/*/*.json"))
+    shutil.rmtree(cache_dir / "conversions", ignore_errors=True)  # the timing cache alone (tests/test_conversion_cache.py: the whole)
     again = mix_precision.fit(model, config=MixedPrecisionConfig(example_inputs=(torch.randn(4, 64),),
                                                                  objective="performance"))
     assert again.report.profile["timer_calls"] == 0  # regions and the whole-model latency from the cache
