@@ -164,7 +164,8 @@ def reuse(found: Slot, adapter: Adapter, model: Any, config: MixedPrecisionConfi
         ir_model = serialize.read(directory / "ir.bin")
         if stored["example_inputs"] is not None and not found.given_example:
             config.example_inputs = stored["example_inputs"]
-        native = adapter.native(model) if stored["returned_fp32"] else adapter.load_native(directory, ir_model, config)
+        native = adapter.native(model) if stored["returned_fp32"] else \
+            adapter.load_native(directory, serialize.read(directory / "ir.bin"), config)  # a mapping of its own
         report = Report.from_dict(stored["report"])
     except Exception as exc:  # noqa: BLE001 - a damaged entry is a miss, never a failed conversion
         logger.warning("conversion cache: ignoring entry %s (%s: %s)", directory, type(exc).__name__, exc)

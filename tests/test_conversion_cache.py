@@ -305,3 +305,22 @@ def test_keras_model_is_served_whole_and_a_new_weight_misses(calls):
 def test_cache_option_must_be_a_bool():
     with pytest.raises(ConfigError, match="cache must be True or False"):
         MixedPrecisionConfig(cache="no")
+
+
+def test_a_reused_module_owns_its_weights_apart_from_the_ir_and_the_entry(calls, cache_dir):
+    model = _model()
+    mix_precision.fit(model, config=_config())
+    again = mix_precision.fit(model, config=_config())
+    (entry,) = _entries(cache_dir)
+    stored = (cache_dir / "conversions" / entry / "ir.bin").read_bytes()
+    weight = next(p for p in again.model.parameters() if p.dtype == torch.bfloat16 and p.dim() == 2)
+    ir_weight = next(v for v in again.ir.graph.constants.values() if v.shape == tuple(weight.shape))
+    before = np.array(ir_weight.data, copy=True)
+    with torch.no_grad():
+        weight.add_(1.0)  # fine-tuning the returned module in place
+    assert np.array_equal(ir_weight.data, before)
+    assert (cache_dir / "conversions" / entry / "ir.bin").read_bytes() == stored
+    third = mix_precision.fit(model, config=_config())
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        assert not torch.equal(third.model(x), again.model(x))  # the next reuse gets the cached weights

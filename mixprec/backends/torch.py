@@ -200,8 +200,11 @@ def _forward_signature(arg_names: list[str], kwarg_names: list[str],
     return tuple(positional), tuple(keyword_only)
 
 
-def emit(model: Model, probe_outputs: int | None = None) -> torch.nn.Module:
+def emit(model: Model, probe_outputs: int | None = None, copy: bool = True) -> torch.nn.Module:
     """A module that runs ``model``'s graph in eager mode (see :class:`EmittedModule`).
+    Its tensors own their memory, except with ``copy=False``, where constants already in
+    their dtype and layout become tensors over the same memory (the conversion cache
+    hands over an IR read for this module alone).
 
     ``probe_outputs`` (default: ``model.meta["probe_outputs"]``, else 0) is the number of
     trailing graph outputs that are probes of intermediate values (error attribution):
@@ -218,7 +221,7 @@ def emit(model: Model, probe_outputs: int | None = None) -> torch.nn.Module:
     cls = _signature_class(*_forward_signature(call.arg_names, call.kwarg_names, call.forward_params))
     module = cls(_build_graph_module(graph), call)
     kinds = meta.get("constant_kinds", {})
-    paths = [_register_constant(module, value, kinds.get(name)) for name, value in graph.constants.items()]
+    paths = [_register_constant(module, value, kinds.get(name), copy) for name, value in graph.constants.items()]
     module._mixprec_constant_paths = paths
     logger.info("emitted torch module: %d nodes, %d constants", len(graph), len(paths))
     return module.eval()
@@ -274,13 +277,15 @@ def _warn_unloadable_names(module: torch.nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------- constants ---
-def numpy_to_tensor(data: np.ndarray, dtype: DType) -> torch.Tensor:
-    """A tensor (own memory) with ``data`` converted to ``dtype`` (bf16/fp8 via ml_dtypes)."""
+def numpy_to_tensor(data: np.ndarray, dtype: DType, copy: bool = True) -> torch.Tensor:
+    """A tensor (own memory) with ``data`` converted to ``dtype`` (bf16/fp8 via ml_dtypes);
+    ``copy=False``: over ``data``'s memory when it is writable, C-ordered and in ``dtype``."""
     expected = dtype.to_numpy()
     data = np.asarray(data)
     if data.dtype != expected:
         data = convert_array(data, dtype) if dtype.is_float and data.dtype.kind == "f" else data.astype(expected)
-    data = np.array(data, copy=True, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
+    if copy or not (data.flags.c_contiguous and data.flags.writeable):
+        data = np.array(data, copy=True, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
     if data.size == 0:  # a view of an empty buffer makes torch.export.save overflow (numel) on bf16
         return torch.empty(data.shape, dtype=torch_dtype(dtype))
     if dtype in (DType.BFLOAT16, DType.FLOAT16):
@@ -290,11 +295,11 @@ def numpy_to_tensor(data: np.ndarray, dtype: DType) -> torch.Tensor:
     return torch.from_numpy(data)
 
 
-def _register_constant(root: torch.nn.Module, value: Value, kind: str | None) -> str:
+def _register_constant(root: torch.nn.Module, value: Value, kind: str | None, copy: bool = True) -> str:
     """Register ``value`` on ``root`` under its FQN (or a sanitized name) and return the path."""
     if value.data is None:
         raise ConversionError(f"constant %{value.name} has no data (was the IR parsed from elided text?)")
-    tensor = numpy_to_tensor(value.data, value.dtype)
+    tensor = numpy_to_tensor(value.data, value.dtype, copy)
     found = _owner_for(root, value.name)
     owner, prefix, leaf = found if found is not None else (root, "", _fallback_name(root, value.name))
     if kind == "parameter":

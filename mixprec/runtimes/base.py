@@ -122,7 +122,9 @@ class Adapter(ABC):
 
     def load_native(self, directory: Path, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         """The native model of a cached conversion: from what ``store_native`` wrote, or
-        ``emit_unvalidated(ir_model)`` where it wrote nothing."""
+        ``emit_unvalidated(ir_model)`` where it wrote nothing. ``ir_model`` is read for
+        this call alone (not the ``.ir`` fit returns): its arrays may become the native
+        model's without a copy."""
         return self.emit_unvalidated(ir_model, config)
 
     def hash_value(self, digest: Fingerprint, value: Any, where: str, depth: int) -> bool:

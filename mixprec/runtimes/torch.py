@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -47,6 +48,11 @@ class TorchAdapter(Adapter):
 
     def emit_unvalidated(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         return backend.emit(ir_model)
+
+    def load_native(self, directory: Path, ir_model: Model, config: MixedPrecisionConfig) -> Any:
+        """The cached IR's module, its tensors over the IR's (copy-on-write mapped) arrays:
+        no copy and no new memory, the bytes paged in as the module first reads them."""
+        return backend.emit(ir_model, copy=False)
 
     def validate(self, native: Any, config: MixedPrecisionConfig) -> None:
         """The converted module must be capturable by torch.export (as it is saved)."""
