@@ -30,8 +30,8 @@ from mixprec.frontends import onnx as frontend
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node, Value
 from mixprec.passes.common import target_dtype
-from mixprec.runtimes.base import Adapter, RuntimeLimits
-from mixprec.runtimes import onnx_segments
+from mixprec.runtimes.base import Adapter, RuntimeLimits, load_once_per_fit, per_fit_memo
+from mixprec.runtimes import onnx_numpy, onnx_segments
 from mixprec.runtimes.onnx_probes import missing_kernels
 from mixprec.sample_inputs import Dim, InputSpec, check_sample_inputs, input_bytes_limit, make_arrays, shape_ladder
 
@@ -99,6 +99,13 @@ class OnnxAdapter(Adapter):
         model. A model that loads and fails on ``inputs`` (ModelRunError) is run once more
         with the graph optimizations off, then the error is raised: the inputs do not fit."""
         path = Path(original) if isinstance(original, (str, os.PathLike)) else None
+        runner = numpy_runner(path if path is not None else original)
+        if runner is not None:
+            try:
+                return runner.run(inputs)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime runs it then, and says what is wrong
+                logger.info("the numpy runner failed on the FP32 model (%s); running it in onnxruntime",
+                            first_line(exc))
         try:
             return run_onnxruntime_file(path, inputs) if path is not None else run_onnxruntime(original, inputs)
         except ModelRunError:  # loaded, then failed on these inputs: once more unoptimized (a graph
@@ -138,6 +145,18 @@ class OnnxAdapter(Adapter):
                     raise OutputCheckUnavailable(f"the converted model does not run in onnxruntime although "
                                                  f"target='onnxruntime' ({first_line(exc)})") from None
                 logger.info("onnxruntime cannot run the fp16 model (%s); checking its emulation", first_line(exc))
+        runner = numpy_runner(converted)
+        if runner is not None:
+            try:
+                outputs = runner.run(inputs)
+            except Exception as exc:  # noqa: BLE001 - the onnxruntime emulation then
+                logger.info("the numpy runner failed on the converted model (%s); using onnxruntime", first_line(exc))
+            else:
+                self.last_check_note = (
+                    f"outputs checked with onnx.reference's numpy kernels node by node ({len(runner)} nodes: "
+                    f"onnxruntime's per-node session cost would exceed the run) on an exact float32 emulation of "
+                    f"the {config.precision} model (every {config.precision} value rounded where it is produced)")
+                return outputs
         self.last_check_note = (f"outputs checked in onnxruntime on an exact float32 emulation of the "
                                 f"{config.precision} model (every {config.precision} value rounded where it "
                                 "is produced)")
@@ -186,6 +205,33 @@ def _unavailable_on_error(what: str, run: Callable[..., list[np.ndarray]], *args
 
 
 # ----------------------------------------------------------------------- running ---
+def numpy_runner(model: onnx.ModelProto | Path) -> onnx_numpy.NumpyRunner | None:
+    """The numpy runner of ``model`` (a model file or a proto) when it suits the model
+    (``onnx_numpy.suited``: a very large graph of cheap ops), made once per fit; None
+    (onnxruntime runs it) otherwise."""
+    if isinstance(model, Path):
+        def make() -> onnx_numpy.NumpyRunner | None:
+            structure = frontend.read_file(model)
+            why = onnx_numpy.suited(structure)
+            if why is not None:
+                return None
+            onnx.external_data_helper.load_external_data_for_model(structure, str(model.parent))
+            return onnx_numpy.NumpyRunner(structure)
+        return load_once_per_fit("numpy runners", model, make)
+    memo = per_fit_memo("numpy runners")
+    held = memo.get(id(model)) if memo is not None else None
+    if held is not None and held[0] is model:
+        return held[1]
+    why = onnx_numpy.suited(model)
+    runner = onnx_numpy.NumpyRunner(model) if why is None else None
+    if why is None:
+        logger.info("the output check runs the %d-node model with onnx.reference's numpy kernels (%d kinds of node)",
+                    len(runner), runner.kernels)
+    if memo is not None:
+        memo[id(model)] = (model, runner)  # the model held: its id is not reused within the fit
+    return runner
+
+
 def run_onnxruntime(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
                     provider: str = "CPUExecutionProvider", exact: bool = False,
                     folder: Path | None = None) -> list[np.ndarray]:

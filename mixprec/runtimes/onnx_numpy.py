@@ -1,0 +1,187 @@
+"""The output check's runtime for very large ONNX graphs: onnx.reference's numpy kernels
+driven node by node, low-precision types emulated in float32.
+
+Why: onnxruntime pays 14-26 us a node to create a session, whatever the options, and more
+than linearly (mixprec/runtimes/onnx_segments.py cuts big graphs for that reason). On the
+100k-node transformer-like graph of ``bench/scale.py`` its FP32 run took 4.3 s and the run
+of the converted model's float32 emulation 14.5 s (building the emulation, 250k nodes, and
+its sessions), where this runner takes 2.7 s and 3.5 s: its cost is one kernel call per
+node, and a graph of small tensors is all calls.
+
+When (``suited``): at least ``MIN_NODES`` nodes, every one a standard op of ``OPS``
+(elementwise, matmul, normalizations, reductions and data movement, whose reference kernels
+are vectorized numpy; no convolution, pooling, recurrence or control flow, which are slow or
+absent there), no local functions, and at most ``MAX_WEIGHT_BYTES`` of initializers (they
+are held in memory, low-precision ones widened to float32).
+
+Exactness: the same values ``emulate_in_float`` makes onnxruntime compute: every value
+of the low-precision type is held as the float32 of it (exact), each op computes in float32,
+and its outputs declared of the low type are rounded to it (round to nearest even, as
+onnxruntime's Cast) where they are produced; a Cast or an op that yields the low type
+itself (a tensor attribute) is widened exactly. The kernels differ from onnxruntime's (numpy
+against MLAS) only in float32 rounding: on the 100k graph both emulations read cosine
+0.99996 / 0.99997 to the FP32 outputs."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from mixprec.backends import onnx as backend
+from mixprec.ir.dtypes import DType
+
+logger = logging.getLogger(__name__)
+
+#: below this many nodes onnxruntime's sessions cost less than a second: it runs them
+MIN_NODES = 20000
+#: initializers held in memory (float32) at most
+MAX_WEIGHT_BYTES = 512 << 20
+#: standard ops with vectorized reference kernels
+OPS = frozenset({
+    "Abs", "Add", "And", "ArgMax", "ArgMin", "BatchNormalization", "Cast", "CastLike", "Ceil", "Celu", "Clip",
+    "Concat", "Constant", "ConstantOfShape", "Cos", "CumSum", "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf",
+    "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "Greater",
+    "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu",
+    "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "Mean", "Min", "Mod", "Mul", "Neg", "Not", "Or",
+    "Pad", "Pow", "PRelu", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceMax",
+    "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Round",
+    "ScatterElements", "ScatterND", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax",
+    "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Trilu", "Unsqueeze",
+    "Where", "Xor"})
+#: ops whose float outputs copy input elements: of low-precision inputs, low-precision outputs
+_EXACT_OPS = frozenset({
+    "Abs", "Concat", "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Identity", "Max", "Min", "Neg",
+    "ReduceMax", "ReduceMin", "Relu", "Reshape", "Slice", "Split", "Squeeze", "Tile", "Transpose", "Unsqueeze",
+    "Where"})
+#: the numpy type a value declared of a low-precision ONNX type is rounded to
+_ROUNDING = {onnx.TensorProto.BFLOAT16: DType.BFLOAT16.to_numpy(), onnx.TensorProto.FLOAT16: np.dtype(np.float16)}
+_LOW_NUMPY = frozenset(_ROUNDING.values())
+
+
+def suited(proto: onnx.ModelProto) -> str | None:
+    """None when this runner should run ``proto`` (see the module docstring); else why not."""
+    nodes = proto.graph.node
+    if len(nodes) < MIN_NODES:
+        return f"{len(nodes)} nodes (onnxruntime below {MIN_NODES})"
+    if proto.functions:
+        return "the model has local functions"
+    for node in nodes:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
+            return f"op {node.domain + '.' if node.domain else ''}{node.op_type} has no fast reference kernel"
+    weights = sum(_tensor_bytes(t) for t in proto.graph.initializer)
+    if weights > MAX_WEIGHT_BYTES:
+        return f"{weights >> 20} MiB of weights (at most {MAX_WEIGHT_BYTES >> 20} MiB are held as float32)"
+    return None
+
+
+class NumpyRunner:
+    """One model, ready to run many times: its float32 weights, one reference kernel per
+    distinct (op, attributes, inputs given) -- nodes alike share one, so a 100k-node graph
+    of a few dozen kinds of node makes a few dozen -- and its plan: per node the values it
+    reads, how each output is rounded, and the values it reads last (freed after it).
+    ``proto`` holds its weights (a file's model loaded with its external data; pending data
+    of an emitted model is resolved here)."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        proto = backend.resolved(proto)
+        graph = proto.graph
+        types: dict[str, int] = {init.name: init.data_type for init in graph.initializer}
+        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+            if vi.type.HasField("tensor_type"):
+                types[vi.name] = vi.type.tensor_type.elem_type
+        self.weights = {init.name: _widened(np.asarray(backend.initializer_array(init))) for init in graph.initializer}
+        kernels: dict[tuple, Any] = {}
+        last_read: dict[str, int] = {}
+        for index, node in enumerate(graph.node):
+            for name in node.input:
+                last_read[name] = index
+        keep = {vi.name for vi in graph.output}
+        self.plan = []
+        for index, node in enumerate(graph.node):
+            key = (node.domain, node.op_type, tuple(bool(i) for i in node.input), len(node.output),
+                   b"".join(a.SerializeToString() for a in node.attribute))
+            kernel = kernels.get(key)
+            if kernel is None:
+                own = _OWN_KERNELS.get(node.op_type)
+                kernel = kernels[key] = own(node) if own is not None else _kernel(proto, node, types)
+            rounding = [(name, None if node.op_type in _EXACT_OPS else _ROUNDING.get(types.get(name, 0)))
+                        for name in node.output]
+            freed = [n for n in dict.fromkeys(node.input) if n and last_read.get(n) == index and n not in keep
+                     and n not in self.weights]
+            self.plan.append((kernel, tuple(node.input), rounding, freed))
+        self.kernels = len(kernels)
+        self.outputs = [vi.name for vi in graph.output]
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        """The outputs on ``feeds`` (low-precision outputs as float32, exact)."""
+        env: dict[str, Any] = {"": None}
+        env.update(self.weights)
+        env.update({k: _widened(np.asarray(v)) for k, v in feeds.items()})
+        f32 = np.float32
+        with np.errstate(all="ignore"):  # as onnxruntime: log(0) is -inf, no warning
+            return self._run(env, f32)
+
+    def _run(self, env: dict[str, Any], f32: type) -> list[np.ndarray]:
+        for kernel, inputs, rounding, freed in self.plan:
+            outputs = kernel.run(*[env[name] for name in inputs])
+            for (name, low), value in zip(rounding, outputs):
+                if isinstance(value, np.ndarray):
+                    if value.dtype in _LOW_NUMPY:  # a Cast to the low type, or a tensor attribute of it: exact
+                        value = value.astype(f32)
+                    elif low is not None and value.dtype.kind == "f":
+                        value = value.astype(low).astype(f32)
+                env[name] = value
+            for name in freed:
+                del env[name]
+        return [np.asarray(env[name]) for name in self.outputs]
+
+
+class _GatherElements:
+    """GatherElements as ``np.take_along_axis`` (the reference kernel uses ``np.choose``,
+    which takes at most 32 choices: it fails on real index tensors)."""
+
+    def __init__(self, node: onnx.NodeProto) -> None:
+        self.axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+
+    def run(self, data: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray]:
+        axis = self.axis % data.ndim
+        indices = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, indices, axis=axis),)
+
+
+#: ops run by mixprec's own kernels where the reference one cannot take real inputs
+_OWN_KERNELS = {"GatherElements": _GatherElements}
+
+
+def _kernel(proto: onnx.ModelProto, node: onnx.NodeProto, types: Mapping[str, int]) -> Any:
+    """onnx.reference's kernel of ``node``: the one node of a model with the model's opsets
+    and the types of its inputs (some kernels are chosen by them)."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+    inputs = [helper.make_tensor_value_info(n, types[n], None) if n in types else helper.make_empty_tensor_value_info(n)
+              for n in dict.fromkeys(node.input) if n]
+    outputs = [helper.make_empty_tensor_value_info(n) for n in node.output if n]
+    graph = helper.make_graph([node], "node", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    return ReferenceEvaluator(model).rt_nodes_[0]
+
+
+def _is_low(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype in _LOW_NUMPY
+
+
+def _widened(array: np.ndarray) -> np.ndarray:
+    """Low-precision float arrays as float32 (exact); others as they are."""
+    return array.astype(np.float32) if _is_low(array) else array
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * 4
