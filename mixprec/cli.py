@@ -1,4 +1,4 @@
-"""The ``mixprec`` command line: convert | dump | passes | report | opt | env | profile.
+"""The ``mixprec`` command line: convert | dump | passes | report | opt | env | profile | cache.
 
 Exit status: 0 done; 2 a bad input model or option (a MixprecError: one line on stderr);
 3 an internal error (a bug in mixprec); 4 the converted model failed the output check
@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import sys
+import time
 from typing import Sequence
 
 from mixprec.errors import AccuracyCheckError, ConfigError, MixprecError
@@ -271,6 +272,34 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """What the cache directory holds (cached conversions, measurements); ``--clear``
+    removes the conversions, ``--clear-all`` the measurements too."""
+    import shutil
+    from mixprec import conversion_cache
+    from mixprec.profiling.cache import cache_root
+    root = cache_root()
+    listed = conversion_cache.entries()
+    timings = sorted((root / "timings").rglob("*.json")) if (root / "timings").is_dir() else []
+    if args.clear or args.clear_all:
+        for directory, _, _ in listed:
+            shutil.rmtree(directory, ignore_errors=True)
+        if args.clear_all and (root / "timings").is_dir():
+            shutil.rmtree(root / "timings", ignore_errors=True)
+        print(f"removed {len(listed)} cached conversion(s)" + (f" and {len(timings)} measurement(s)"
+                                                               if args.clear_all else "") + f" from {root}")
+        return EXIT_OK
+    total = sum(size for _, size, _ in listed)
+    print(f"cache directory: {root} ($MIXPREC_CACHE_DIR)")
+    print(f"conversions: {len(listed)}, {total / 2**20:.1f} MiB (at most {conversion_cache.max_bytes() / 2**20:.0f} "
+          "MiB: $MIXPREC_CACHE_MAX_BYTES; least recently used removed first)")
+    for directory, size, used in reversed(listed):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(used))
+        print(f"  {directory.name}  {size / 2**20:8.1f} MiB  last used {when}  {conversion_cache.describe_entry(directory)}")
+    print(f"measurements: {len(timings)}")
+    return EXIT_OK
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Measure every region of MODEL on this machine and write them portable."""
     from mixprec.mix_precision import check_paths
@@ -340,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-probe", action="store_true", help="read versions only; import no framework")
     p.set_defaults(func=cmd_env)
+    p = sub.add_parser("cache", help="list the cached conversions and measurements (objective performance), or "
+                                     "clear them")
+    p.add_argument("--clear", action="store_true", help="remove every cached conversion")
+    p.add_argument("--clear-all", action="store_true", help="remove the cached conversions and measurements")
+    p.set_defaults(func=cmd_cache)
     p = sub.add_parser("profile", help="time a model's candidate regions on this (deployment) machine and write "
                                        "them for `convert --profile`")
     p.add_argument("input", help="model file (as for convert)")

@@ -253,6 +253,15 @@ def _describe(result: Any) -> str:
     return f"{result.framework}, {len(result.report.nodes)} nodes, precision {result.report.precision}"
 
 
+def describe_entry(directory: Path) -> str:
+    """What ``entry.json`` says of the entry in ``directory`` (made when, of what)."""
+    try:
+        data = json.loads((directory / "entry.json").read_text())
+    except (OSError, ValueError):
+        return "(unreadable entry.json)"
+    return f"made {data.get('created', '?')}: {data.get('model', '?')}"
+
+
 def max_bytes() -> int:
     """``$MIXPREC_CACHE_MAX_BYTES`` (a whole number of bytes), or 4 GiB."""
     given = os.environ.get("MIXPREC_CACHE_MAX_BYTES")

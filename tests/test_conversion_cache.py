@@ -324,3 +324,18 @@ def test_a_reused_module_owns_its_weights_apart_from_the_ir_and_the_entry(calls,
     x = torch.randn(2, 16)
     with torch.no_grad():
         assert not torch.equal(third.model(x), again.model(x))  # the next reuse gets the cached weights
+
+
+def test_cli_cache_lists_and_clears_the_entries(calls, cache_dir, capsys):
+    from mixprec.cli import main
+    mix_precision.fit(_model(), config=_config())
+    (entry,) = _entries(cache_dir)
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache directory: {cache_dir}" in out and "conversions: 1," in out and entry in out
+    assert "torch" in out and "measurements:" in out
+    assert main(["cache", "--clear"]) == 0
+    assert "removed 1 cached conversion(s)" in capsys.readouterr().out
+    assert not _entries(cache_dir) and list(cache_dir.glob("timings/*/*.json"))
+    assert main(["cache", "--clear-all"]) == 0
+    assert not list(cache_dir.glob("timings/*/*.json"))
