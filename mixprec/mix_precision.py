@@ -11,7 +11,10 @@ model's on sample inputs (the report has the numbers); ``fit`` never returns Non
 never exits the process: every failure is a MixprecError saying what to do. Nothing is
 unpickled in a way that can run code unless ``config.trust_pickle``; ``save`` and
 :func:`check_paths` refuse an output that is, holds or lies inside a file the input
-reads, or that is not a regular file (or a directory mixprec wrote)."""
+reads, or that is not a regular file (or a directory mixprec wrote). A conversion served by the
+conversion cache (objective "performance", mixprec.conversion_cache) is the one that passed
+these checks when it was stored, for the same model bytes (or fingerprint and FP32 outputs),
+options, mixprec code, frameworks and machine."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +38,7 @@ from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Model
 from mixprec.memory import check_skip_reason
 from mixprec.numerics import compare_outputs
-from mixprec import conversion_cache, profiling
+from mixprec import conversion_cache, machine, profiling
 from mixprec.passes import DEFAULT_PIPELINE, build_pipeline
 from mixprec.passes.pipeline import split_items
 from mixprec.report import Report
@@ -67,7 +70,10 @@ class ConvertedModel:
     def save(self, path: str | os.PathLike) -> str:
         """Write the converted model atomically (parent directories made). Refuses
         (OutputPathError) a path that is, holds or lies inside a file the input model
-        reads, or that is not a regular file (or a directory mixprec wrote)."""
+        reads, or that is not a regular file (or a directory mixprec wrote). A conversion served by the
+conversion cache (objective "performance", mixprec.conversion_cache) is the one that passed
+these checks when it was stored, for the same model bytes (or fingerprint and FP32 outputs),
+options, mixprec code, frameworks and machine."""
         path = os.fspath(path)
         check_paths(self._input_path, output=path, framework=self.framework)
         with bars.stage("write"):
@@ -112,6 +118,8 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     slot = conversion_cache.slot(adapter, model, config, cacheable=evaluate is None and not profiling.exhaustive())
     if slot is not None:
+        if logger.isEnabledFor(logging.INFO):  # profiling.begin logs it when the model is converted (25 ms)
+            logger.info("machine: %s", machine.summary_line())
         with bars.stage("conversion cache"):
             reused = conversion_cache.reuse(slot, adapter, model, config)
         if reused is not None:
