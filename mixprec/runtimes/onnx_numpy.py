@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from mixprec.backends import onnx as backend
+from mixprec.runtimes import onnx_numpy_kernels
 from mixprec.ir.dtypes import DType
 
 logger = logging.getLogger(__name__)
@@ -91,27 +92,30 @@ class NumpyRunner:
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
             if vi.type.HasField("tensor_type"):
                 types[vi.name] = vi.type.tensor_type.elem_type
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.weights = {init.name: _widened(np.asarray(backend.initializer_array(init))) for init in graph.initializer}
-        kernels: dict[tuple, Any] = {}
+        nodes = [(node, node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
         last_read: dict[str, int] = {}
-        for index, node in enumerate(graph.node):
-            for name in node.input:
+        for index, (_, _, inputs, _) in enumerate(nodes):
+            for name in inputs:
                 last_read[name] = index
         keep = {vi.name for vi in graph.output}
+        kernels: dict[tuple, tuple[bool, Any]] = {}
         self.plan = []
-        for index, node in enumerate(graph.node):
-            key = (node.domain, node.op_type, tuple(bool(i) for i in node.input), len(node.output),
-                   b"".join(a.SerializeToString() for a in node.attribute))
-            kernel = kernels.get(key)
-            if kernel is None:
-                own = _OWN_KERNELS.get(node.op_type)
-                kernel = kernels[key] = own(node) if own is not None else _kernel(proto, node, types)
-            rounding = [(name, None if node.op_type in _EXACT_OPS else _ROUNDING.get(types.get(name, 0)))
-                        for name in node.output]
-            freed = [n for n in dict.fromkeys(node.input) if n and last_read.get(n) == index and n not in keep
+        for index, (node, op, inputs, outputs) in enumerate(nodes):
+            attributes = node.attribute
+            key = (node.domain, op, tuple(bool(i) for i in inputs), len(outputs),
+                   b"".join(a.SerializeToString() for a in attributes) if attributes else b"")
+            made = kernels.get(key)
+            if made is None:
+                made = kernels[key] = _make_kernel(proto, node, types, opset)
+            exact = op in _EXACT_OPS
+            rounding = [(name, None if exact else _ROUNDING.get(types.get(name, 0))) for name in outputs]
+            freed = [n for n in dict.fromkeys(inputs) if n and last_read[n] == index and n not in keep
                      and n not in self.weights]
-            self.plan.append((kernel, tuple(node.input), rounding, freed))
+            self.plan.append((made[0], made[1], inputs, rounding, freed))
         self.kernels = len(kernels)
+        self.direct = sum(1 for step in self.plan if step[0])
         self.outputs = [vi.name for vi in graph.output]
 
     def __len__(self) -> int:
@@ -122,15 +126,20 @@ class NumpyRunner:
         env: dict[str, Any] = {"": None}
         env.update(self.weights)
         env.update({k: _widened(np.asarray(v)) for k, v in feeds.items()})
-        f32 = np.float32
         with np.errstate(all="ignore"):  # as onnxruntime: log(0) is -inf, no warning
-            return self._run(env, f32)
+            return self._run(env)
 
-    def _run(self, env: dict[str, Any], f32: type) -> list[np.ndarray]:
-        for kernel, inputs, rounding, freed in self.plan:
-            outputs = kernel.run(*[env[name] for name in inputs])
+    def _run(self, env: dict[str, Any]) -> list[np.ndarray]:
+        f32, ndarray, asarray = np.float32, np.ndarray, np.asarray
+        for direct, kernel, inputs, rounding, freed in self.plan:
+            if direct:  # one output, an array or a numpy scalar
+                outputs = (kernel(*[env[name] for name in inputs]),)
+            else:
+                outputs = kernel.run(*[env[name] for name in inputs])
             for (name, low), value in zip(rounding, outputs):
-                if isinstance(value, np.ndarray):
+                if direct and value.__class__ is not ndarray:
+                    value = asarray(value)
+                if isinstance(value, ndarray):
                     if value.dtype in _LOW_NUMPY:  # a Cast to the low type, or a tensor attribute of it: exact
                         value = value.astype(f32)
                     elif low is not None and value.dtype.kind == "f":
@@ -156,6 +165,25 @@ class _GatherElements:
 
 #: ops run by mixprec's own kernels where the reference one cannot take real inputs
 _OWN_KERNELS = {"GatherElements": _GatherElements}
+
+
+def _make_kernel(proto: onnx.ModelProto, node: onnx.NodeProto, types: Mapping[str, int],
+                 opset: int) -> tuple[bool, Any]:
+    """(True, a direct kernel of ``onnx_numpy_kernels``) where one computes ``node``, else
+    (False, mixprec's own or onnx.reference's kernel object, whose ``run`` returns a tuple)."""
+    own = _OWN_KERNELS.get(node.op_type)
+    if own is not None:
+        return False, own(node)
+    reference: list[Any] = []
+
+    def run_reference(*inputs: Any) -> tuple:
+        if not reference:  # made on first use: most direct kernels never need it
+            reference.append(_kernel(proto, node, types))
+        return reference[0].run(*inputs)
+    direct = onnx_numpy_kernels.kernel(node, opset, run_reference)
+    if direct is not None:
+        return True, direct
+    return False, _kernel(proto, node, types)
 
 
 def _kernel(proto: onnx.ModelProto, node: onnx.NodeProto, types: Mapping[str, int]) -> Any:
