@@ -141,3 +141,88 @@ def test_gather_elements_takes_more_than_32_choices_and_negative_indices(any_siz
     rng = np.random.default_rng(0)
     feeds = {"d": rng.standard_normal((3, 40)).astype(np.float32), "i": rng.integers(-40, 40, (3, 50))}
     assert np.array_equal(onnx_numpy.NumpyRunner(model).run(feeds)[0], runtime.run_onnxruntime(model, feeds)[0])
+
+
+_F, _I = TensorProto.FLOAT, TensorProto.INT64
+#: (node, input types and shapes, integer inputs' values or None): each a node form the direct kernels compute
+_DIRECT_CASES = [
+    (helper.make_node("Add", ["a", "b"], ["y"]), [(_F, [2, 3]), (_F, [3])]),
+    (helper.make_node("Add", ["a", "b"], ["y"]), [(_F, []), (_F, [])]),  # 0-d: numpy answers a scalar
+    (helper.make_node("Sub", ["a", "b"], ["y"]), [(_F, [2, 3]), (_F, [2, 1])]),
+    (helper.make_node("Mul", ["a", "b"], ["y"]), [(_I, [4]), (_I, [4])]),
+    (helper.make_node("MatMul", ["a", "b"], ["y"]), [(_F, [2, 3, 4]), (_F, [4, 5])]),
+    (helper.make_node("MatMul", ["a", "b"], ["y"]), [(_F, [4]), (_F, [4, 5])]),
+    (helper.make_node("Div", ["a", "b"], ["y"]), [(_F, [3, 4]), (_F, [4])]),
+    (helper.make_node("Div", ["a", "b"], ["y"]), [(_I, [6]), (_I, [6])]),  # integer: truncating, the reference's
+    (helper.make_node("Pow", ["a", "b"], ["y"]), [(_F, [5]), (_I, [5])]),
+    (helper.make_node("Tanh", ["a"], ["y"]), [(_F, [3, 3])]),
+    (helper.make_node("Exp", ["a"], ["y"]), [(_F, [3, 3])]),
+    (helper.make_node("Sqrt", ["a"], ["y"]), [(_F, [3, 3])]),
+    (helper.make_node("Sigmoid", ["a"], ["y"]), [(_F, [3, 3])]),
+    (helper.make_node("Neg", ["a"], ["y"]), [(_F, [3])]),
+    (helper.make_node("Abs", ["a"], ["y"]), [(_I, [3])]),
+    (helper.make_node("Relu", ["a"], ["y"]), [(_F, [2, 5])]),
+    (helper.make_node("Identity", ["a"], ["y"]), [(_F, [2])]),
+    (helper.make_node("Where", ["c", "a", "b"], ["y"]), [(TensorProto.BOOL, [2, 3]), (_F, [2, 3]), (_F, [3])]),
+    (helper.make_node("Transpose", ["a"], ["y"], perm=[2, 0, 1]), [(_F, [2, 3, 4])]),
+    (helper.make_node("Transpose", ["a"], ["y"]), [(_F, [2, 3, 4])]),
+    (helper.make_node("Reshape", ["a", "s"], ["y"]), [(_F, [2, 3, 4]), (_I, [3], [0, -1, 2])]),
+    (helper.make_node("Reshape", ["a", "s"], ["y"], allowzero=1), [(_F, [2, 0]), (_I, [2], [0, 7])]),
+    (helper.make_node("Softmax", ["a"], ["y"], axis=1), [(_F, [2, 5, 3])]),
+    (helper.make_node("Softmax", ["a"], ["y"]), [(_F, [2, 5])]),
+    (helper.make_node("LayerNormalization", ["a", "g", "b"], ["y"], axis=-1, epsilon=1e-3),
+     [(_F, [2, 3, 8]), (_F, [8]), (_F, [8])]),
+    (helper.make_node("LayerNormalization", ["a", "g"], ["y"], axis=1), [(_F, [2, 3, 4]), (_F, [3, 4])]),
+    (helper.make_node("Cast", ["a"], ["y"], to=TensorProto.BFLOAT16), [(_F, [16])]),
+    (helper.make_node("Cast", ["a"], ["y"], to=TensorProto.FLOAT16), [(_F, [16])]),
+    (helper.make_node("Cast", ["a"], ["y"], to=TensorProto.FLOAT), [(_I, [4])]),  # int to float: the reference's
+    (helper.make_node("Gather", ["a", "i"], ["y"], axis=1), [(_F, [3, 5]), (_I, [2, 2], [0, -1, 4, -5])]),
+    (helper.make_node("Concat", ["a", "b", "c"], ["y"], axis=-1), [(_F, [2, 1]), (_F, [2, 3]), (_F, [2, 2])]),
+    (helper.make_node("Unsqueeze", ["a", "x"], ["y"]), [(_F, [3, 4]), (_I, [2], [-1, 0])]),
+]
+
+
+def _case_id(case):
+    node, specs = case
+    return f"{node.op_type}-" + "-".join("x".join(map(str, s[1])) or "scalar" for s in specs)
+
+
+@pytest.mark.parametrize("case", _DIRECT_CASES, ids=[_case_id(c) for c in _DIRECT_CASES])
+def test_direct_kernels_compute_what_the_reference_does(any_size, case):
+    node, specs = case
+    rng = np.random.default_rng(3)
+    inputs, feeds = [], {}
+    for name, spec in zip(node.input, specs):
+        elem, shape = spec[0], spec[1]
+        inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        if len(spec) > 2:
+            feeds[name] = np.array(spec[2], np.int64)
+        elif elem == TensorProto.BOOL:
+            feeds[name] = rng.random(shape) > 0.5
+        elif elem == _I:
+            feeds[name] = rng.integers(1, 9, shape).astype(np.int64) * rng.choice([-1, 1], shape)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(np.float32) + (2.0 if node.op_type == "Sqrt" else 0.0)
+    model = helper.make_model(helper.make_graph([node], "g", inputs, [helper.make_empty_tensor_value_info("y")]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    runner = onnx_numpy.NumpyRunner(model)
+    assert runner.direct == 1, f"{node.op_type} should run its direct kernel"
+    mine = runner.run(feeds)[0]
+    from onnx.reference import ReferenceEvaluator
+    theirs = np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+    if theirs.dtype in (np.float16, DType.BFLOAT16.to_numpy()):
+        theirs = theirs.astype(np.float32)  # the runner holds low-precision values as their float32
+    assert isinstance(mine, np.ndarray) and mine.shape == theirs.shape and mine.dtype == theirs.dtype
+    np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_forms_the_direct_kernels_do_not_compute_use_the_reference(any_size):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    old_softmax = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=0)], "g", [x],
+                                                      [helper.make_empty_tensor_value_info("y")]),
+                                    opset_imports=[helper.make_opsetid("", 11)])  # 2-D coercion before opset 13
+    runner = onnx_numpy.NumpyRunner(old_softmax)
+    assert runner.direct == 0
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    from onnx.reference import ReferenceEvaluator
+    np.testing.assert_allclose(runner.run(feeds)[0], ReferenceEvaluator(old_softmax).run(None, feeds)[0], rtol=1e-6)
