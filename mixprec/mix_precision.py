@@ -129,7 +129,10 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
         loaded = adapter.load(model, config)
     profiling.begin(adapter, model, loaded, config)  # objective="performance": the timer, cache or profile file
     if evaluate is None:
-        converted, ir_model, report = _convert(adapter, loaded.clone(), config, [], [], progress)
+        # the FP32 IR is read again only to meet an error budget or by the performance session
+        keep_fp32 = config.objective == "performance" or (config.check_outputs and bool(config.error_budget))
+        converted, ir_model, report = _convert(adapter, loaded.clone() if keep_fp32 else loaded, config, [], [],
+                                               progress)
     else:
         converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
     check = None

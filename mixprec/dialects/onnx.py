@@ -131,7 +131,15 @@ def graph_key(parent_key: str, node: Node, attr: str, index: int | None = None) 
 def type_from_proto(tp: onnx.TypeProto) -> tuple[DType, Shape, bool]:
     """(dtype, shape, lossy) of a TypeProto; ``lossy`` is True when (dtype, shape) cannot
     express the type (sequence/optional/map/sparse types, element types the IR lacks,
-    denotations), so the backend must re-emit the original TypeProto."""
+    denotations), so the backend must re-emit the original TypeProto. Memoized on the
+    type's bytes (a large graph has few distinct types; the result is immutable)."""
+    return _type_from_bytes(tp.SerializeToString())
+
+
+@functools.lru_cache(maxsize=4096)
+def _type_from_bytes(data: bytes) -> tuple[DType, Shape, bool]:
+    import onnx
+    tp = onnx.TypeProto.FromString(data)
     which = tp.WhichOneof("value")
     if which is None:
         return DType.UNKNOWN, None, bool(tp.denotation)

@@ -25,10 +25,18 @@ MixedInputOk = Callable[[Node, int], bool]
 def verify(graph: Graph, mixed_input_ok: MixedInputOk | None = None) -> None:
     """Check the invariants of ``graph`` and everything nested in it."""
     names: set[str] = set()
-    _verify(graph, set(), names, mixed_input_ok)
+    counts = [0, 0]
+    _verify(graph, set(), names, mixed_input_ok, counts)
+    if counts[0] != counts[1]:  # some use-list entry matches no input: name it
+        _check_all_uses(graph)
+        raise IRError(f"use-lists hold {counts[0]} entries for {counts[1]} node inputs")
 
 
-def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: MixedInputOk | None) -> None:
+def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: MixedInputOk | None,
+            counts: list[int]) -> None:
+    """``counts``: [use-list entries of the values defined, node inputs whose entry was
+    found]. Every input's entry is checked where it is read; the entries are distinct, so
+    when the two counts agree every entry is one of them (the reverse direction holds)."""
     defined: set[int] = set(outer)
 
     def define(value: Value, what: str) -> None:
@@ -36,6 +44,7 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
             raise IRError(f"graph {graph.name!r}: value name %{value.name} is not unique ({what})")
         names.add(value.name)
         defined.add(id(value))
+        counts[0] += len(value._uses)
         _check_shape(value)
 
     cast_op = cast_spec(graph.root.framework).op
@@ -65,12 +74,13 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
             use = value._uses.get((node_id, index))
             if use is None or use[0] is not node or use[1] != index:
                 raise IRError(f"use-list of %{value.name} misses ({node.name!r}, input {index})")
+            counts[1] += 1
         if node.attrs:
             for sub in node.subgraphs():
                 if graph._holders.get(node_id) is not node:
                     raise IRError(f"node {node.name!r} holds subgraph {sub.name!r} that was set after the node was "
                                   "added to its graph; set nested graphs as attributes before adding the node")
-                _verify(sub, defined, names, mixed_input_ok)
+                _verify(sub, defined, names, mixed_input_ok, counts)
         for index, value in enumerate(node._outputs):
             if value._producer is not node or value._index != index or value._kind != "node":
                 raise IRError(f"output %{value.name} of {node.name!r} has a wrong producer link")
@@ -82,16 +92,11 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
             defined.add(id(value))
             if value.shape:
                 _check_dims(value)
-            if value._uses:
-                _check_uses(value)
+            counts[0] += len(value._uses)
         if node.op == cast_op or mixed_input_ok is not None:
             _check_types(node, mixed_input_ok)
     if count != len(graph):
         raise IRError(f"graph {graph.name!r}: node count {len(graph)} disagrees with the node list ({count})")
-    for value in graph.inputs:
-        _check_uses(value)
-    for value in graph.constants.values():
-        _check_uses(value)
     for value in graph.outputs:
         if id(value) not in defined:
             raise IRError(f"graph {graph.name!r}: output %{value.name} is not defined")
@@ -119,6 +124,18 @@ def _check_shape(value: Value) -> None:
         return
     if len(got) != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(shape, got)):
         raise IRError(f"constant %{value.name} declares shape {list(shape)} but its data has shape {list(got)}")
+
+
+def _check_all_uses(graph: Graph) -> None:
+    """_check_uses on every value of ``graph`` and its subgraphs."""
+    for value in [*graph.inputs, *graph.constants.values()]:
+        _check_uses(value)
+    for node in graph.iter_nodes():
+        for value in node._outputs:
+            _check_uses(value)
+        if node.attrs:
+            for sub in node.subgraphs():
+                _check_all_uses(sub)
 
 
 def _check_uses(value: Value) -> None:

@@ -100,20 +100,24 @@ class NumpyRunner:
             for name in inputs:
                 last_read[name] = index
         keep = {vi.name for vi in graph.output}
+        freed_after: dict[int, list[str]] = {}
+        for name, index in last_read.items():
+            if name and name not in keep and name not in self.weights:
+                freed_after.setdefault(index, []).append(name)
+        low_types = {name: _ROUNDING[t] for name, t in types.items() if t in _ROUNDING}
         kernels: dict[tuple, tuple[bool, Any]] = {}
         self.plan = []
         for index, (node, op, inputs, outputs) in enumerate(nodes):
             attributes = node.attribute
-            key = (node.domain, op, tuple(bool(i) for i in inputs), len(outputs),
+            key = (op, node.domain, tuple(map(bool, inputs)), len(outputs),
                    b"".join(a.SerializeToString() for a in attributes) if attributes else b"")
             made = kernels.get(key)
             if made is None:
                 made = kernels[key] = _make_kernel(proto, node, types, opset)
-            exact = op in _EXACT_OPS
-            rounding = [(name, None if exact else _ROUNDING.get(types.get(name, 0))) for name in outputs]
-            freed = [n for n in dict.fromkeys(inputs) if n and last_read[n] == index and n not in keep
-                     and n not in self.weights]
-            self.plan.append((made[0], made[1], inputs, rounding, freed))
+            lows = None  # per output the low type it is rounded to (None: none is)
+            if low_types and op not in _EXACT_OPS and any(name in low_types for name in outputs):
+                lows = tuple(low_types.get(name) for name in outputs)
+            self.plan.append((made[0], made[1], inputs, outputs, lows, freed_after.get(index, ())))
         self.kernels = len(kernels)
         self.direct = sum(1 for step in self.plan if step[0])
         self.outputs = [vi.name for vi in graph.output]
@@ -130,24 +134,34 @@ class NumpyRunner:
             return self._run(env)
 
     def _run(self, env: dict[str, Any]) -> list[np.ndarray]:
-        f32, ndarray, asarray = np.float32, np.ndarray, np.asarray
-        for direct, kernel, inputs, rounding, freed in self.plan:
-            if direct:  # one output, an array or a numpy scalar
-                outputs = (kernel(*[env[name] for name in inputs]),)
-            else:
-                outputs = kernel.run(*[env[name] for name in inputs])
-            for (name, low), value in zip(rounding, outputs):
-                if direct and value.__class__ is not ndarray:
+        ndarray, asarray = np.ndarray, np.asarray
+        for direct, kernel, inputs, outputs, lows, freed in self.plan:
+            if direct:  # one named output, an array or a numpy scalar
+                value = kernel(*[env[name] for name in inputs])
+                if value.__class__ is not ndarray:
                     value = asarray(value)
-                if isinstance(value, ndarray):
-                    if value.dtype in _LOW_NUMPY:  # a Cast to the low type, or a tensor attribute of it: exact
-                        value = value.astype(f32)
-                    elif low is not None and value.dtype.kind == "f":
-                        value = value.astype(low).astype(f32)
-                env[name] = value
+                if lows is not None or value.dtype in _LOW_NUMPY:
+                    value = _rounded(value, lows[0] if lows is not None else None)
+                env[outputs[0]] = value
+            else:
+                values = kernel.run(*[env[name] for name in inputs])
+                for position, (name, value) in enumerate(zip(outputs, values)):
+                    if name:  # an omitted output: "" stays the omitted input
+                        env[name] = _rounded(value, lows[position] if lows is not None else None) \
+                            if isinstance(value, ndarray) else value
             for name in freed:
                 del env[name]
         return [np.asarray(env[name]) for name in self.outputs]
+
+
+def _rounded(value: np.ndarray, low: np.dtype | None) -> np.ndarray:
+    """``value`` as the runner holds it: a value of a low type as its float32 (exact), a
+    float value declared of a low type (``low``) rounded to it, then widened."""
+    if value.dtype in _LOW_NUMPY:  # a Cast to the low type, or a tensor attribute of it: exact
+        return value.astype(np.float32)
+    if low is not None and value.dtype.kind == "f":
+        return value.astype(low).astype(np.float32)
+    return value
 
 
 class _GatherElements:

@@ -36,9 +36,9 @@ _FLOAT_TARGETS = {onnx.TensorProto.FLOAT: np.dtype(np.float32), onnx.TensorProto
 
 
 def kernel(node: onnx.NodeProto, opset: int, reference: Callable[..., tuple]) -> Kernel | None:
-    """The direct kernel of ``node`` (one output, default domain) under ``opset``, or None."""
+    """The direct kernel of ``node`` (one named output, default domain) under ``opset``, or None."""
     factory = _FACTORIES.get(node.op_type)
-    if factory is None or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+    if factory is None or node.domain not in ("", "ai.onnx") or len(node.output) != 1 or not node.output[0]:
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     return factory(attrs, opset, reference)

@@ -94,3 +94,20 @@ def test_constant_data_inline_round_trip():
     b.output(b.op("Mul", x, k))
     g = parse(__import__("mixprec.ir", fromlist=["dump"]).dump(b.graph))
     np.testing.assert_array_equal(g.constants["k"].data, np.array([1.25, -2.0], np.float32))
+
+
+def test_verify_names_a_use_list_entry_that_matches_no_input():
+    g, x, a, c = _chain()
+    add = c.producer
+    a._uses[(id(add), 5)] = (add, 5)  # an entry for an input slot the node does not have
+    with pytest.raises(IRError, match=r"use-list of %a names \('.*', input 5\) which reads something else"):
+        verify(g)
+    del a._uses[(id(add), 5)]
+    verify(g)
+    stale = Node("Neg", [a], [Value("n")])  # a reader that was never added to the graph
+    with pytest.raises(IRError, match="use-list of %a names removed node"):
+        verify(g)
+    stale.set_input(0, x)
+    a._uses.pop((id(stale), 0), None)
+    x._uses.pop((id(stale), 0), None)
+    verify(g)
