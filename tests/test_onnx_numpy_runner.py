@@ -226,3 +226,17 @@ def test_forms_the_direct_kernels_do_not_compute_use_the_reference(any_size):
     feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
     from onnx.reference import ReferenceEvaluator
     np.testing.assert_allclose(runner.run(feeds)[0], ReferenceEvaluator(old_softmax).run(None, feeds)[0], rtol=1e-6)
+
+
+def test_a_large_fp16_graph_is_checked_on_its_emulation_unless_onnxruntime_is_the_target(monkeypatch):
+    monkeypatch.setattr(onnx_numpy, "MIN_NODES", 1000)
+    model = big_graph(1500)
+    before = runtime.STATS["sessions"]
+    converted = mix_precision.fit(model, config=MixedPrecisionConfig(precision="fp16"))
+    assert runtime.STATS["sessions"] == before
+    assert any("numpy kernels node by node" in n and "fp16 model" in n for n in converted.report.notes)
+    emulated = converted.report.checks[0].cosine
+    native = mix_precision.fit(model, config=MixedPrecisionConfig(precision="fp16", target="onnxruntime"))
+    assert runtime.STATS["sessions"] > before  # the target runtime itself runs it
+    assert not any("numpy kernels" in n for n in native.report.notes)
+    assert abs(native.report.checks[0].cosine - emulated) < 1e-3

@@ -132,12 +132,15 @@ class OnnxAdapter(Adapter):
         """The converted model's outputs, by ``config.check_runtime``: ``"reference"`` runs
         onnx.reference.ReferenceEvaluator; ``"auto"`` runs onnxruntime directly where it
         has the kernels (FP16, or target='onnxruntime') and otherwise onnxruntime on the
-        exact emulation (``emulate_in_float``). Any failure of the runtime is
-        OutputCheckUnavailable with a one-line reason."""
+        exact emulation (``emulate_in_float``). A graph the numpy runner suits (very
+        large, cheap ops) runs its emulation there, FP16 too unless target='onnxruntime':
+        onnxruntime's session of a 100k-node graph alone costs more than the whole run.
+        Any failure of the runtime is OutputCheckUnavailable with a one-line reason."""
         if config.check_runtime == "reference":  # the evaluator needs the data in memory (lazily loaded weights)
             self.last_check_note = "outputs checked with onnx.reference.ReferenceEvaluator (check_runtime='reference')"
             return _unavailable_on_error("the reference evaluator", run_reference, backend.resolved(converted), inputs)
-        if config.precision == "fp16" or config.target == "onnxruntime":
+        runner = numpy_runner(converted) if config.target != "onnxruntime" else None
+        if (config.precision == "fp16" and runner is None) or config.target == "onnxruntime":
             try:
                 return run_onnxruntime(converted, inputs)
             except ConversionError as exc:
@@ -145,7 +148,6 @@ class OnnxAdapter(Adapter):
                     raise OutputCheckUnavailable(f"the converted model does not run in onnxruntime although "
                                                  f"target='onnxruntime' ({first_line(exc)})") from None
                 logger.info("onnxruntime cannot run the fp16 model (%s); checking its emulation", first_line(exc))
-        runner = numpy_runner(converted)
         if runner is not None:
             try:
                 outputs = runner.run(inputs)
