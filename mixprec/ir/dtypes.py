@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 
 import numpy as np
@@ -62,6 +63,12 @@ class DType(enum.Enum):
 
     def to_numpy(self) -> np.dtype:
         """The numpy dtype that holds this type's data (bf16/fp8 through ml_dtypes)."""
+        known = _TO_NUMPY.get(self)
+        if known is None:
+            known = _TO_NUMPY[self] = self._numpy_dtype()
+        return known
+
+    def _numpy_dtype(self) -> np.dtype:
         if self in _NUMPY:
             return np.dtype(_NUMPY[self])
         if self == DType.STRING:
@@ -100,6 +107,8 @@ _NUMPY = {
     DType.UINT8: np.uint8, DType.UINT16: np.uint16, DType.UINT32: np.uint32, DType.UINT64: np.uint64,
     DType.BOOL: np.bool_, DType.COMPLEX64: np.complex64, DType.COMPLEX128: np.complex128,
 }
+#: DType -> its numpy dtype, filled on first use (to_numpy)
+_TO_NUMPY: dict[DType, np.dtype] = {}
 
 # a -> set of types that hold every value of a exactly (used to find lossless round trips)
 _EXACT_WIDENINGS = {
@@ -131,6 +140,7 @@ def _ml_dtypes():
     return ml_dtypes
 
 
+@functools.lru_cache(maxsize=None)
 def finite_max(dtype: DType) -> float:
     """Largest finite value of a float dtype."""
     if dtype == DType.BFLOAT16:
@@ -152,7 +162,8 @@ def convert_array(data: np.ndarray, dtype: DType, saturate_extremes: bool = True
     if saturate_extremes and src.dtype.kind == "f" and dtype.is_float and src.size:
         src_max = np.finfo(src.dtype).max
         tmax = finite_max(dtype)
-        if tmax < src_max:
+        # two reductions tell most arrays hold no extreme (a NaN fails both tests: masked below)
+        if tmax < src_max and not (-src_max < src.min() and src.max() < src_max):
             pos = src == src_max
             neg = src == -src_max
             if pos.any() or neg.any():

@@ -125,6 +125,16 @@ def test_convert_constants_saturates_mask_sentinel_and_keeps_inf():
     assert "Cast(%w)" not in dump(g)
 
 
+def test_convert_array_saturates_extremes_next_to_nan_and_leaves_plain_data_alone():
+    from mixprec.ir.dtypes import DType, convert_array
+    fmax = np.finfo(np.float32).max
+    out = convert_array(np.array([np.nan, fmax, 1.5, -fmax], np.float32), DType.BFLOAT16).astype(np.float32)
+    assert np.isnan(out[0]) and np.isfinite(out[1]) and out[1] > 3.3e38 and out[2] == 1.5 and out[3] < -3.3e38
+    plain = np.array([1.0, -2.0, 3.0e38], np.float32)  # large but below FLT_MAX: rounds (to inf in fp16)
+    assert np.array_equal(convert_array(plain, DType.BFLOAT16), plain.astype(DType.BFLOAT16.to_numpy()))
+    assert convert_array(plain, DType.FLOAT16)[2] == np.inf
+
+
 def test_keep_io_types_off_feeds_and_returns_bf16(run):
     out = run("""
         graph main(%x: f32[2,2], %w: f32[2,2]) -> (%y: f32[2,2]) {
