@@ -79,25 +79,12 @@ class _Painter:
         # about a few dozen ops (the policy does not change while the pass runs)
         self._answers: dict[tuple, Any] = {}
 
-    def _pinned(self, op: str, index: int) -> bool:
-        key = ("in", op, index)
+    def _ask(self, question: str, *args: Any) -> Any:
+        """``policy.<question>(*args)``, memoized."""
+        key = (question, *args)
         answer = self._answers.get(key)
         if answer is None:
-            answer = self._answers[key] = self.policy.is_pinned(op, index)
-        return answer
-
-    def _output_pinned(self, op: str, index: int) -> bool:
-        key = ("out", op, index)
-        answer = self._answers.get(key)
-        if answer is None:
-            answer = self._answers[key] = self.policy.is_output_pinned(op, index)
-        return answer
-
-    def _base_category(self, op: str) -> str:
-        key = ("list", op)
-        answer = self._answers.get(key)
-        if answer is None:
-            answer = self._answers[key] = self.policy.base_category(op)
+            answer = self._answers[key] = getattr(self.policy, question)(*args)
         return answer
 
     def paint(self) -> None:
@@ -128,7 +115,7 @@ class _Painter:
                 if node.meta.get("category") != "cast":
                     decide(node, KEEP, "cast", "existing cast kept as is")
                 continue
-            category = self._base_category(node.qualified_op)
+            category = self._ask("base_category", node.qualified_op)
             if id(node) in static and category not in ("allow", "clear") and _override(node) is None:
                 decide(node, FP32 if self._is_candidate(node) else KEEP, category,
                        "computes from constants and shapes only (no input data): kept in its dtype")
@@ -145,10 +132,10 @@ class _Painter:
         self.fanout: list[list[int]] = [[] for _ in range(n)]
         for i, node in enumerate(self.cands):
             for j, value in enumerate(node.inputs):
-                if value is None or value.dtype not in self.floats or self._pinned(node.qualified_op, j):
+                if value is None or value.dtype not in self.floats or self._ask("is_pinned", node.qualified_op, j):
                     continue
                 prod = value.producer
-                if prod is None or self._output_pinned(prod.qualified_op, value.producer_index):
+                if prod is None or self._ask("is_output_pinned", prod.qualified_op, value.producer_index):
                     continue
                 p = self.index.get(id(prod))
                 if p is not None:
@@ -167,7 +154,7 @@ class _Painter:
             self.listed.append(c)
             override = _override(node)
             bad = next((v for j, v in enumerate(node.inputs) if v is not None and id(v) in out_of_range
-                        and not self._pinned(node.qualified_op, j)), None)
+                        and not self._ask("is_pinned", node.qualified_op, j)), None)
             if override is not None:
                 c = "allow" if override.precision == self.target.value else "deny"
                 reason = override.reason
@@ -302,10 +289,10 @@ class _Painter:
         return static
 
     def _is_candidate(self, node: Node) -> bool:
-        if any(v.dtype in self.floats and not self._output_pinned(node.qualified_op, j)
+        if any(v.dtype in self.floats and not self._ask("is_output_pinned", node.qualified_op, j)
                for j, v in enumerate(node.outputs)):
             return True
-        return any(v is not None and v.dtype in self.floats and not self._pinned(node.qualified_op, j)
+        return any(v is not None and v.dtype in self.floats and not self._ask("is_pinned", node.qualified_op, j)
                    for j, v in enumerate(node.inputs))
 
     @staticmethod
@@ -344,7 +331,7 @@ class _Painter:
             uses = out.uses()
             if not uses or id(out) in outputs:
                 continue
-            if all(index.get(id(r)) in allow and not self._pinned(r.qualified_op, j) for r, j in uses):
+            if all(index.get(id(r)) in allow and not self._ask("is_pinned", r.qualified_op, j) for r, j in uses):
                 decide(node, self.target.value, "cast",
                        f"existing cast to f32 whose readers all run in {self.target.value} (step 7)")
 
