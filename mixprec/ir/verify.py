@@ -38,6 +38,7 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
     found]. Every input's entry is checked where it is read; the entries are distinct, so
     when the two counts agree every entry is one of them (the reverse direction holds)."""
     defined: set[int] = set(outer)
+    good_shapes: set[tuple] = set()
 
     def define(value: Value, what: str) -> None:
         if value.name in names:
@@ -90,8 +91,11 @@ def _verify(graph: Graph, outer: set[int], names: set[str], mixed_input_ok: Mixe
                               f"(output of {node.name!r})")
             names.add(name)
             defined.add(id(value))
-            if value.shape:
+            shape = value.shape
+            if shape and (shape.__class__ is not tuple or shape not in good_shapes):  # few distinct shapes
                 _check_dims(value)
+                if shape.__class__ is tuple:
+                    good_shapes.add(shape)
             counts[0] += len(value._uses)
         if node.op == cast_op or mixed_input_ok is not None:
             _check_types(node, mixed_input_ok)
