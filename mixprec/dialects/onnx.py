@@ -162,18 +162,23 @@ def _type_from_bytes(data: bytes) -> tuple[DType, Shape, bool]:
     return dtype, tuple(dims), lossy
 
 
-def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | None = "", where: str | None = None) -> np.ndarray:
+def tensor_to_array(tensor: onnx.TensorProto, base_dir: str | None = "", where: str | None = None,
+                    checked: bool = False) -> np.ndarray:
     """A TensorProto's data as numpy (external data read relative to ``base_dir``; None
     means the model came from memory without a folder, so external data is an error).
 
     Invariant: nothing is allocated before the tensor's dims, element type and the
     amount of data it holds (or its external file holds) agree; every failure is a
-    ModelLoadError naming the tensor (``where`` says where it sits)."""
+    ModelLoadError naming the tensor (``where`` says where it sits). ``checked``: the
+    caller ran ``check_tensor`` on it already (the frontend checks every tensor at load)."""
     from onnx import numpy_helper
 
     where = where or f"tensor {tensor.name!r}"
-    check_tensor(tensor, base_dir, where)
+    if not checked:
+        check_tensor(tensor, base_dir, where)
     try:
+        if not len(tensor.external_data):
+            return numpy_helper.to_array(tensor, base_dir or "")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # onnx warns about unknown external-data keys
             return numpy_helper.to_array(tensor, base_dir or "")

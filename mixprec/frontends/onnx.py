@@ -248,7 +248,8 @@ def _walk(message: Any, trail: _Trail, declared: set[str] | None, depth: int) ->
                              "opset_import or re-export it")
     for field, value in message.ListFields():
         if field.type == field.TYPE_STRING:
-            _check_utf8(field.name, value, here, field)
+            if value.__class__ is not str:  # bytes, or a repeated field: look at each
+                _check_utf8(field.name, value, here, field)
         elif field.type == field.TYPE_MESSAGE:
             for item in (value if _repeated(field) else [value]):
                 inner = depth + 1 if item.DESCRIPTOR.full_name == _GRAPH_PROTO else depth
@@ -411,6 +412,8 @@ def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
 # ------------------------------------------------------------------------- lowering ---
 #: NodeProto fields the IR node holds; any other set field goes to the node's shell
 _NODE_LOWERED = frozenset(("input", "output", "name", "op_type", "domain", "attribute"))
+#: the NodeProto fields the IR does not model (doc string, overload, metadata, ...): kept in a shell
+_NODE_EXTRA = tuple(f.name for f in onnx.NodeProto.DESCRIPTOR.fields if f.name not in _NODE_LOWERED)
 
 
 class _Lowerer:
@@ -506,7 +509,7 @@ class _Lowerer:
             where = f"initializer {tensor.name!r} of graph {gp.name!r}"
             data = lazy_initializer(tensor, self.base_dir, where, self.lazy_inline, self.own_file)
             value = self._constant(tensor.name, rename, data if data is not None
-                                   else tensor_to_array(tensor, self.base_dir, where))
+                                   else tensor_to_array(tensor, self.base_dir, where, checked=True))
             scope[tensor.name] = graph.add_constant(value)
         self._sparse_initializers(gp, graph, rename, scope, meta)
         for pos, vi in enumerate(gp.input):
@@ -632,7 +635,7 @@ class _Lowerer:
         node_meta: dict[str, Any] = {}
         for attr in np_node.attribute:
             node.attrs[attr.name] = self._attr(attr, np_node, node, graph, scope, key, node_meta)
-        if any(field.name not in _NODE_LOWERED for field, _ in np_node.ListFields()):
+        if any(getattr(np_node, name) for name in _NODE_EXTRA):
             shell = onnx.NodeProto()
             _copy_fields(np_node, shell, skip=_NODE_LOWERED)
             if shell.ByteSize():
