@@ -75,6 +75,10 @@ class Adapter(ABC):
     #: how the last ``run_converted`` ran the model when it could not use the framework's
     #: own runtime directly (fit puts it in the report); None otherwise
     last_check_note: str | None = None
+    #: True when loading the model again costs less than cloning its IR at every
+    #: conversion (ONNX: the frontend only parses): fit then keeps no FP32 copy and loads
+    #: again only when a failed check starts the error budget
+    reloads_cheaply: bool = False
 
     def bind(self, config: MixedPrecisionConfig) -> None:
         """Take what running the user's model needs from ``config`` (a GraphDef's chosen

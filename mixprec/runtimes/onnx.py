@@ -46,6 +46,7 @@ REFERENCE_MAX_NODES = 20000
 
 class OnnxAdapter(Adapter):
     name = "onnx"
+    reloads_cheaply = True
 
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
         return frontend.load(model)
