@@ -129,6 +129,8 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
         loaded = adapter.load(model, config)
     profiling.begin(adapter, model, loaded, config)  # objective="performance": the timer, cache or profile file
     if evaluate is None:
+        if config.check_outputs:
+            adapter.prefetch_original(model, loaded, config)
         # the FP32 IR is read again by the performance session and by the error budget; where
         # loading is cheap (ONNX) the budget loads it again when the check fails, which is
         # rare, instead of a clone at every conversion (10% of a large one)

@@ -3,6 +3,8 @@
 what onnxruntime gives: the FP32 model's outputs, and the converted model's values as the
 onnxruntime emulation computes them, on generated graphs and on real exporters' models
 of the corpus; and it must never turn a check that onnxruntime could run into a failure."""
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -240,3 +242,40 @@ def test_a_large_fp16_graph_is_checked_on_its_emulation_unless_onnxruntime_is_th
     assert runtime.STATS["sessions"] > before  # the target runtime itself runs it
     assert not any("numpy kernels" in n for n in native.report.notes)
     assert abs(native.report.checks[0].cosine - emulated) < 1e-3
+
+
+def test_the_fp32_run_of_a_large_file_is_made_beside_the_pipeline(tmp_path, monkeypatch):
+    """A model file of MIN_NODES nodes and more runs in a forked child while the pipeline
+    converts it (the FP32 run was 3 s of a 100k-node convert): the same check, the parent
+    runs only the converted model, and a prefetch for other inputs is not used."""
+    import threading
+
+    from mixprec import background
+    from mixprec.runtimes.base import per_fit_scope
+    if not sys.platform.startswith("linux"):
+        pytest.skip("background jobs fork on Linux only")
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # threads other tests' frameworks left running
+    monkeypatch.setattr(onnx_numpy, "MIN_NODES", 1000)
+    path = tmp_path / "big.onnx"
+    onnx.save(big_graph(1500), str(path))
+    runs, forks = [], []
+    real_run, real_start = onnx_numpy.NumpyRunner.run, background.start
+    monkeypatch.setattr(onnx_numpy.NumpyRunner, "run", lambda self, feeds: runs.append(1) or real_run(self, feeds))
+    monkeypatch.setattr(background, "start", lambda fn, what: forks.append(what) or real_start(fn, what))
+    converted = mix_precision.fit(str(path), config=MixedPrecisionConfig())
+    assert forks == ["FP32 run of the output check"] and len(runs) == 1  # the converted model's run only
+    monkeypatch.setenv("MIXPREC_BACKGROUND", "0")
+    here = mix_precision.fit(str(path), config=MixedPrecisionConfig())
+    assert len(forks) == 1 and len(runs) == 3
+    assert here.report.checks == converted.report.checks
+    monkeypatch.setenv("MIXPREC_BACKGROUND", "1")
+    adapter, config = runtime.OnnxAdapter(), MixedPrecisionConfig()
+    with per_fit_scope():
+        loaded = adapter.load(str(path), config)
+        adapter.prefetch_original(str(path), loaded, config)
+        feeds = next(iter(adapter.candidate_inputs(str(path), loaded, config)))
+        other = {name: value + 1 for name, value in feeds.items()}
+        expected = real_run(onnx_numpy.NumpyRunner(onnx.load(str(path))), other)
+        del runs[:]
+        got = adapter.run_original(str(path), other)
+        assert len(runs) == 1 and all(np.array_equal(a, b) for a, b in zip(got, expected))

@@ -453,12 +453,15 @@ def _pending_from_files(proto: onnx.ModelProto) -> bool:
     """True when some pending initializer is read from an external data file (the input
     kept its weights in external data; a file's own inline data read in place does not
     count: such a model is written inline like its input, below 2 GiB)."""
-    return any(in_external_data(source) for t in _all_initializers(proto.graph)
+    return bool(_PENDING) and any(in_external_data(source) for t in _all_initializers(proto.graph)
                if (source := _pending_source(t)) is not None)
 
 
 def pending_bytes(proto: onnx.ModelProto) -> int:
-    """Bytes of initializer data ``proto`` refers to but does not hold (see ``deferred_tensor``)."""
+    """Bytes of initializer data ``proto`` refers to but does not hold (see ``deferred_tensor``);
+    0 without a walk of the graphs when this process deferred no tensor."""
+    if not _PENDING:
+        return 0
     return sum(source.nbytes for t in _all_initializers(proto.graph)
                if (source := _pending_source(t)) is not None)
 

@@ -26,11 +26,18 @@ _PER_FIT: contextvars.ContextVar[dict[str, dict] | None] = contextvars.ContextVa
 @contextlib.contextmanager
 def per_fit_scope() -> Iterator[None]:
     """Memos made inside (``per_fit_memo``) are dropped when the scope ends (``fit`` holds it)."""
-    token = _PER_FIT.set({})
+    memos: dict[str, dict] = {}
+    token = _PER_FIT.set(memos)
     try:
         yield
     finally:
         _PER_FIT.reset(token)
+        for job in memos.get(BACKGROUND_JOBS, {}).values():
+            job.close()  # a background run whose result nobody asked for
+
+
+#: the per-fit memo of background jobs (mixprec.background.Job): closed when the fit ends
+BACKGROUND_JOBS = "background jobs"
 
 
 def per_fit_memo(kind: str) -> dict | None:
@@ -100,6 +107,11 @@ class Adapter(ABC):
     @abstractmethod
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         """The converted IR as a native, validated model."""
+
+    def prefetch_original(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> None:
+        """Start the FP32 run the output check will ask ``run_original`` for, beside the
+        conversion (``mixprec.background``), where that pays; ``ir_model`` is the model
+        as loaded. Nothing by default; a prefetch changes no result, only when it is made."""
 
     def emit_unvalidated(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         """The converted IR as a native model that may skip the framework's own validation

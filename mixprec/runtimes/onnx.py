@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mixprec import background
 from mixprec import progress as bars
 from mixprec.backends import onnx as backend
 from mixprec.config import MixedPrecisionConfig
@@ -30,7 +31,7 @@ from mixprec.frontends import onnx as frontend
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node, Value
 from mixprec.passes.common import target_dtype
-from mixprec.runtimes.base import Adapter, RuntimeLimits, load_once_per_fit, per_fit_memo
+from mixprec.runtimes.base import BACKGROUND_JOBS, Adapter, RuntimeLimits, load_once_per_fit, per_fit_memo
 from mixprec.runtimes import onnx_numpy, onnx_segments
 from mixprec.runtimes.onnx_probes import missing_kernels
 from mixprec.sample_inputs import Dim, InputSpec, check_sample_inputs, input_bytes_limit, make_arrays, shape_ladder
@@ -92,6 +93,45 @@ class OnnxAdapter(Adapter):
     def native(self, model: Any) -> Any:
         return onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
 
+    def prefetch_original(self, original: Any, ir_model: Model, config: MixedPrecisionConfig) -> None:
+        """A model file the numpy runner runs (``onnx_numpy.suited``: 5k nodes and more) runs
+        on the first candidate input in a forked child while the pipeline converts it (on
+        the 100k-node graph of bench/scale.py: reading, planning and running, 2.5-3 s off
+        the wall time). ``run_original`` takes that result for the same inputs only."""
+        if not isinstance(original, (str, os.PathLike)) or not background.available():
+            return
+        if sum(len(g) for g in ir_model.graph.all_graphs()) < onnx_numpy.MIN_NODES:
+            return
+        memo = per_fit_memo(BACKGROUND_JOBS)
+        if memo is None:
+            return
+        try:
+            feeds = next(iter(self.candidate_inputs(original, ir_model, config)))
+        except Exception:  # noqa: BLE001 - the check itself says what is wrong with the inputs
+            return
+        path = Path(original)
+
+        def run() -> list[np.ndarray] | None:
+            runner = numpy_runner(path)
+            return None if runner is None else runner.run(feeds)
+        job = background.start(run, "FP32 run of the output check")
+        if job is not None:
+            memo[_prefetch_key(path)] = (feeds, job)
+
+    def _prefetched(self, original: Any, inputs: Any) -> list[np.ndarray] | None:
+        """The background FP32 run of ``original`` on exactly ``inputs``, if one was made."""
+        memo = per_fit_memo(BACKGROUND_JOBS)
+        if not memo or not isinstance(original, (str, os.PathLike)) or not isinstance(inputs, Mapping):
+            return None
+        entry = memo.pop(_prefetch_key(Path(original)), None)
+        if entry is None:
+            return None
+        feeds, job = entry
+        if feeds.keys() != inputs.keys() or not all(_same_array(feeds[k], inputs[k]) for k in feeds):
+            job.close()
+            return None
+        return job.result()
+
     def run_original(self, original: Any, inputs: Any) -> list[np.ndarray]:
         """onnxruntime, from the model's file (its external data read by onnxruntime, never
         loaded into Python; an in-memory ModelProto is run as ``run_onnxruntime`` runs it);
@@ -99,6 +139,9 @@ class OnnxAdapter(Adapter):
         float32 emulation; the reference evaluator only where onnxruntime cannot load the
         model. A model that loads and fails on ``inputs`` (ModelRunError) is run once more
         with the graph optimizations off, then the error is raised: the inputs do not fit."""
+        prefetched = self._prefetched(original, inputs)
+        if prefetched is not None:
+            return prefetched
         path = Path(original) if isinstance(original, (str, os.PathLike)) else None
         runner = numpy_runner(path if path is not None else original)
         if runner is not None:
@@ -205,6 +248,16 @@ def _unavailable_on_error(what: str, run: Callable[..., list[np.ndarray]], *args
     except Exception as exc:  # a runtime's own gap on this model, never a conversion failure
         reason = first_line(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {first_line(exc)}"
         raise OutputCheckUnavailable(f"{what} cannot run the converted model ({reason})") from None
+
+
+def _prefetch_key(path: Path) -> tuple:
+    stat = os.stat(path)
+    return ("prefetched FP32 run", os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
 # ----------------------------------------------------------------------- running ---
@@ -381,6 +434,7 @@ def _run_session(session: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarr
         raise ModelRunError(f"onnxruntime failed running the model: {first_line(exc, 500)}") from None
     finally:
         timer.cancel()
+        timer.join()  # no thread left behind: a later background fork needs a single-threaded process
 
 
 def run_reference(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
