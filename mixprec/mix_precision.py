@@ -139,12 +139,18 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
         converted, ir_model, report = _convert(adapter, loaded.clone() if keep_fp32 else loaded, config, [], [],
                                                progress)
         fp32: Model | None = loaded if keep_fp32 else None
+        validated = adapter.start_validation(converted, config)  # it may run beside the check
     else:
         converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
-        fp32 = loaded
+        fp32, validated = loaded, lambda: None
     check = None
+    try:
+        check = _check_outputs(adapter, model, converted, ir_model, config, report) if config.check_outputs else None
+    except Exception:
+        validated()  # a model that fails its validation: that is the error to report
+        raise
+    validated()
     if config.check_outputs:
-        check = _check_outputs(adapter, model, converted, ir_model, config, report)
         if report.failed_check and evaluate is not None:
             _criterion_decides(report)
         elif report.failed_check and config.error_budget:
@@ -165,15 +171,16 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
 
 
 def _convert(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, fallback_ops: list[str],
-             fallback_nodes: list[str], progress: Progress | None, validate: bool = True) -> tuple[Any, Model, Report]:
-    """Run the pipeline on ``ir_model`` in place and emit it (a tuning trial, which is only
-    run, without the framework's separate validation: ``validate=False``)."""
+             fallback_nodes: list[str], progress: Progress | None) -> tuple[Any, Model, Report]:
+    """Run the pipeline on ``ir_model`` in place and emit it, without the framework's
+    separate validation (``adapter.validate``: a tuning trial is only run; the model fit
+    returns is validated by its caller)."""
     logger.info("running the pipeline on %d nodes", sum(1 for _ in ir_model.graph.all_nodes()))
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
                           fallback_nodes=fallback_nodes)
-    logger.info("emitting and validating the converted model" if validate else "emitting the trial's model")
+    logger.info("emitting the converted model")
     with bars.stage("emit"):
-        native = adapter.emit(ir_model, config) if validate else adapter.emit_unvalidated(ir_model, config)
+        native = adapter.emit_unvalidated(ir_model, config)
     report.notes.extend(ir_model.meta.pop("notes", []))  # what emitting changed (opset raised, nodes kept f32)
     return native, ir_model, report
 
@@ -399,7 +406,7 @@ def _trial_converter(adapter: Adapter, loaded: Model, config: MixedPrecisionConf
         key = (tuple(ops), tuple(nodes))
         if key in memo:
             return memo[key]
-        native, ir_model, report = _convert(adapter, loaded.clone(), config, ops, nodes, progress, validate=False)
+        native, ir_model, report = _convert(adapter, loaded.clone(), config, ops, nodes, progress)
         lowered = [(n.name, n.op, n.meta.get("category", "")) for n in ir_model.graph.all_nodes()
                    if n.meta.get("precision") == config.precision and n.meta.get("category") != "cast"]
         candidate = Candidate(native, lowered, (ir_model, report))

@@ -3,6 +3,7 @@
 what onnxruntime gives: the FP32 model's outputs, and the converted model's values as the
 onnxruntime emulation computes them, on generated graphs and on real exporters' models
 of the corpus; and it must never turn a check that onnxruntime could run into a failure."""
+import os
 import sys
 
 import numpy as np
@@ -261,12 +262,19 @@ def test_the_fp32_run_of_a_large_file_is_made_beside_the_pipeline(tmp_path, monk
     runs, forks = [], []
     real_run, real_start = onnx_numpy.NumpyRunner.run, background.start
     monkeypatch.setattr(onnx_numpy.NumpyRunner, "run", lambda self, feeds: runs.append(1) or real_run(self, feeds))
-    monkeypatch.setattr(background, "start", lambda fn, what: forks.append(what) or real_start(fn, what))
+
+    def start(fn, what):
+        job = real_start(fn, what)
+        if job is not None:
+            forks.append(what)
+        return job
+    monkeypatch.setattr(background, "start", start)
     converted = mix_precision.fit(str(path), config=MixedPrecisionConfig())
-    assert forks == ["FP32 run of the output check"] and len(runs) == 1  # the converted model's run only
+    assert forks == ["FP32 run of the output check", "onnx.checker of the converted model"]
+    assert len(runs) == 1  # the converted model's run only
     monkeypatch.setenv("MIXPREC_BACKGROUND", "0")
     here = mix_precision.fit(str(path), config=MixedPrecisionConfig())
-    assert len(forks) == 1 and len(runs) == 3
+    assert len(forks) == 2 and len(runs) == 3
     assert here.report.checks == converted.report.checks
     monkeypatch.setenv("MIXPREC_BACKGROUND", "1")
     adapter, config = runtime.OnnxAdapter(), MixedPrecisionConfig()
@@ -279,3 +287,27 @@ def test_the_fp32_run_of_a_large_file_is_made_beside_the_pipeline(tmp_path, monk
         del runs[:]
         got = adapter.run_original(str(path), other)
         assert len(runs) == 1 and all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def test_a_failed_background_validation_is_the_error(tmp_path, monkeypatch):
+    """onnx.checker of a large converted model runs in a child beside the output check; its
+    failure is raised as a ConversionError, before the check's own result or error."""
+    import threading
+
+    from mixprec.backends import onnx as backend
+    from mixprec.errors import ConversionError
+    if not sys.platform.startswith("linux"):
+        pytest.skip("background jobs fork on Linux only")
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setattr(onnx_numpy, "MIN_NODES", 1000)
+    parent = os.getpid()
+
+    def checker(proto):
+        if os.getpid() != parent:  # the child's check fails, as onnx.checker would on a broken model
+            raise ConversionError("the ONNX model fails onnx.checker: planted")
+    monkeypatch.setattr(backend, "validate", checker)
+    with pytest.raises(ConversionError, match="planted"):
+        mix_precision.fit(big_graph(1500), config=MixedPrecisionConfig())
+    monkeypatch.setattr(runtime.OnnxAdapter, "run_converted", lambda *a: 1 / 0)
+    with pytest.raises(ConversionError, match="planted"):
+        mix_precision.fit(big_graph(1500), config=MixedPrecisionConfig())

@@ -124,6 +124,14 @@ class Adapter(ABC):
         """The framework's own validation of a model ``emit_unvalidated`` made
         (ConversionError when it fails); nothing where ``emit`` validates."""
 
+    def start_validation(self, native: Any, config: MixedPrecisionConfig) -> Callable[[], None]:
+        """Begin ``validate`` of a model ``emit_unvalidated`` made; the function returned
+        finishes it (ConversionError when it fails), and ``fit`` calls it before it returns
+        the model or reports any other error. Done here and now by default; a framework
+        whose validation is slow may run it beside the output check."""
+        self.validate(native, config)
+        return lambda: None
+
     def fingerprint(self, model: Any, digest: Fingerprint) -> None:
         """Feed a model *object* to ``digest`` for the conversion cache: the code it runs,
         its attributes and its weights (a path is hashed by its files, ``input_files``).

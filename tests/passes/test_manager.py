@@ -47,19 +47,60 @@ def test_dump_dir_writes_ir_after_each_changing_pass(tmp_path):
     assert (tmp_path / "07-insert-casts.ir").read_text() == dump(g)
 
 
-def test_pass_that_breaks_the_ir_is_named():
-    @function_pass("test-breaker", register=False)
-    def breaker(graph):
-        """retype a MatMul output without casts"""
-        graph.nodes[0].inputs[0].dtype = DType.BFLOAT16
-        graph.nodes[0].set_input(0, graph.nodes[0].outputs[0])
-        return True
+@pytest.fixture(params=["here", "background"])
+def where(request, monkeypatch):
+    """Verification in line, or (as on graphs of BACKGROUND_NODES nodes) in forked children:
+    returns the list of background jobs started."""
+    import sys
+    import threading
 
+    from mixprec import background
+    from mixprec.passes import manager
+    started = []
+    if request.param == "background":
+        if not sys.platform.startswith("linux"):
+            pytest.skip("background jobs fork on Linux only")
+        monkeypatch.setattr(manager, "BACKGROUND_NODES", 0)
+        monkeypatch.setattr(threading, "active_count", lambda: 1)  # threads other tests' frameworks left
+        real = background.start
+        monkeypatch.setattr(background, "start", lambda fn, what: started.append(what) or real(fn, what))
+    return started
+
+
+@function_pass("test-breaker", register=False)
+def breaker(graph):
+    """retype a MatMul output without casts"""
+    graph.nodes[0].inputs[0].dtype = DType.BFLOAT16
+    graph.nodes[0].set_input(0, graph.nodes[0].outputs[0])
+    return True
+
+
+def test_pass_that_breaks_the_ir_is_named(where):
     with pytest.raises(PassError, match="pass 'test-breaker' broke the IR"):
         PassManager([breaker()]).run(parse(SRC))
+    assert where == [] or where == ["verification after the input", "verification after pass 'test-breaker'"]
 
 
-def test_a_pass_that_breaks_its_guarantee_is_named():
+def test_the_first_break_is_the_error_when_a_later_pass_fails_on_it(where):
+    """In the background the next pass runs before the verification answers: when it fails
+    (on the broken IR), the error is still the break, as in line."""
+    @function_pass("test-crasher", register=False)
+    def crasher(graph):
+        """fails"""
+        raise RuntimeError("confused by a cycle")
+
+    with pytest.raises(PassError, match="pass 'test-breaker' broke the IR: .*not topological"):
+        PassManager([breaker(), crasher()]).run(parse(SRC))
+    graph = parse(SRC)
+    graph.nodes[1].set_input(0, graph.nodes[1].outputs[0])
+    with pytest.raises(PassError, match="the input graph is already broken"):
+        PassManager([crasher()]).run(graph)
+    good = parse(SRC)
+    assert PassManager(build_pipeline(DEFAULT_PIPELINE).passes).run(good).modified
+    assert "bf16[2,2] = MatMul" in dump(good)  # a sound pipeline passes every verification
+
+
+def test_a_pass_that_breaks_its_guarantee_is_named(where):
     """fold-casts ensures every decided node reads one float type; a fold that forgets a
     cast is caught after it runs, naming it (PostconditionError)."""
     graph = parse(SRC)
