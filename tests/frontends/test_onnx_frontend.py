@@ -481,3 +481,48 @@ def test_custom_domain_op_loads_when_declared():
     model = load(proto)
     verify(model.graph)
     assert [n.qualified_op for n in model.graph.iter_nodes()] == ["MatMul", "com.example::Add"]
+
+
+def test_large_graphs_check_structure_in_the_background_with_the_same_errors(tmp_path, monkeypatch, caplog):
+    """From BACKGROUND_NODES nodes the structure walk and onnx.checker run in a forked child
+    beside shape inference and lowering: the same ModelLoadError for each malformed model
+    (the nesting depth checked first, here), the checker's warning logged once."""
+    import sys
+    import threading
+
+    from mixprec import background
+    from mixprec.frontends import onnx as frontend
+    if not sys.platform.startswith("linux"):
+        pytest.skip("background jobs fork on Linux only")
+    monkeypatch.setattr(frontend, "BACKGROUND_NODES", 0)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # threads other tests' frameworks left running
+    started = []
+    real = background.start
+    monkeypatch.setattr(background, "start", lambda fn, what: started.append(what) or real(fn, what))
+    proto = onnx_models.matmul_model()
+    proto.graph.node[0].name = "matmXl"
+    path = tmp_path / "names.onnx"
+    path.write_bytes(proto.SerializeToString().replace(b"matmXl", b"matm\xffl"))
+    with pytest.raises(ModelLoadError, match=r"node 'matm\ufffdl' \(MatMul\): its name b'matm\\xffl' is not UTF-8"):
+        load(path)
+    undeclared = onnx_models.matmul_model()
+    onnx_models.undeclared_domain(undeclared)
+    with pytest.raises(ModelLoadError, match="uses op-set domain 'com.example'"):
+        load(undeclared)
+    assert len(started) == 2
+    deep = onnx.helper.make_model(onnx.helper.make_graph([], "main", [], []),
+                                  opset_imports=[onnx.helper.make_opsetid("", 17)])
+    graph = deep.graph
+    for level in range(80):
+        node = graph.node.add(op_type="If", input=["c"], output=[f"y{level}"])
+        graph = node.attribute.add(name="then_branch", type=onnx.AttributeProto.GRAPH).g
+    with pytest.raises(ModelLoadError, match="nested more than 64 levels deep"):
+        load(deep)
+    assert len(started) == 2  # refused before any child
+    flawed = onnx_models.matmul_model()
+    flawed.graph.node[0].input.append("")  # MatMul takes two inputs: onnx.checker complains, mixprec converts
+    with caplog.at_level("WARNING", logger="mixprec.frontends.onnx"):
+        model = load(flawed)
+    assert len(started) == 3 and model.graph.nodes[0].op == "MatMul"
+    assert [r.getMessage() for r in caplog.records if "onnx.checker" in r.getMessage()] == [
+        next(r.getMessage() for r in caplog.records if "does not pass onnx.checker" in r.getMessage())]
