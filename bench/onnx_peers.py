@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import re
 import subprocess
@@ -376,7 +375,6 @@ def big_graph(num_nodes: int, hidden: int = 16, seq: int = 8, heads: int = 2) ->
     layers of attention (MatMul/Add/Reshape/Transpose/Softmax) and an MLP (MatMul/Add/
     Relu) with residual Adds and LayerNormalizations, 27 nodes per layer; every layer's
     weights are initializers of shape [hidden, hidden] / [hidden]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

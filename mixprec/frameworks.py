@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mixprec.errors import ConfigError, UnsupportedModelError
-from mixprec.ir.cast import CastSpec
+from mixprec.ir.cast import CastSpec, forget_cast_ops
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def register(record: Framework, origin: str) -> None:
                           f"and {origin}")
     records[record.name] = record
     _origins[record.name] = origin
+    forget_cast_ops()
 
 
 def get(name: str) -> Framework:

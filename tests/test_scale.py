@@ -342,6 +342,7 @@ def test_cast_specs_are_looked_up_once_per_registered_framework(monkeypatch):
     from mixprec.ir import cast
 
     cast._SPECS.pop("onnx", None)
+    cast.forget_cast_ops()
     looked = []
     real = registry.frameworks
 

@@ -194,6 +194,11 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return DEFAULT_OPSET
 
 
+_NO_META: dict[str, Any] = {}
+#: the type of a value whose type is unknown (shared, never changed)
+_EMPTY_TYPE = onnx.TypeProto()
+
+
 class _Emitter:
     """Builds GraphProtos from IR graphs, restoring ONNX names from the model meta."""
 
@@ -217,16 +222,21 @@ class _Emitter:
         gp.name = graph.name
         self._constants(gp, graph, meta)
         gp.input.extend(self._inputs(graph, meta))
-        gp.node.extend(self.node(node, key) for node in graph.iter_nodes())
+        add_node = gp.node.add  # filled in place: a built NodeProto would be copied in
+        for node in graph.iter_nodes():
+            self.fill_node(add_node(), node, key)
         gp.output.extend(self.value_info(v, required=True) for v in graph.outputs)
         emitted = {vi.name for vi in gp.input} | {vi.name for vi in gp.output} | {vi.name for vi in gp.value_info}
+        add_info = gp.value_info.add
         for node in graph.iter_nodes():
-            for value in node.outputs:
+            for value in node._outputs:
                 name = self.name(value)
                 if name and name not in emitted:
-                    vi = self.value_info(value, required=False, with_shape=value.name not in self.inferred)
-                    if vi is not None:
-                        gp.value_info.append(vi)
+                    tp = self.type_of(value, required=False, with_shape=value.name not in self.inferred)
+                    if tp is not None:
+                        vi = add_info(name=name)
+                        if tp is not _EMPTY_TYPE:
+                            vi.type.CopyFrom(tp)
                         emitted.add(name)
         gp.value_info.extend(vi for vi in meta.get("value_info", []) if vi.name not in emitted)
 
@@ -267,23 +277,29 @@ class _Emitter:
 
     def value_info(self, value: Value, required: bool, with_shape: bool = True) -> onnx.ValueInfoProto | None:
         """The ValueInfoProto of ``value``; None when its type is unknown and not required."""
-        name = self.name(value)
+        tp = self.type_of(value, required, with_shape)
+        if tp is None:
+            return None
+        vi = onnx.ValueInfoProto(name=self.name(value))
+        if tp is not _EMPTY_TYPE:
+            vi.type.CopyFrom(tp)
+        return vi
+
+    def type_of(self, value: Value, required: bool, with_shape: bool = True) -> onnx.TypeProto | None:
+        """The TypeProto of ``value`` (shared: copy it, never change it): the model's own where
+        it still holds, an empty one for an unknown type when ``required``, else None."""
         raw = self.raw_types.get(value.name)
         if raw is not None and type_from_proto(raw)[:2] == (value.dtype, value.shape):
-            vi = onnx.ValueInfoProto(name=name)
-            vi.type.CopyFrom(raw)
-            return vi
+            return raw
         if value.dtype == DType.UNKNOWN:
-            return onnx.ValueInfoProto(name=name) if required else None
+            return _EMPTY_TYPE if required else None
         shape = None if value.shape is None or not with_shape else value.shape
         key = (dtype_to_onnx(value.dtype), shape)
         tp = self._types.get(key)
         if tp is None:
             tp = self._types[key] = helper.make_tensor_value_info("", key[0], None if shape is None else list(shape)
                                                                   ).type
-        vi = onnx.ValueInfoProto(name=name)
-        vi.type.CopyFrom(tp)
-        return vi
+        return tp
 
     # ---- tensors ------------------------------------------------------------------------
     def tensor(self, value: Value, name: str) -> onnx.TensorProto:
@@ -302,12 +318,12 @@ class _Emitter:
         return sparse
 
     # ---- nodes --------------------------------------------------------------------------
-    def node(self, node: Node, key: str) -> onnx.NodeProto:
-        meta = node.meta.get(NODE_META, {})
+    def fill_node(self, proto: onnx.NodeProto, node: Node, key: str) -> None:
+        """Fill the empty ``proto`` with ``node``."""
+        meta = node.meta.get(NODE_META, _NO_META)
         renamed = self.renamed
         outputs = node._outputs
         default_name = outputs[0].name if outputs else node.op
-        proto = onnx.NodeProto()
         if "shell" in meta:  # fields the IR does not model (doc string, metadata, ...)
             proto.CopyFrom(meta["shell"])
         proto.op_type = node.op
@@ -315,11 +331,12 @@ class _Emitter:
         proto.name = "" if meta.get("unnamed") and node.name == default_name else node.name
         proto.input.extend(["" if v is None else renamed.get(v.name, v.name) for v in node._inputs])
         proto.output.extend([renamed.get(v.name, v.name) for v in outputs])
-        attr_types = meta.get("attr_types", {})
-        for attr_name, value in node.attrs.items():
-            value = _typed_attr(node, attr_name, value)
-            proto.attribute.append(self.attribute(attr_name, value, node, key, attr_types.get(attr_name)))
-        return proto
+        if node.attrs:
+            attr_types = meta.get("attr_types", _NO_META)
+            for attr_name, value in node.attrs.items():
+                value = _typed_attr(node, attr_name, value)
+                if not _fill_plain_attr(proto.attribute, attr_name, value):
+                    proto.attribute.append(self.attribute(attr_name, value, node, key, attr_types.get(attr_name)))
 
     def attribute(self, name: str, value: Any, node: Node, key: str, attr_type: int | None) -> onnx.AttributeProto:
         A = onnx.AttributeProto
@@ -344,6 +361,32 @@ class _Emitter:
         except (TypeError, ValueError) as exc:
             raise ConversionError(f"node {node.name!r} ({node.op}): attribute {name}={value!r} cannot be "
                                   f"written to ONNX ({exc})") from None
+
+
+def _fill_plain_attr(attributes: Any, name: str, value: Any) -> bool:
+    """Add the attribute of a plain value (int, float, str, DType, a non-empty list of ints
+    or of floats) to the repeated field ``attributes``, as ``helper.make_attribute`` writes
+    it, in place; False (nothing added) for any other value."""
+    A = onnx.AttributeProto
+    kind = value.__class__
+    if kind is int:
+        attr = attributes.add(name=name, type=A.INT)
+        attr.i = value
+    elif kind is DType:
+        attr = attributes.add(name=name, type=A.INT)
+        attr.i = dtype_to_onnx(value)
+    elif kind is float:
+        attr = attributes.add(name=name, type=A.FLOAT)
+        attr.f = value
+    elif kind is str:
+        attributes.add(name=name, type=A.STRING, s=value.encode("utf-8"))
+    elif kind is list and value and all(v.__class__ is int for v in value):
+        attributes.add(name=name, type=A.INTS).ints.extend(value)
+    elif kind is list and value and all(v.__class__ is float for v in value):
+        attributes.add(name=name, type=A.FLOATS).floats.extend(value)
+    else:
+        return False
+    return True
 
 
 #: ops whose output element type an attribute sets: op -> (attribute, kind)

@@ -50,6 +50,25 @@ def _spec_entry(framework: str) -> tuple[CastSpec, frozenset[str]]:
     return entry
 
 
+#: the cast op of every registered framework and the generic one (None: not known yet);
+#: ``frameworks.register`` forgets it. Lets ``is_cast`` answer most nodes by their op alone
+_CAST_OPS: frozenset[str] | None = None
+
+
+def _cast_ops() -> frozenset[str]:
+    global _CAST_OPS
+    from mixprec.frameworks import frameworks  # the registry imports this module
+    ops = frozenset({GENERIC_CAST.op, *(record.cast.op for record in frameworks().values())})
+    _CAST_OPS = ops
+    return ops
+
+
+def forget_cast_ops() -> None:
+    """A framework was registered: its cast op joins the set on next use."""
+    global _CAST_OPS
+    _CAST_OPS = None
+
+
 def cast_spec(framework: str) -> CastSpec:
     """The cast spec of a registered framework; the generic one for ``generic`` and for
     names no record claims."""
@@ -58,6 +77,8 @@ def cast_spec(framework: str) -> CastSpec:
 
 def is_cast(node: Node, framework: str | None = None) -> bool:
     """True for a plain cast: one input, one output, a DType target and nothing else."""
+    if node.op not in (_CAST_OPS or _cast_ops()):
+        return False
     if not framework:
         graph = node.graph
         if graph is None:

@@ -13,7 +13,11 @@ logger = logging.getLogger(__name__)
 
 
 class DType(enum.Enum):
-    """An element type. The value is the short name used in the IR text."""
+    """An element type. The value is the short name used in the IR text. Hashed by
+    identity (members are singletons; Enum's own hash is a Python call, a million of them
+    in the passes over a 100k-node graph)."""
+
+    __hash__ = object.__hash__
 
     FLOAT32 = "f32"
     BFLOAT16 = "bf16"

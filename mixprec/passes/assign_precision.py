@@ -25,11 +25,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType, finite_max
-from mixprec.ir.lazy import finite_abs_max
+from mixprec.ir.lazy import exceeding
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.ir.pins import Pin, pin_of
 from mixprec.passes.base import Pass, PassResult
@@ -312,15 +310,11 @@ class _Painter:
     def _out_of_range_constants(self) -> set[int]:
         """ids of float constants with finite values beyond the target's range (other
         than the source type's own extremes, which convert-constants saturates)."""
-        tmax = finite_max(self.target)
-        bad: set[int] = set()
-        for graph in self.graph.all_graphs():
-            for value in graph.constants.values():
-                if value.dtype != DType.FLOAT32 or value.storage is None or value.storage.size == 0:
-                    continue
-                if finite_abs_max(value.storage) > tmax:  # lazy data read chunk by chunk
-                    bad.add(id(value))
-        return bad
+        values = [value for graph in self.graph.all_graphs() for value in graph.constants.values()
+                  if value.dtype == DType.FLOAT32 and value.storage is not None and value.storage.size]
+        # lazy data read chunk by chunk; small arrays checked together
+        beyond = exceeding([value.storage for value in values], finite_max(self.target))
+        return {id(value) for value, bad in zip(values, beyond) if bad}
 
     def _retarget_casts(self, allow: set[int], index: dict[int, int]) -> None:
         outputs = {id(v) for g in self.graph.all_graphs() for v in g.outputs}

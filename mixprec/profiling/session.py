@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np

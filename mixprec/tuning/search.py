@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 from mixprec.config import AccuracyCriterion, TuningCriterion
 from mixprec.errors import ConversionError
-from mixprec.tuning.parallel import SerialPool, make_pool
+from mixprec.tuning.parallel import make_pool
 
 logger = logging.getLogger(__name__)
 

@@ -243,3 +243,32 @@ def test_convert_constants_leaves_a_constant_that_would_overflow():
     assert g.constants["big"].dtype.value == "f32" and "Cast(%big)" in text
     assert g.constants["small"].dtype.value == "f16" and "Cast(%small)" not in text
     assert g.constants["small"].data.tolist() == [1.0, 60000.0]
+
+
+def test_convert_constants_converts_small_constants_together_exactly_as_one_by_one(monkeypatch):
+    """Small float32 constants are converted as one concatenated array: each gets exactly
+    what convert_array gives it alone (shapes, 0-d, FLT_MAX sentinels, NaN, inf, ties),
+    and a large one is converted alone."""
+    from mixprec.ir import lazy
+    from mixprec.ir.dtypes import DType, convert_array
+    from mixprec.passes import convert_constants
+    monkeypatch.setattr(lazy, "BATCH_ELEMENTS", 64)
+    rng = np.random.default_rng(0)
+    fmax = np.finfo(np.float32).max
+    arrays = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": np.array(1.00390625, np.float32),
+              "c": np.array([fmax, -fmax, np.nan, np.inf, -0.0], np.float32),
+              "d": rng.standard_normal((2, 1, 5)).astype(np.float32) * 1e30,
+              "big": rng.standard_normal(100).astype(np.float32)}
+    b = GraphBuilder()
+    x = b.input("x", "bf16", (1,))
+    for name, array in arrays.items():
+        cast = b.op("Cast", b.const(name, array), attrs={"to": DType.BFLOAT16}, dtype="bf16", out=f"{name}.bf16")
+        x = b.op("Add", x, cast, out=f"s{name}")
+    b.output(x)
+    g = b.graph
+    assert convert_constants.ConvertConstants(precision="bf16").run(g).modified
+    for name, array in arrays.items():
+        got, want = g.constants[name].data, convert_array(array, DType.BFLOAT16)
+        assert g.constants[name].dtype == DType.BFLOAT16 and got.shape == array.shape and got.dtype == want.dtype
+        assert np.array_equal(got.view(np.uint16), want.view(np.uint16)), name
+    assert "Cast(" not in dump(g)
