@@ -24,6 +24,7 @@ Model meta keys: ``ir_version``, ``opset_import`` ({domain: version}), ``produce
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import tempfile
 from collections import ChainMap
@@ -496,6 +497,9 @@ def _all_names(gp: onnx.GraphProto, out: set[str]) -> set[str]:
 _NODE_LOWERED = frozenset(("input", "output", "name", "op_type", "domain", "attribute"))
 #: the NodeProto fields the IR does not model (doc string, overload, metadata, ...): kept in a shell
 _NODE_EXTRA = tuple(f.name for f in onnx.NodeProto.DESCRIPTOR.fields if f.name not in _NODE_LOWERED)
+#: their values, read in C (a tuple even of one field)
+_node_extra = operator.attrgetter(*_NODE_EXTRA) if len(_NODE_EXTRA) > 1 else \
+    (lambda node: tuple(getattr(node, name) for name in _NODE_EXTRA))
 
 
 class _Lowerer:
@@ -509,7 +513,7 @@ class _Lowerer:
         self.base_dir = base_dir
         self.declared = declared
         self.inferred: set[str] = set()
-        self.all_names = _all_names(proto.graph, set())
+        self._all_names: set[str] | None = None  # made when a fresh name is first needed
         self.claimed: set[str] = set()
         self.generated: set[str] = set()
         self.renamed: dict[str, str] = {}
@@ -555,7 +559,9 @@ class _Lowerer:
         while True:
             counter += 1
             candidate = f"{base or 'unused'}.{counter}"
-            if candidate not in self.all_names and candidate not in self.generated:
+            if self._all_names is None:
+                self._all_names = _all_names(self.proto.graph, set())
+            if candidate not in self._all_names and candidate not in self.generated:
                 self.generated.add(candidate)
                 return candidate
 
@@ -717,7 +723,7 @@ class _Lowerer:
         node_meta: dict[str, Any] = {}
         for attr in np_node.attribute:
             node.attrs[attr.name] = self._attr(attr, np_node, node, graph, scope, key, node_meta)
-        if any(getattr(np_node, name) for name in _NODE_EXTRA):
+        if any(_node_extra(np_node)):
             shell = onnx.NodeProto()
             _copy_fields(np_node, shell, skip=_NODE_LOWERED)
             if shell.ByteSize():
