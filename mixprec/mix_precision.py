@@ -176,11 +176,17 @@ def _convert(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, fa
     separate validation (``adapter.validate``: a tuning trial is only run; the model fit
     returns is validated by its caller)."""
     logger.info("running the pipeline on %d nodes", sum(1 for _ in ir_model.graph.all_nodes()))
+    verified: list[Callable[[], None]] = []  # the last verification runs beside the emitter
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
-                          fallback_nodes=fallback_nodes)
+                          fallback_nodes=fallback_nodes, deferred=verified)
     logger.info("emitting the converted model")
-    with bars.stage("emit"):
-        native = adapter.emit_unvalidated(ir_model, config)
+    try:
+        with bars.stage("emit"):
+            native = adapter.emit_unvalidated(ir_model, config)
+    except Exception:
+        verified[0]()  # a broken IR the emitter tripped on: the pass that broke it is the error
+        raise
+    verified[0]()
     report.notes.extend(ir_model.meta.pop("notes", []))  # what emitting changed (opset raised, nodes kept f32)
     return native, ir_model, report
 
@@ -432,9 +438,11 @@ def _ranking(adapter: Adapter, model: Any, loaded: Model, config: MixedPrecision
 
 def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, stop_after: str | None = None,
                  progress: Progress | None = None, fallback_ops: Sequence[str] = (),
-                 fallback_nodes: Sequence[str] = ()) -> Report:
+                 fallback_nodes: Sequence[str] = (), deferred: list[Callable[[], None]] | None = None) -> Report:
     """Run the configured pipeline (up to and including pass ``stop_after``) on
-    ``ir_model`` in place and return the report of its decisions."""
+    ``ir_model`` in place and return the report of its decisions. With ``deferred`` (a
+    list), verifications still running in the background are left to the function it
+    appends, which the caller calls before it trusts the result (``PassManager.finish``)."""
     _refuse_converted(ir_model.graph, config.precision)
     limits = adapter.runtime_limits(ir_model, config)
     spec = config.pipeline or DEFAULT_PIPELINE
@@ -450,7 +458,9 @@ def run_pipeline(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig
                              fallback_ops=list(fallback_ops), fallback_nodes=list(fallback_nodes),
                              **config.overrides(), **objective_options)
     manager.progress = progress
-    manager.run(ir_model.graph)
+    manager.run(ir_model.graph, defer=deferred is not None)
+    if deferred is not None:
+        deferred.append(manager.finish)
     report = Report.from_graph(ir_model.graph, config.precision, config.target)
     profiling.annotate(report, config)
     report.passes = [asdict(record) for record in manager.history]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from mixprec.ir.cast import cast_target, is_cast
 from mixprec.ir.dtypes import DType, finite_max
@@ -31,7 +30,7 @@ from mixprec.ir.lazy import exceeding
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.ir.pins import Pin, pin_of
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import FP32, KEEP, SHAPE, decide, graph_policy, target_dtype
+from mixprec.passes.common import FP32, KEEP, SHAPE, PolicyAnswers, decide, graph_policy, target_dtype
 from mixprec.passes.policies import Policy
 from mixprec.passes.registry import register_pass
 
@@ -73,17 +72,7 @@ class _Painter:
         self.floats = {DType.FLOAT32, target}
         self.deny: set[int] = set()
         self.allow: set[int] = set()
-        # the policy's answers per (op, index), asked once: a large graph asks millions of times
-        # about a few dozen ops (the policy does not change while the pass runs)
-        self._answers: dict[tuple, Any] = {}
-
-    def _ask(self, question: str, *args: Any) -> Any:
-        """``policy.<question>(*args)``, memoized."""
-        key = (question, *args)
-        answer = self._answers.get(key)
-        if answer is None:
-            answer = self._answers[key] = getattr(self.policy, question)(*args)
-        return answer
+        self._ask = PolicyAnswers(policy).ask  # the policy's answers per (op, index), asked once
 
     def paint(self) -> None:
         self.cands = self._select_candidates()

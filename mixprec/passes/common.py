@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from mixprec.errors import PipelineError
 from mixprec.ir.cast import is_cast
@@ -18,6 +19,26 @@ KEEP = "keep"
 SHAPE = "shape"
 _PRECISIONS = {"bf16": DType.BFLOAT16, "bfloat16": DType.BFLOAT16,
                "fp16": DType.FLOAT16, "f16": DType.FLOAT16, "float16": DType.FLOAT16}
+
+
+_UNASKED = object()
+
+
+class PolicyAnswers:
+    """``ask(question, *args)``: ``policy.<question>(*args)``, each asked once per arguments.
+    A pass over a large graph asks millions of times about a few dozen ops; the policy does
+    not change while a pass runs."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._answers: dict[tuple, Any] = {}
+
+    def ask(self, question: str, *args: Any) -> Any:
+        key = (question, *args)
+        answer = self._answers.get(key, _UNASKED)
+        if answer is _UNASKED:
+            answer = self._answers[key] = getattr(self.policy, question)(*args)
+        return answer
 
 
 def target_dtype(precision: str) -> DType:

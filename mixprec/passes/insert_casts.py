@@ -18,8 +18,8 @@ from mixprec.ir.cast import cast_target, is_cast, make_cast, set_cast_target
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import (decide, graph_policy, is_lowered, mixed_float_inputs, owning_graph, target_dtype,
-                                   undecided_node, value_owners)
+from mixprec.passes.common import (PolicyAnswers, decide, graph_policy, is_lowered, mixed_float_inputs, owning_graph,
+                                   target_dtype, undecided_node, value_owners)
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class _CastInserter:
         self.graph = graph
         self.target = target
         self.policy = graph_policy(graph, policy)
+        self._ask = PolicyAnswers(self.policy).ask
         self.owners = value_owners(graph)
         self.cache: dict[tuple[int, DType], Value] = {}
         self.anchor: dict[int, Node] = {}
@@ -70,19 +71,20 @@ class _CastInserter:
                 self.changed = True
             return
         lowered = is_lowered(node, target)
-        if self.policy.is_shape_source(node.qualified_op):
+        op = node.qualified_op
+        if self._ask("is_shape_source", op):
             return  # reads only its input's shape: any dtype will do
         for index, value in enumerate(node.inputs):
             if value is None:
                 continue
-            pinned = self.policy.is_pinned(node.qualified_op, index)
+            pinned = self._ask("is_pinned", op, index)
             if lowered and not pinned and value.dtype == DType.FLOAT32:
                 node.set_input(index, self._cast(value, target, node))
             elif value.dtype == target and id(value) in self.retyped and (pinned or not lowered):
                 node.set_input(index, self._cast(value, DType.FLOAT32, node))
         if lowered:
             for index, value in enumerate(node.outputs):
-                if value.dtype == DType.FLOAT32 and not self.policy.is_output_pinned(node.qualified_op, index):
+                if value.dtype == DType.FLOAT32 and not self._ask("is_output_pinned", op, index):
                     value.dtype = target
                     self.retyped.add(id(value))
                     self.changed = True

@@ -52,13 +52,22 @@ class PassManager:
     dump_dir: str | os.PathLike | None = None
     progress: Callable[[int, int, str], None] | None = None
     history: list[PassRecord] = field(default_factory=list)
+    _pending: list[tuple[str, background.Job]] = field(default_factory=list, repr=False)
 
-    def run(self, graph: Graph) -> PassResult:
-        """Run the passes (a progress bar of them when ``mixprec.progress`` is on)."""
+    def run(self, graph: Graph, defer: bool = False) -> PassResult:
+        """Run the passes (a progress bar of them when ``mixprec.progress`` is on). With
+        ``defer``, background verifications still running when the last pass ends are
+        left to ``finish()``, which must be called before the result is trusted (the caller
+        emits meanwhile)."""
         with paused_gc(), bars.stage("passes", total=len(self.passes), unit="pass") as bar:
-            return self._run(graph, bar)
+            return self._run(graph, bar, defer)
 
-    def _run(self, graph: Graph, bar: bars.Bar) -> PassResult:
+    def finish(self) -> None:
+        """Collect the verifications ``run(defer=True)`` left running; raises as ``run``."""
+        pending, self._pending = self._pending, []
+        self._collect(pending)
+
+    def _run(self, graph: Graph, bar: bars.Bar, defer: bool) -> PassResult:
         self.history = []
         pending: list[tuple[str, background.Job]] = []
         try:
@@ -66,7 +75,10 @@ class PassManager:
         except BaseException:
             self._collect(pending)  # a pass that failed on a broken IR: the break is the error
             raise
-        self._collect(pending)
+        if defer:
+            self._pending = pending
+        else:
+            self._collect(pending)
         return result
 
     def _passes(self, graph: Graph, bar: bars.Bar, pending: list[tuple[str, background.Job]]) -> PassResult:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mixprec.ir.graph import Graph, Value
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import KEEP, SHAPE, decide, graph_policy
+from mixprec.passes.common import KEEP, SHAPE, PolicyAnswers, decide, graph_policy
 from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
@@ -29,14 +29,16 @@ class MarkShapeSubgraphs(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         policy = graph_policy(graph, self.policy)
+        ask = PolicyAnswers(policy).ask
         before = {id(n) for n in graph.all_nodes() if n.meta.get("category") == SHAPE}
         for node in graph.all_nodes():
             if node.meta.get("category") == SHAPE:
                 node.meta.clear()
         stack: list[tuple[Value, str]] = []
         for node in graph.all_nodes():
-            for index, value in enumerate(node.inputs):
-                if value is not None and policy.is_shape_input(node.qualified_op, index):
+            op = node.qualified_op
+            for index, value in enumerate(node._inputs):
+                if value is not None and ask("is_shape_input", op, index):
                     stack.append((value, f"computes input {index} of {node.name!r} ({node.op})"))
         marked: set[int] = set()
         while stack:
@@ -44,11 +46,11 @@ class MarkShapeSubgraphs(Pass):
             prod = value.producer
             if prod is None or id(prod) in marked:
                 continue
-            if policy.base_category(prod.qualified_op) == "allow":
+            if ask("base_category", prod.qualified_op) == "allow":
                 continue
             marked.add(id(prod))
             decide(prod, KEEP, SHAPE, reason)
-            if policy.is_shape_source(prod.qualified_op):
+            if ask("is_shape_source", prod.qualified_op):
                 continue
             for inp in prod.inputs:
                 if inp is not None:

@@ -9,6 +9,7 @@ exact float32 emulation of the low-precision model (``emulate_in_float``); the r
 evaluator only with ``check_runtime="reference"``. The FP32 model runs in onnxruntime."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -910,18 +911,31 @@ def _keeps_low_values(node: onnx.NodeProto, types: Mapping[str, int], low: int) 
 
 def _external_files(path: Path) -> list[Path]:
     """The external data files an ONNX file names (read without loading the data; the
-    file's own inline data read in place is not another file)."""
+    file's own inline data read in place is not another file). The answer is kept per
+    file version (path, inode, size, modification time): the output checks before and
+    after a conversion ask twice (0.2-0.45 s each on a 100k-node file)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []
+    locations = _external_locations(os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return sorted({path.parent / location for location in locations})
+
+
+@functools.lru_cache(maxsize=8)
+def _external_locations(path_text: str, inode: int, size: int, mtime_ns: int) -> tuple[str, ...]:
+    path = Path(path_text)
     try:
         proto = frontend.read_file(path)
     except Exception:  # not readable: the loader says why; nothing else is read
-        return []
-    found: set[Path] = set()
+        return ()
+    found: set[str] = set()
     for tensor in _tensors(proto.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), None)
             if location and location != path.name:
-                found.add(path.parent / location)
-    return sorted(found)
+                found.add(location)
+    return tuple(sorted(found))
 
 
 def _tensors(graph: Any) -> Iterator[Any]:

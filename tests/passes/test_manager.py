@@ -235,3 +235,17 @@ def test_installed_plugin_is_found_through_its_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert "count-nodes           record the node count (a test plug-in)" in out
     assert "renamed n2" in out
+
+
+def test_deferred_verification_is_raised_by_finish(where, request):
+    """run(defer=True) leaves background verifications to finish() (fit emits meanwhile):
+    the same error, from finish(); verified in line, run() raises it as always."""
+    manager = PassManager([breaker()])
+    if request.node.callspec.params["where"] == "here":
+        with pytest.raises(PassError, match="pass 'test-breaker' broke the IR"):
+            manager.run(parse(SRC), defer=True)
+        return
+    manager.run(parse(SRC), defer=True)
+    with pytest.raises(PassError, match="pass 'test-breaker' broke the IR"):
+        manager.finish()
+    manager.finish()  # nothing left to collect

@@ -139,10 +139,10 @@ class Policy:
         return _first(_lookup(self.gather_tables, self.canonical(op)))
 
     def is_passthrough(self, op: str) -> bool:
-        return _lookup({o: True for o in self.input_passthrough}, self.canonical(op)) is not None
+        return _in_set(self.input_passthrough, self.canonical(op))
 
     def is_shape_source(self, op: str) -> bool:
-        return _lookup({o: True for o in self.shape_sources}, self.canonical(op)) is not None
+        return _in_set(self.shape_sources, self.canonical(op))
 
 
 def _lookup(table: dict, op: str):
@@ -151,6 +151,16 @@ def _lookup(table: dict, op: str):
         hit = table.get(op)
         if hit is not None or "." not in op:
             return hit
+        op = op.rsplit(".", 1)[0]
+
+
+def _in_set(names: frozenset[str], op: str) -> bool:
+    """``op`` or one of its dotted prefixes is in ``names`` (as ``_lookup``)."""
+    while True:
+        if op in names:
+            return True
+        if "." not in op:
+            return False
         op = op.rsplit(".", 1)[0]
 
 
