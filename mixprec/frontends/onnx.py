@@ -90,21 +90,17 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
     return model
 
 
-#: graphs of this many nodes and more get the structure walk and onnx.checker in a forked
-#: child beside shape inference and lowering (0.8 s of a 100k-node graph)
-BACKGROUND_NODES = 20000
-
-
 def _start_checks(proto: onnx.ModelProto, path: Path | None, source: str,
                   base: str | None) -> Callable[[bool], None]:
     """``_check_structure``, ``_check_tensors`` and ``_check_input`` of ``proto``, in that
     order; ``finish(passed)`` returned raises the structure's ModelLoadError and, when
-    ``passed`` (nothing else failed), logs the checker's warning. On a large graph the
+    ``passed`` (nothing else failed), logs the checker's warning. On a large graph
+    (``background.LARGE_GRAPH_NODES``: 0.8 s of a 100k-node graph) the
     structure walk and the checker run in a forked child (mixprec.background) beside shape
     inference and lowering, after the nesting depth (which guards the C++ of shape
     inference against a stack overflow) is checked here; else all run here, now."""
     job = None
-    if len(proto.graph.node) >= BACKGROUND_NODES and not proto.functions and not proto.training_info:
+    if len(proto.graph.node) >= background.LARGE_GRAPH_NODES and not proto.functions and not proto.training_info:
         if _nested_deeper(proto.graph, 1):
             _check_structure(proto, source)  # raises, naming the graph
         job = background.start(lambda: (_structure_error(proto, source), _checker_warning(proto, path)),

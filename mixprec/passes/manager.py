@@ -1,7 +1,7 @@
 """PassManager: runs passes in order, verifies the IR after each pass that changed it,
 and optionally writes ``NN-<pass>.ir`` after each such pass.
 
-On a graph of ``BACKGROUND_NODES`` nodes and more each verification (the IR's invariants
+On a graph of ``background.LARGE_GRAPH_NODES`` nodes and more each verification (the IR's invariants
 and the pass's ``ensures``) runs in a forked child on the graph as the pass left it
 (``mixprec.background``: the fork is a copy-on-write snapshot) while the next passes run:
 on the 100k-node graph of bench/scale.py three verifications take 1.3-1.7 s. Every result
@@ -27,9 +27,6 @@ from mixprec.ir.verify import verify as verify_ir
 from mixprec.passes.base import Pass, PassResult
 
 logger = logging.getLogger(__name__)
-
-#: graphs of this many nodes and more are verified in a forked child beside the next pass
-BACKGROUND_NODES = 20000
 
 
 @dataclass
@@ -121,7 +118,7 @@ class PassManager:
     def _verify(self, graph: Graph, p: Pass | None, pending: list[tuple[str, background.Job]]) -> None:
         """Verify the IR (and ``p.ensures``) after ``p`` (None: the input graph), in a child
         beside the next passes on a large graph, else here."""
-        if len(graph) >= BACKGROUND_NODES:
+        if len(graph) >= background.LARGE_GRAPH_NODES:
             job = background.start(lambda: _problem(graph, p), f"verification after {_after(p)}")
             if job is not None:
                 pending.append((_after(p), job))

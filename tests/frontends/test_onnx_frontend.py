@@ -484,17 +484,16 @@ def test_custom_domain_op_loads_when_declared():
 
 
 def test_large_graphs_check_structure_in_the_background_with_the_same_errors(tmp_path, monkeypatch, caplog):
-    """From BACKGROUND_NODES nodes the structure walk and onnx.checker run in a forked child
-    beside shape inference and lowering: the same ModelLoadError for each malformed model
-    (the nesting depth checked first, here), the checker's warning logged once."""
+    """From background.LARGE_GRAPH_NODES nodes the structure walk and onnx.checker run in a
+    forked child beside shape inference and lowering: the same ModelLoadError for each
+    malformed model (the nesting depth checked first, here), the checker's warning logged once."""
     import sys
     import threading
 
     from mixprec import background
-    from mixprec.frontends import onnx as frontend
     if not sys.platform.startswith("linux"):
         pytest.skip("background jobs fork on Linux only")
-    monkeypatch.setattr(frontend, "BACKGROUND_NODES", 0)
+    monkeypatch.setattr(background, "LARGE_GRAPH_NODES", 0)
     monkeypatch.setattr(threading, "active_count", lambda: 1)  # threads other tests' frameworks left running
     started = []
     real = background.start

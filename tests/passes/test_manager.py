@@ -49,18 +49,17 @@ def test_dump_dir_writes_ir_after_each_changing_pass(tmp_path):
 
 @pytest.fixture(params=["here", "background"])
 def where(request, monkeypatch):
-    """Verification in line, or (as on graphs of BACKGROUND_NODES nodes) in forked children:
-    returns the list of background jobs started."""
+    """Verification in line, or (as on graphs of background.LARGE_GRAPH_NODES nodes) in
+    forked children: returns the list of background jobs started."""
     import sys
     import threading
 
     from mixprec import background
-    from mixprec.passes import manager
     started = []
     if request.param == "background":
         if not sys.platform.startswith("linux"):
             pytest.skip("background jobs fork on Linux only")
-        monkeypatch.setattr(manager, "BACKGROUND_NODES", 0)
+        monkeypatch.setattr(background, "LARGE_GRAPH_NODES", 0)
         monkeypatch.setattr(threading, "active_count", lambda: 1)  # threads other tests' frameworks left
         real = background.start
         monkeypatch.setattr(background, "start", lambda fn, what: started.append(what) or real(fn, what))
