@@ -7,7 +7,7 @@ output of the parent is flushed twice). ``Job.result()`` waits for the child and
 itself. A job never changes what is computed, only where.
 
 Fork is used only where it is safe and pays: Linux (macOS system libraries are not safe
-to use after a fork), this process running
+to use after a fork), memory for a full second copy of this process, this process running
 no other Python thread (a lock another thread held at the fork would stay locked in the
 child), and not turned off with ``MIXPREC_BACKGROUND=0``. Before the fork the collector's
 objects are frozen (``gc.freeze``) so that the child's collections do not touch, and copy,
@@ -36,7 +36,23 @@ LARGE_GRAPH_NODES = 20000
 def available() -> bool:
     """True when ``start`` would fork (see the module docstring)."""
     return (sys.platform.startswith("linux") and hasattr(os, "fork")
-            and os.environ.get("MIXPREC_BACKGROUND", "1") != "0" and threading.active_count() == 1)
+            and os.environ.get("MIXPREC_BACKGROUND", "1") != "0" and threading.active_count() == 1
+            and _memory_allows())
+
+
+def _memory_allows() -> bool:
+    """The machine could hold a second copy of this process: a child shares its memory
+    until either writes a page, and in the worst case every page is copied (this process's
+    resident size below 80% of the memory available, from /proc)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/meminfo") as meminfo:
+            line = next(line for line in meminfo if line.startswith("MemAvailable:"))
+        available_bytes = int(line.split()[1]) * 1024
+    except (OSError, ValueError, StopIteration):
+        return False
+    return resident < 0.8 * available_bytes
 
 
 class Job:

@@ -58,3 +58,19 @@ def test_no_fork_beside_another_thread_or_when_turned_off(monkeypatch):
         thread.join()
     monkeypatch.setenv("MIXPREC_BACKGROUND", "0")
     assert background.start(lambda: 1, "test") is None
+
+
+def test_no_fork_without_memory_for_a_second_copy(monkeypatch):
+    """A child may end up copying every page: no fork when this process is larger than 80%
+    of the memory available (the 1M-node graph holds 9 GB)."""
+    import builtins
+    assert background._memory_allows()  # a test process is small
+    real_open = builtins.open
+
+    def tight(path, *args, **kwargs):
+        if path == "/proc/meminfo":
+            import io
+            return io.StringIO("MemTotal: 1000 kB\nMemAvailable:      1024 kB\n")  # 1 MiB left
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", tight)
+    assert not background._memory_allows() and background.start(lambda: 1, "test") is None
