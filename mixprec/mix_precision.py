@@ -143,7 +143,6 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
     else:
         converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
         fp32, validated = loaded, lambda: None
-    check = None
     try:
         check = _check_outputs(adapter, model, converted, ir_model, config, report) if config.check_outputs else None
     except Exception:
