@@ -311,3 +311,93 @@ def test_a_failed_background_validation_is_the_error(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime.OnnxAdapter, "run_converted", lambda *a: 1 / 0)
     with pytest.raises(ConversionError, match="planted"):
         mix_precision.fit(big_graph(1500), config=MixedPrecisionConfig())
+
+
+def _steps(runner):
+    """What each step of a plan computes (the kernel objects aside)."""
+    return [(direct, inputs, outputs, lows, freed) for direct, _, inputs, outputs, lows, freed in runner.plan]
+
+
+def _converted_ir(model):
+    from mixprec.frontends import onnx as frontend
+    from mixprec.passes.pipeline import DEFAULT_PIPELINE, build_pipeline
+    ir = frontend.load(model) if isinstance(model, onnx.ModelProto) else frontend.load(str(model))
+    build_pipeline(DEFAULT_PIPELINE).run(ir.graph)
+    return ir
+
+
+def _corpus_model(name):
+    entry = next(e for e in registry.ENTRIES if e.name == name)
+    missing = registry.missing_modules(entry)
+    if missing:
+        pytest.skip(f"{name} needs {', '.join(missing)} (pip install -r requirements.txt)")
+    folder = registry.build(entry)
+    with np.load(folder / "inputs.npz") as data:
+        return folder / entry.model_file, {k: data[k] for k in data.files}
+
+
+@pytest.mark.parametrize("name", ["generated", "minilm-l6-onnx", "gpt2-onnx-ts", "llama-onnx-ts"])
+def test_the_emitters_table_gives_the_plan_read_from_the_nodes(any_size, name):
+    from mixprec.backends import onnx as backend
+    model, feeds = (big_graph(3000), None) if name == "generated" else _corpus_model(name)
+    feeds = feeds or _feeds(model)
+    table = backend.EmittedNodes()
+    proto, _ = backend.emit_legal(_converted_ir(model), table)
+    assert table.covers(proto) and len(table.rows) == len(proto.graph.node) - table.start
+    for row, node in zip(table.rows, proto.graph.node[table.start:]):
+        assert row[:4] == (node.op_type, node.domain, tuple(node.input), tuple(node.output))
+    written, read = onnx_numpy.NumpyRunner(proto, table), onnx_numpy.NumpyRunner(proto)
+    assert _steps(written) == _steps(read)
+    assert (written.kernels, written.direct) == (read.kernels, read.direct)
+    assert any(step[3] for step in _steps(written))  # bf16 outputs are rounded
+    assert onnx_numpy.suited(proto, table) == onnx_numpy.suited(proto)
+    for mine, theirs in zip(written.run(feeds), read.run(feeds)):
+        assert np.array_equal(mine, theirs, equal_nan=True)
+
+
+def test_an_attribute_the_table_does_not_model_is_read_from_the_node(any_size):
+    from mixprec.backends import onnx as backend
+    from mixprec.frontends import onnx as frontend
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    fills = [helper.make_node("ConstantOfShape", ["s"], [f"c{i}"], value=numpy_helper.from_array(
+        np.array([float(i % 2 + 1)], np.float32))) for i in range(3)]
+    adds = [helper.make_node("Add", ["x" if i == 0 else f"a{i - 1}", f"c{i}"], [f"a{i}" if i < 2 else "y"])
+            for i in range(3)]
+    graph = helper.make_graph([helper.make_node("Shape", ["x"], ["s"]), *fills, *adds], "g", [x], [y])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    table = backend.EmittedNodes()
+    emitted, _ = backend.emit_legal(frontend.load(proto), table)
+    assert [row[4] for row in table.rows if row[0] == "ConstantOfShape"] == [None, None, None]
+    written, read = onnx_numpy.NumpyRunner(emitted, table), onnx_numpy.NumpyRunner(emitted)
+    assert written.kernels == read.kernels == 4  # Shape, ConstantOfShape of 1 and of 2, Add
+    feeds = {"x": np.arange(4, dtype=np.float32)}
+    assert np.array_equal(written.run(feeds)[0], feeds["x"] + 4)
+
+
+def test_an_opset_conversion_leaves_the_table_empty(any_size):
+    from mixprec.backends import onnx as backend
+    from mixprec.frontends import onnx as frontend
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y],
+                              [numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")])
+    ir = _converted_ir(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    table = backend.EmittedNodes()
+    proto, notes = backend.emit_legal(ir, table)
+    assert any("opset raised from 17 to 22" in n for n in notes)
+    assert table.rows == [] and not table.covers(proto)
+
+
+def test_the_check_of_a_large_fit_runs_the_emitters_table(monkeypatch):
+    monkeypatch.setattr(onnx_numpy, "MIN_NODES", 1000)
+    tables = []
+    real = onnx_numpy.NumpyRunner.__init__
+
+    def spy(self, proto, table=None):
+        tables.append(table is not None and table.covers(proto))
+        real(self, proto, table)
+    monkeypatch.setattr(onnx_numpy.NumpyRunner, "__init__", spy)
+    converted = mix_precision.fit(big_graph(1500), config=MixedPrecisionConfig())
+    assert converted.report.checks[0].cosine > 0.999
+    assert tables[-1] is True  # the converted model's runner; the FP32 one read its file's nodes

@@ -67,9 +67,10 @@ def _model_opset(model: Model) -> int:
     return int(next((v for d, v in opsets.items() if d in _DEFAULT_DOMAINS), DEFAULT_OPSET))
 
 
-def _emit_needing(model: Model, required: tuple[int, str], opset: int | None = None) -> onnx.ModelProto:
+def _emit_needing(model: Model, required: tuple[int, str], opset: int | None = None,
+                  table: EmittedNodes | None = None) -> onnx.ModelProto:
     """``emit`` given ``required_opset``'s answer for the model as it is."""
-    proto = _emit_proto(model)
+    proto = _emit_proto(model, table)
     current = _default_opset(proto)
     needed, reason = required
     target = needed if opset is None else opset
@@ -78,22 +79,27 @@ def _emit_needing(model: Model, required: tuple[int, str], opset: int | None = N
     if target != current:
         logger.info("converting the model from opset %d to %d (%s)", current, target, reason or "requested")
         proto = _convert_opset(proto, current, target, reason or "requested")
+        if table is not None:
+            table.clear()  # the converter wrote other nodes
     return proto
 
 
-def emit_legal(model: Model) -> tuple[onnx.ModelProto, list[str]]:
+def emit_legal(model: Model, table: EmittedNodes | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """``emit``, making every node legal at the emitted opset: a node whose tensor types
     its schema at the model's opset rejects (bf16 Conv before opset 22, a f16
     BatchNormalization with f32 statistics before opset 15, ...) raises the opset when a
     newer schema accepts it and ``onnx.version_converter`` can convert the model; else
     the node is kept in float32 (``keep_in_float32``; ``model`` is changed in place).
-    Returns the proto and report notes naming what was done."""
+    Returns the proto and report notes naming what was done; ``table``, when given, is
+    filled with what was written for the main graph's nodes (empty when an opset
+    conversion rewrote them)."""
     if model.framework not in ("onnx", "generic"):
         raise ConfigError(f"the ONNX backend cannot emit a {model.framework} model; use the "
                           f"{model.framework} backend")
     current = _model_opset(model)
     notes: list[str] = []
-    answers = [(n, _legality(_signature(n), current)) for n in _standard_nodes(model.graph)]
+    with paused_gc():
+        answers = [(n, _legality(_signature(n), current)) for n in _standard_nodes(model.graph)]
     stuck = [n for n, answer in answers if answer == (True, None)]
     if stuck:
         keep_in_float32(stuck)
@@ -102,10 +108,12 @@ def emit_legal(model: Model) -> tuple[onnx.ModelProto, list[str]]:
     else:  # the graph is as it was when asked
         needed, reason = _required(answers, current)
     if needed == current:
-        return _emit_needing(model, (needed, reason)), notes
+        return _emit_needing(model, (needed, reason), table=table), notes
     try:
-        proto = _emit_needing(model, (needed, reason))
+        proto = _emit_needing(model, (needed, reason), table=table)
     except ConversionError as exc:
+        if table is not None:
+            table.clear()
         nodes = illegal_nodes(model.graph, current)
         if not nodes:
             raise
@@ -153,13 +161,37 @@ def keep_in_float32(nodes: list[Node]) -> None:
         node.meta["reason"] = "kept f32: its op's schema rejects its mixed types at the model's opset"
 
 
-def _emit_proto(model: Model) -> onnx.ModelProto:
+def _emit_proto(model: Model, table: EmittedNodes | None = None) -> onnx.ModelProto:
     """The model as a ModelProto at its own opset (no conversion)."""
     proto = onnx.ModelProto()
     with paused_gc():
-        _Emitter(model).fill_graph(proto.graph, model.graph, "")
+        _Emitter(model, table).fill_graph(proto.graph, model.graph, "")
     _fill_model_fields(proto, model.meta)
     return proto
+
+
+class EmittedNodes:
+    """What the emitter wrote for each node of the main graph, for a reader that would
+    otherwise read it back from the proto (the output check's runner: reading 121k
+    NodeProtos back costs about a second). ``rows[i]`` is ``proto.graph.node[start + i]``
+    as ``(op_type, domain, inputs, outputs, attributes, output_dtypes)``: the input and
+    output names as written; ``attributes`` a hashable key, equal for two rows exactly
+    when their attributes were written alike (None where an attribute is of a kind the
+    key does not model: read that node's attributes from the proto); ``output_dtypes``
+    each output's IR dtype, which its declared element type is. The nodes before
+    ``start`` (Constant nodes) are not in the table. Empty when the proto holds other
+    nodes than the emitter wrote (an opset conversion)."""
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.rows: list[tuple] = []
+
+    def clear(self) -> None:
+        self.start, self.rows = 0, []
+
+    def covers(self, proto: onnx.ModelProto) -> bool:
+        """True when the table describes the nodes of ``proto``'s main graph from ``start``."""
+        return bool(self.rows) and self.start + len(self.rows) == len(proto.graph.node)
 
 
 def _fill_model_fields(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
@@ -202,8 +234,9 @@ _EMPTY_TYPE = onnx.TypeProto()
 class _Emitter:
     """Builds GraphProtos from IR graphs, restoring ONNX names from the model meta."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, table: EmittedNodes | None = None) -> None:
         onnx_meta = model.meta.get(ONNX_META, {})
+        self.table = table
         self.renamed: dict[str, str] = onnx_meta.get("renamed", {})
         self.raw_types: dict[str, onnx.TypeProto] = onnx_meta.get("types", {})
         self.graph_meta: dict[str, dict[str, Any]] = onnx_meta.get("graphs", {})
@@ -223,8 +256,15 @@ class _Emitter:
         self._constants(gp, graph, meta)
         gp.input.extend(self._inputs(graph, meta))
         add_node = gp.node.add  # filled in place: a built NodeProto would be copied in
-        for node in graph.iter_nodes():
-            self.fill_node(add_node(), node, key)
+        if key == "" and self.table is not None:
+            self.table.clear()
+            self.table.start = len(gp.node)
+            rows = self.table.rows
+            for node in graph.iter_nodes():
+                rows.append(self.fill_node(add_node(), node, key))
+        else:
+            for node in graph.iter_nodes():
+                self.fill_node(add_node(), node, key)
         gp.output.extend(self.value_info(v, required=True) for v in graph.outputs)
         emitted = {vi.name for vi in gp.input} | {vi.name for vi in gp.output} | {vi.name for vi in gp.value_info}
         add_info = gp.value_info.add
@@ -318,8 +358,8 @@ class _Emitter:
         return sparse
 
     # ---- nodes --------------------------------------------------------------------------
-    def fill_node(self, proto: onnx.NodeProto, node: Node, key: str) -> None:
-        """Fill the empty ``proto`` with ``node``."""
+    def fill_node(self, proto: onnx.NodeProto, node: Node, key: str) -> tuple:
+        """Fill the empty ``proto`` with ``node``; returns its row of ``EmittedNodes``."""
         meta = node.meta.get(NODE_META, _NO_META)
         renamed = self.renamed
         outputs = node._outputs
@@ -329,14 +369,22 @@ class _Emitter:
         proto.op_type = node.op
         proto.domain = node.domain
         proto.name = "" if meta.get("unnamed") and node.name == default_name else node.name
-        proto.input.extend(["" if v is None else renamed.get(v.name, v.name) for v in node._inputs])
-        proto.output.extend([renamed.get(v.name, v.name) for v in outputs])
+        inputs = tuple(["" if v is None else renamed.get(v.name, v.name) for v in node._inputs])
+        names = tuple([renamed.get(v.name, v.name) for v in outputs])
+        proto.input.extend(inputs)
+        proto.output.extend(names)
+        attr_key: tuple | None = ()
         if node.attrs:
             attr_types = meta.get("attr_types", _NO_META)
             for attr_name, value in node.attrs.items():
                 value = _typed_attr(node, attr_name, value)
-                if not _fill_plain_attr(proto.attribute, attr_name, value):
+                if _fill_plain_attr(proto.attribute, attr_name, value):
+                    if attr_key is not None:
+                        attr_key += ((attr_name, value.__class__, tuple(value) if value.__class__ is list else value),)
+                else:
                     proto.attribute.append(self.attribute(attr_name, value, node, key, attr_types.get(attr_name)))
+                    attr_key = None
+        return node.op, node.domain, inputs, names, attr_key, tuple([v.dtype for v in outputs])
 
     def attribute(self, name: str, value: Any, node: Node, key: str, attr_type: int | None) -> onnx.AttributeProto:
         A = onnx.AttributeProto

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 #: onnx.reference for when onnxruntime cannot run the FP32 model: the evaluator runs about
 #: 1k nodes a second in Python, so larger graphs skip the check with a note instead
 REFERENCE_MAX_NODES = 20000
+#: the per-fit memo of what the emitter wrote for each emitted proto: id -> (proto, EmittedNodes)
+EMITTED_NODES = "emitted nodes"
 
 
 class OnnxAdapter(Adapter):
@@ -70,7 +72,13 @@ class OnnxAdapter(Adapter):
         return proto
 
     def emit_unvalidated(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
-        proto, notes = backend.emit_legal(ir_model)
+        """``emit`` without the validation; within a fit, what the emitter wrote for each
+        node is kept for the output check's runner (``numpy_runner``)."""
+        memo = per_fit_memo(EMITTED_NODES)
+        table = backend.EmittedNodes() if memo is not None else None
+        proto, notes = backend.emit_legal(ir_model, table)
+        if memo is not None and table.rows:
+            memo[id(proto)] = (proto, table)  # the proto held: its id is not reused within the fit
         for note in notes:
             logger.warning(note)
         ir_model.meta.setdefault("notes", []).extend(notes)
@@ -305,8 +313,10 @@ def numpy_runner(model: onnx.ModelProto | Path) -> onnx_numpy.NumpyRunner | None
     held = memo.get(id(model)) if memo is not None else None
     if held is not None and held[0] is model:
         return held[1]
-    why = onnx_numpy.suited(model)
-    runner = onnx_numpy.NumpyRunner(model) if why is None else None
+    emitted = (per_fit_memo(EMITTED_NODES) or {}).get(id(model))
+    table = emitted[1] if emitted is not None and emitted[0] is model else None
+    why = onnx_numpy.suited(model, table)
+    runner = onnx_numpy.NumpyRunner(model, table) if why is None else None
     if why is None:
         logger.info("the output check runs the %d-node model with onnx.reference's numpy kernels (%d kinds of node)",
                     len(runner), runner.kernels)

@@ -33,6 +33,7 @@ import onnx
 from mixprec.backends import onnx as backend
 from mixprec.runtimes import onnx_numpy_kernels
 from mixprec.ir.dtypes import DType
+from mixprec.ir.gcpause import paused_gc
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +64,21 @@ _ROUNDING = {onnx.TensorProto.BFLOAT16: DType.BFLOAT16.to_numpy(), onnx.TensorPr
 _LOW_NUMPY = frozenset(_ROUNDING.values())
 
 
-def suited(proto: onnx.ModelProto) -> str | None:
-    """None when this runner should run ``proto`` (see the module docstring); else why not."""
+def suited(proto: onnx.ModelProto, table: backend.EmittedNodes | None = None) -> str | None:
+    """None when this runner should run ``proto`` (see the module docstring); else why not.
+    ``table``: what the emitter wrote for its nodes (``backend.EmittedNodes``), read instead
+    of the protos where it covers them."""
     nodes = proto.graph.node
     if len(nodes) < MIN_NODES:
         return f"{len(nodes)} nodes (onnxruntime below {MIN_NODES})"
     if proto.functions:
         return "the model has local functions"
-    for node in nodes:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
-            return f"op {node.domain + '.' if node.domain else ''}{node.op_type} has no fast reference kernel"
+    written = table is not None and table.covers(proto)
+    kinds = {(row[1], row[0]) for row in table.rows} if written else set()
+    kinds.update((node.domain, node.op_type) for node in (nodes[:table.start] if written else nodes))
+    for domain, op in sorted(kinds):
+        if domain not in ("", "ai.onnx") or op not in OPS:
+            return f"op {domain + '.' if domain else ''}{op} has no fast reference kernel"
     weights = sum(_tensor_bytes(t) for t in proto.graph.initializer)
     if weights > MAX_WEIGHT_BYTES:
         return f"{weights >> 20} MiB of weights (at most {MAX_WEIGHT_BYTES >> 20} MiB are held as float32)"
@@ -85,37 +91,57 @@ class NumpyRunner:
     of a few dozen kinds of node makes a few dozen -- and its plan: per node the values it
     reads, how each output is rounded, and the values it reads last (freed after it).
     ``proto`` holds its weights (a file's model loaded with its external data; pending data
-    of an emitted model is resolved here)."""
+    of an emitted model is resolved here). ``table``: what the emitter wrote for its nodes
+    (``backend.EmittedNodes``), read instead of the NodeProtos where it covers them (the
+    same names, attributes and types; reading 121k protos back costs about a second)."""
 
-    def __init__(self, proto: onnx.ModelProto) -> None:
-        proto = backend.resolved(proto)
+    def __init__(self, proto: onnx.ModelProto, table: backend.EmittedNodes | None = None) -> None:
+        with paused_gc():  # a plan of long-lived tuples
+            self._build(backend.resolved(proto), table)
+
+    def _build(self, proto: onnx.ModelProto, table: backend.EmittedNodes | None) -> None:
         graph = proto.graph
         types = _LazyTypes(graph)  # every declared element type, read only for onnx.reference kernels
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.weights = {init.name: _widened(_initializer(init)) for init in graph.initializer}
-        nodes = [(node, node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
+        written = table is not None and table.covers(proto)
+        start = table.start if written else len(graph.node)
+        protos = graph.node
+        # per node: (op, domain, inputs, outputs, attribute key or None, the low types of its outputs or None)
+        nodes = [(node.op_type, node.domain, tuple(node.input), tuple(node.output), None, None)
+                 for node in protos[:start]]
+        if written:
+            lows_of: dict[tuple, Any] = {}  # output dtypes -> their low types (a few distinct)
+            for op, domain, inputs, outputs, attrs, dtypes in table.rows:
+                lows = lows_of.get(dtypes, lows_of)
+                if lows is lows_of:
+                    lows = lows_of[dtypes] = _written_lows(dtypes)
+                nodes.append((op, domain, inputs, outputs, attrs, lows))
         last_read: dict[str, int] = {}
-        for index, (_, _, inputs, _) in enumerate(nodes):
-            for name in inputs:
+        for index, row in enumerate(nodes):
+            for name in row[2]:
                 last_read[name] = index
         keep = {vi.name for vi in graph.output}
         freed_after: dict[int, list[str]] = {}
         for name, index in last_read.items():
             if name and name not in keep and name not in self.weights:
                 freed_after.setdefault(index, []).append(name)
-        low_types = _low_types(graph)
-        kernels: dict[tuple, tuple[bool, Any]] = {}
+        low_types = _low_types(graph) if start else {}  # only the nodes read from protos need them
+        kernels: dict[Any, tuple[bool, Any]] = {}
         self.plan = []
-        for index, (node, op, inputs, outputs) in enumerate(nodes):
-            attributes = node.attribute
-            key = (op, node.domain, tuple(map(bool, inputs)) if "" in inputs else len(inputs), len(outputs),
-                   b"".join(a.SerializeToString() for a in attributes) if attributes else b"")
+        for index, (op, domain, inputs, outputs, attrs, lows) in enumerate(nodes):
+            if attrs is None:  # read from the proto
+                attributes = protos[index].attribute
+                attrs = b"".join(a.SerializeToString() for a in attributes) if attributes else b""
+            key = (op, domain, tuple(map(bool, inputs)) if "" in inputs else len(inputs), len(outputs), attrs)
             made = kernels.get(key)
             if made is None:
-                made = kernels[key] = _make_kernel(proto, node, types, opset)
-            lows = None  # per output the low type it is rounded to (None: none is)
-            if low_types and op not in _EXACT_OPS and (outputs[0] in low_types if len(outputs) == 1 else
-                                                       any(name in low_types for name in outputs)):
+                made = kernels[key] = _make_kernel(proto, protos[index], types, opset)
+            # per output the low type it is rounded to (None: none is)
+            if op in _EXACT_OPS:
+                lows = None
+            elif index < start and low_types and (outputs[0] in low_types if len(outputs) == 1 else
+                                                  any(name in low_types for name in outputs)):
                 lows = tuple(low_types.get(name) for name in outputs)
             self.plan.append((made[0], made[1], inputs, outputs, lows, freed_after.get(index, ())))
         self.kernels = len(kernels)
@@ -180,6 +206,17 @@ class _LazyTypes(Mapping[str, int]):
 
     def __len__(self) -> int:
         return len(self._all())
+
+
+#: the numpy type a value of a low-precision IR dtype is rounded to
+_WRITTEN_ROUNDING = {DType.BFLOAT16: _ROUNDING[onnx.TensorProto.BFLOAT16],
+                     DType.FLOAT16: _ROUNDING[onnx.TensorProto.FLOAT16]}
+
+
+def _written_lows(dtypes: tuple[DType, ...]) -> tuple[np.dtype | None, ...] | None:
+    """Per output of a written node the low type it is rounded to; None when none is."""
+    lows = tuple([_WRITTEN_ROUNDING.get(dtype) for dtype in dtypes])
+    return lows if any(low is not None for low in lows) else None
 
 
 def _low_types(graph: onnx.GraphProto) -> dict[str, np.dtype]:
