@@ -14,8 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from bench import corpus
 from bench.onnx_peers import big_graph
 from mixprec import mix_precision
+from mixprec.backends import onnx as backend
 from mixprec.config import MixedPrecisionConfig
+from mixprec.frontends import onnx as frontend
 from mixprec.ir.dtypes import DType
+from mixprec.passes.pipeline import DEFAULT_PIPELINE, build_pipeline
 from mixprec.runtimes import onnx as runtime
 from mixprec.runtimes import onnx_numpy
 from tests.corpus import registry
@@ -294,7 +297,6 @@ def test_a_failed_background_validation_is_the_error(tmp_path, monkeypatch):
     failure is raised as a ConversionError, before the check's own result or error."""
     import threading
 
-    from mixprec.backends import onnx as backend
     from mixprec.errors import ConversionError
     if not sys.platform.startswith("linux"):
         pytest.skip("background jobs fork on Linux only")
@@ -319,8 +321,6 @@ def _steps(runner):
 
 
 def _converted_ir(model):
-    from mixprec.frontends import onnx as frontend
-    from mixprec.passes.pipeline import DEFAULT_PIPELINE, build_pipeline
     ir = frontend.load(model) if isinstance(model, onnx.ModelProto) else frontend.load(str(model))
     build_pipeline(DEFAULT_PIPELINE).run(ir.graph)
     return ir
@@ -338,7 +338,6 @@ def _corpus_model(name):
 
 @pytest.mark.parametrize("name", ["generated", "minilm-l6-onnx", "gpt2-onnx-ts", "llama-onnx-ts"])
 def test_the_emitters_table_gives_the_plan_read_from_the_nodes(any_size, name):
-    from mixprec.backends import onnx as backend
     model, feeds = (big_graph(3000), None) if name == "generated" else _corpus_model(name)
     feeds = feeds or _feeds(model)
     table = backend.EmittedNodes()
@@ -356,8 +355,6 @@ def test_the_emitters_table_gives_the_plan_read_from_the_nodes(any_size, name):
 
 
 def test_an_attribute_the_table_does_not_model_is_read_from_the_node(any_size):
-    from mixprec.backends import onnx as backend
-    from mixprec.frontends import onnx as frontend
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
     fills = [helper.make_node("ConstantOfShape", ["s"], [f"c{i}"], value=numpy_helper.from_array(
@@ -376,8 +373,6 @@ def test_an_attribute_the_table_does_not_model_is_read_from_the_node(any_size):
 
 
 def test_an_opset_conversion_leaves_the_table_empty(any_size):
-    from mixprec.backends import onnx as backend
-    from mixprec.frontends import onnx as frontend
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y],
