@@ -30,7 +30,7 @@ from mixprec.ir.lazy import exceeding
 from mixprec.ir.graph import Graph, Node, Value
 from mixprec.ir.pins import Pin, pin_of
 from mixprec.passes.base import Pass, PassResult
-from mixprec.passes.common import FP32, KEEP, SHAPE, PolicyAnswers, decide, graph_policy, target_dtype
+from mixprec.passes.common import FP32, KEEP, SHAPE, OpFacts, PolicyAnswers, decide, graph_policy, target_dtype
 from mixprec.passes.policies import Policy
 from mixprec.passes.registry import register_pass
 
@@ -53,15 +53,9 @@ class AssignPrecision(Pass):
     def run(self, graph: Graph) -> PassResult:
         target = target_dtype(self.precision)
         policy = graph_policy(graph, self.policy)
-        before = {id(n): _snapshot(n) for n in graph.all_nodes()}
         painter = _Painter(graph, policy, target)
         painter.paint()
-        modified = any(_snapshot(n) != before.get(id(n)) for n in graph.all_nodes())
-        return PassResult(graph, modified)
-
-
-def _snapshot(node: Node) -> tuple:
-    return node.meta.get("precision"), node.meta.get("category"), node.meta.get("reason")
+        return PassResult(graph, painter.changed)
 
 
 class _Painter:
@@ -72,7 +66,16 @@ class _Painter:
         self.floats = {DType.FLOAT32, target}
         self.deny: set[int] = set()
         self.allow: set[int] = set()
-        self._ask = PolicyAnswers(policy).ask  # the policy's answers per (op, index), asked once
+        self._facts = PolicyAnswers(policy).facts  # what the policy says of each op, asked once
+        #: whether a node's decision (precision, category, reason) changed
+        self.changed = False
+
+    def _decide(self, node: Node, precision: str, category: str | None, reason: str) -> None:
+        meta = node.meta
+        if (meta.get("precision") != precision or (category is not None and meta.get("category") != category)
+                or meta.get("reason") != reason):
+            self.changed = True
+            decide(node, precision, category, reason)
 
     def paint(self) -> None:
         self.cands = self._select_candidates()
@@ -94,40 +97,44 @@ class _Painter:
         """Painting candidates; every other node gets its decision here."""
         nodes = list(self.graph.all_nodes())
         static = self._static_nodes(nodes)
+        facts_of = self._facts
         cands: list[Node] = []
+        self.cand_facts: list[OpFacts] = []
         for node in nodes:
             if node.meta.get("category") == SHAPE:
                 continue
             if is_cast(node):
                 if node.meta.get("category") != "cast":
-                    decide(node, KEEP, "cast", "existing cast kept as is")
+                    self._decide(node, KEEP, "cast", "existing cast kept as is")
                 continue
-            category = self._ask("base_category", node.qualified_op)
+            facts = facts_of(node.qualified_op)
+            category = facts.base_category
             if id(node) in static and category not in ("allow", "clear") and _override(node) is None:
-                decide(node, FP32 if self._is_candidate(node) else KEEP, category,
-                       "computes from constants and shapes only (no input data): kept in its dtype")
-            elif self._is_candidate(node):
+                self._decide(node, FP32 if self._is_candidate(node, facts) else KEEP, category,
+                             "computes from constants and shapes only (no input data): kept in its dtype")
+            elif self._is_candidate(node, facts):
                 cands.append(node)
+                self.cand_facts.append(facts)
             else:
-                decide(node, KEEP, category, "reads and writes no float32 tensor")
+                self._decide(node, KEEP, category, "reads and writes no float32 tensor")
         return cands
 
     def _build_edges(self) -> None:
         """fanin/fanout over float values between candidates (pins cut edges)."""
         n = len(self.cands)
+        floats, index, facts = self.floats, self.index, self.cand_facts
         self.fanin: list[list[int]] = [[] for _ in range(n)]
         self.fanout: list[list[int]] = [[] for _ in range(n)]
+        fanin, fanout = self.fanin, self.fanout
         for i, node in enumerate(self.cands):
+            pinned = facts[i].pinned
             for j, value in enumerate(node.inputs):
-                if value is None or value.dtype not in self.floats or self._ask("is_pinned", node.qualified_op, j):
+                if value is None or value.dtype not in floats or (pinned and facts[i].is_pinned(j)):
                     continue
-                prod = value.producer
-                if prod is None or self._ask("is_output_pinned", prod.qualified_op, value.producer_index):
-                    continue
-                p = self.index.get(id(prod))
-                if p is not None:
-                    self.fanin[i].append(p)
-                    self.fanout[p].append(i)
+                p = index.get(id(value.producer))  # a candidate's output: cut where it keeps its dtype
+                if p is not None and not facts[p].is_output_pinned(value.producer_index):
+                    fanin[i].append(p)
+                    fanout[p].append(i)
 
     def _categorize(self) -> None:
         """``listed``: each candidate's policy list; ``cat``: the list painting uses
@@ -136,12 +143,12 @@ class _Painter:
         self.listed: list[str] = []
         self.cat: list[str] = []
         self.why: list[str] = []
-        for node in self.cands:
-            c, reason = self.policy.category(node.qualified_op, node.attrs)
+        for node, facts in zip(self.cands, self.cand_facts):
+            c, reason = facts.category or self.policy.category(node.qualified_op, node.attrs)
             self.listed.append(c)
             override = _override(node)
             bad = next((v for j, v in enumerate(node.inputs) if v is not None and id(v) in out_of_range
-                        and not self._ask("is_pinned", node.qualified_op, j)), None)
+                        and not facts.is_pinned(j)), None) if out_of_range else None
             if override is not None:
                 c = "allow" if override.precision == self.target.value else "deny"
                 reason = override.reason
@@ -221,7 +228,7 @@ class _Painter:
             return
         tables: dict[int, Value] = {}
         for i, node in enumerate(self.cands):
-            table = self._gather_table(node)
+            table = self._gather_table(node, self.cand_facts[i])
             if i not in self.allow and table is not None:
                 tables[i] = table
         changed = True
@@ -237,9 +244,9 @@ class _Painter:
             self.reason[i] = (f"gather table %{table.name} stored in {self.target.value} (a lookup is exact); "
                               "the rows are cast up for f32 readers (step 8)")
 
-    def _gather_table(self, node: Node) -> Value | None:
+    def _gather_table(self, node: Node, facts: OpFacts) -> Value | None:
         """The float constant table a gather node reads, if the table rule may apply."""
-        index = self.policy.gather_table(node.qualified_op)
+        index = facts.gather_table
         if index is None or index >= len(node.inputs) or _override(node) is not None:
             return None
         table = node.inputs[index]
@@ -255,7 +262,7 @@ class _Painter:
             else:
                 precision, text = FP32, self.deny_reason.get(i) or _why_not(self.cat[i], self.why[i])
             if node.meta.get("precision") != precision or not node.meta.get("reason"):
-                decide(node, precision, self.listed[i], text)
+                self._decide(node, precision, self.listed[i], text)
 
     def _static_nodes(self, nodes: list[Node]) -> set[int]:
         """ids of nodes whose inputs are all constants, shape-source outputs or outputs
@@ -266,21 +273,21 @@ class _Painter:
         for graph in self.graph.all_graphs():
             static_values.update(id(v) for v in graph.constants.values())
         static: set[int] = set()
+        facts_of = self._facts
         for node in nodes:  # topological, outer graphs before the graphs nested in them
             if node.attrs and any(True for _ in node.subgraphs()):
                 continue
-            reads = [v for v in node.inputs if v is not None]
-            if all(id(v) in static_values for v in reads) or self.policy.is_shape_source(node.qualified_op):
+            if all(v is None or id(v) in static_values for v in node.inputs) or \
+                    facts_of(node.qualified_op).shape_source:
                 static.add(id(node))
                 static_values.update(id(v) for v in node.outputs)
         return static
 
-    def _is_candidate(self, node: Node) -> bool:
-        if any(v.dtype in self.floats and not self._ask("is_output_pinned", node.qualified_op, j)
-               for j, v in enumerate(node.outputs)):
+    def _is_candidate(self, node: Node, facts: OpFacts) -> bool:
+        floats = self.floats
+        if any(v.dtype in floats and not facts.is_output_pinned(j) for j, v in enumerate(node.outputs)):
             return True
-        return any(v is not None and v.dtype in self.floats and not self._ask("is_pinned", node.qualified_op, j)
-                   for j, v in enumerate(node.inputs))
+        return any(v is not None and v.dtype in floats and not facts.is_pinned(j) for j, v in enumerate(node.inputs))
 
     @staticmethod
     def _reach(roots: set[int], edges: list[list[int]], enter) -> dict[int, int]:
@@ -314,9 +321,9 @@ class _Painter:
             uses = out.uses()
             if not uses or id(out) in outputs:
                 continue
-            if all(index.get(id(r)) in allow and not self._ask("is_pinned", r.qualified_op, j) for r, j in uses):
-                decide(node, self.target.value, "cast",
-                       f"existing cast to f32 whose readers all run in {self.target.value} (step 7)")
+            if all(index.get(id(r)) in allow and not self._facts(r.qualified_op).is_pinned(j) for r, j in uses):
+                self._decide(node, self.target.value, "cast",
+                             f"existing cast to f32 whose readers all run in {self.target.value} (step 7)")
 
 
 def _override(node: Node) -> Pin | None:

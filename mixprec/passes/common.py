@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from mixprec.errors import PipelineError
@@ -24,6 +25,29 @@ _PRECISIONS = {"bf16": DType.BFLOAT16, "bfloat16": DType.BFLOAT16,
 _UNASKED = object()
 
 
+@dataclass(frozen=True)
+class OpFacts:
+    """What a policy says of one op, asked once (``PolicyAnswers.facts``): its list
+    (``category``: (list, why); None when conditional rules make its attributes decide),
+    the input and output indices that keep their dtype, whether it is a shape source,
+    and its gather-table input."""
+
+    base_category: str
+    category: tuple[str, str] | None
+    pinned: frozenset[int]
+    output_pinned: frozenset[int]
+    shape_source: bool
+    gather_table: int | None
+
+    def is_pinned(self, index: int) -> bool:
+        pinned = self.pinned
+        return bool(pinned) and (index in pinned or -1 in pinned)
+
+    def is_output_pinned(self, index: int) -> bool:
+        pinned = self.output_pinned
+        return bool(pinned) and (index in pinned or -1 in pinned)
+
+
 class PolicyAnswers:
     """``ask(question, *args)``: ``policy.<question>(*args)``, each asked once per arguments.
     A pass over a large graph asks millions of times about a few dozen ops; the policy does
@@ -39,6 +63,17 @@ class PolicyAnswers:
         if answer is _UNASKED:
             answer = self._answers[key] = getattr(self.policy, question)(*args)
         return answer
+
+    def facts(self, op: str) -> OpFacts:
+        """Everything the policy says of ``op`` (a qualified op name), asked once."""
+        facts = self._answers.get(op)
+        if facts is None:
+            policy = self.policy
+            facts = self._answers[op] = OpFacts(
+                policy.base_category(op), None if policy.has_rules(op) else policy.category(op),
+                policy.pinned_inputs(op), policy.pinned_outputs(op), policy.is_shape_source(op),
+                policy.gather_table(op))
+        return facts
 
 
 def target_dtype(precision: str) -> DType:

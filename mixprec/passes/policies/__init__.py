@@ -118,6 +118,18 @@ class Policy:
             return cat, f"op in no list of the {self.framework} policy; kept in its dtype"
         return cat, f"{cat} list"
 
+    def has_rules(self, op: str) -> bool:
+        """True when a conditional rule may change ``op``'s list (its attributes decide)."""
+        return bool(_lookup(self._rules, self.canonical(op)))
+
+    def pinned_inputs(self, op: str) -> frozenset[int]:
+        """The input indices of ``op`` that keep their dtype (-1: every input)."""
+        return _lookup(self.pins, self.canonical(op)) or frozenset()
+
+    def pinned_outputs(self, op: str) -> frozenset[int]:
+        """The output indices of ``op`` that keep their dtype (-1: every output)."""
+        return _lookup(self.output_pins, self.canonical(op)) or frozenset()
+
     def is_pinned(self, op: str, index: int) -> bool:
         """True when input ``index`` of ``op`` keeps its dtype (never cast)."""
         return _has_index(_lookup(self.pins, self.canonical(op)), index)
