@@ -133,11 +133,12 @@ def type_from_proto(tp: onnx.TypeProto) -> tuple[DType, Shape, bool]:
     express the type (sequence/optional/map/sparse types, element types the IR lacks,
     denotations), so the backend must re-emit the original TypeProto. Memoized on the
     type's bytes (a large graph has few distinct types; the result is immutable)."""
-    return _type_from_bytes(tp.SerializeToString())
+    return type_from_bytes(tp.SerializeToString())
 
 
 @functools.lru_cache(maxsize=4096)
-def _type_from_bytes(data: bytes) -> tuple[DType, Shape, bool]:
+def type_from_bytes(data: bytes) -> tuple[DType, Shape, bool]:
+    """``type_from_proto`` of a serialized TypeProto."""
     import onnx
     tp = onnx.TypeProto.FromString(data)
     which = tp.WhichOneof("value")

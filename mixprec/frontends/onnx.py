@@ -29,7 +29,7 @@ import os
 import tempfile
 from collections import ChainMap
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -37,7 +37,7 @@ import onnx
 from mixprec import background
 from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, check_sparse,
                                    check_tensor, dtype_from_onnx, graph_key, sparse_to_dense, tensor_to_array,
-                                   type_from_proto)
+                                   type_from_bytes, type_from_proto)
 from mixprec.errors import ModelLoadError
 from mixprec.fileio import first_line
 from mixprec.ir.dtypes import DType
@@ -75,76 +75,139 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
         where = str(path) if path is not None else "the ModelProto"
         raise ModelLoadError(f"{where} is not an ONNX model (it has no graph); pass a .onnx model file")
     source = str(path) if path is not None else "the ModelProto"
-    checks = _start_checks(proto, path, source, base)
+    checks = _start_checks(proto, path, source, base, infer_shapes)
     try:
         declared = None
         if infer_shapes:
             declared = _declared_names(proto.graph, set())
-            proto = _infer_shapes(proto, path)
-        model = _Lowerer(proto, base, declared, lazy_inline=path is not None,
-                         own_file=path.name if path is not None and base_dir is None else None).lower()
+            if not checks.infers:
+                proto = _infer_shapes(proto, path)
+        lowerer = _Lowerer(proto, base, declared, lazy_inline=path is not None,
+                           own_file=path.name if path is not None and base_dir is None else None)
+        model = lowerer.lower()
     except Exception:
-        checks(False)  # a malformed model: its structure error is the one to report
+        checks.finish(False)  # a malformed model: its structure error is the one to report
         raise
-    checks(True)
+    inferred = checks.finish(True)
+    if inferred is not None:
+        lowerer.apply_types(inferred)
     return model
 
 
+class _Checks:
+    """The input's checks, maybe running in a forked child (``_start_checks``):
+    ``finish(passed)`` raises the structure's ModelLoadError and, when ``passed`` (nothing
+    else failed), logs the checker's warning; where the child also ran shape inference
+    (``infers``), it returns the inferred main graph's types (``InferredTypes``; None
+    when inference failed, which it logs)."""
+
+    def __init__(self, job: background.Job | None = None, proto: onnx.ModelProto | None = None,
+                 source: str = "", infers: bool = False) -> None:
+        self.job, self.proto, self.source, self.infers = job, proto, source, infers
+
+    def finish(self, passed: bool) -> InferredTypes | None:
+        if self.job is None:
+            return None
+        answer = self.job.result()
+        if answer is None:  # the child died (the C++ checker on a hostile model): the Python walk here
+            _check_structure(self.proto, self.source)
+            if passed:
+                logger.warning("onnx.checker did not finish on the input model; converting anyway")
+            return _inferred_types(self.proto) if self.infers and passed else None
+        inferred, error, warning = answer
+        if error:
+            raise ModelLoadError(error)
+        if warning and passed:
+            logger.warning(warning)
+        if not self.infers or not passed:
+            return None
+        if isinstance(inferred, str):
+            logger.warning("ONNX shape inference failed (%s); using the types the model declares", inferred)
+            return None
+        return inferred
+
+
 def _start_checks(proto: onnx.ModelProto, path: Path | None, source: str,
-                  base: str | None) -> Callable[[bool], None]:
+                  base: str | None, infer_shapes: bool = False) -> _Checks:
     """``_check_structure``, ``_check_tensors`` and ``_check_input`` of ``proto``, in that
-    order; ``finish(passed)`` returned raises the structure's ModelLoadError and, when
-    ``passed`` (nothing else failed), logs the checker's warning. On a large graph
-    (``background.LARGE_GRAPH_NODES``: 0.8 s of a 100k-node graph) the
-    structure walk and the checker run in a forked child (mixprec.background) beside shape
-    inference and lowering, after the nesting depth (which guards the C++ of shape
-    inference against a stack overflow) is checked here; else all run here, now."""
+    order. On a large graph (``background.LARGE_GRAPH_NODES``: 0.8 s of a 100k-node graph)
+    the structure walk and the checker run in a forked child (mixprec.background) beside
+    lowering, after the nesting depth (which guards the C++ of shape inference against a
+    stack overflow) is checked here; with ``infer_shapes``, a graph without subgraphs
+    (whose types are the main graph's alone) is shape-inferred there first (1 s of the
+    100k-node graph), and the parent lowers it with its declared types and applies the
+    inferred ones after (``_Lowerer.apply_types``: the same IR). Else all run here, now."""
     job = None
+    infers = False
     if len(proto.graph.node) >= background.LARGE_GRAPH_NODES and not proto.functions and not proto.training_info:
-        if _nested_deeper(proto.graph, 1):
+        depth = _nesting(proto.graph, 1)
+        if depth > MAX_GRAPH_DEPTH:
             _check_structure(proto, source)  # raises, naming the graph
-        job = background.start(lambda: (_structure_error(proto, source), _checker_warning(proto, path)),
+        infers = infer_shapes and depth == 1 and not _is_large(proto)
+        job = background.start(lambda: (_inferred_answer(proto) if infers else None, _structure_error(proto, source),
+                                        _checker_warning(proto, path)),
+                               "shape inference, structure check and onnx.checker of the input" if infers else
                                "structure check and onnx.checker of the input")
     if job is None:
         _check_structure(proto, source)
         _check_tensors(proto, base)
         _check_input(proto, path)
-        return lambda passed: None
+        return _Checks()
+    checks = _Checks(job, proto, source, infers)
     try:
         _check_tensors(proto, base)
     except ModelLoadError:
-        _finish_checks(job, proto, source, False)
+        checks.finish(False)
         raise
-    return lambda passed: _finish_checks(job, proto, source, passed)
+    return checks
 
 
-def _finish_checks(job: background.Job, proto: onnx.ModelProto, source: str, passed: bool) -> None:
-    answer = job.result()
-    if answer is None:  # the child died (the C++ checker on a hostile model): the Python walk here
-        _check_structure(proto, source)
-        if passed:
-            logger.warning("onnx.checker did not finish on the input model; converting anyway")
-        return
-    error, warning = answer
-    if error:
-        raise ModelLoadError(error)
-    if warning and passed:
-        logger.warning(warning)
+#: shape inference's types of a main graph: (name, serialized TypeProto) of its inputs,
+#: value_info and outputs in that order, and of its outputs alone
+InferredTypes = tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]
 
 
-def _nested_deeper(gp: onnx.GraphProto, depth: int) -> bool:
-    """Some subgraph of ``gp`` (at ``depth``) lies deeper than MAX_GRAPH_DEPTH."""
+def _inferred_answer(proto: onnx.ModelProto) -> InferredTypes | str:
+    """``_inferred_types`` of ``proto``, or why shape inference failed."""
+    try:
+        return _inferred_types(proto, raising=True)
+    except Exception as exc:  # noqa: BLE001 - reported as the in-line inference reports it
+        return first_line(exc)
+
+
+def _inferred_types(proto: onnx.ModelProto, raising: bool = False) -> InferredTypes | None:
+    """Shape inference's types of ``proto``'s main graph, as plain names and bytes (no
+    proto objects to make in the parent: wrapping 121k ValueInfoProtos costs 0.35 s).
+    None (logged) when inference fails, unless ``raising``."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False).graph
+    except Exception as exc:
+        if raising:
+            raise
+        logger.warning("ONNX shape inference failed (%s); using the types the model declares", first_line(exc))
+        return None
+    outputs = [(vi.name, vi.type.SerializeToString()) for vi in inferred.output]
+    entries = [(vi.name, vi.type.SerializeToString()) for vi in list(inferred.input) + list(inferred.value_info)]
+    return entries + outputs, outputs
+
+
+def _nesting(gp: onnx.GraphProto, depth: int) -> int:
+    """The depth of the deepest graph in ``gp`` (at ``depth``; 1: no subgraphs), counted
+    no further than one past MAX_GRAPH_DEPTH."""
     if depth > MAX_GRAPH_DEPTH:
-        return True
+        return depth
     A = onnx.AttributeProto
+    deepest = depth
     for node in gp.node:
         for attr in node.attribute:
             kind = attr.type
-            if kind == A.GRAPH and _nested_deeper(attr.g, depth + 1):
-                return True
-            if kind == A.GRAPHS and any(_nested_deeper(g, depth + 1) for g in attr.graphs):
-                return True
-    return False
+            if kind == A.GRAPH:
+                deepest = max(deepest, _nesting(attr.g, depth + 1))
+            elif kind == A.GRAPHS:
+                deepest = max([deepest, *(_nesting(g, depth + 1) for g in attr.graphs)])
+            if deepest > MAX_GRAPH_DEPTH:
+                return deepest
+    return deepest
 
 
 def _structure_error(proto: onnx.ModelProto, source: str) -> str:
@@ -515,6 +578,9 @@ class _Lowerer:
         self.renamed: dict[str, str] = {}
         self.raw_types: dict[str, onnx.TypeProto] = {}
         self.graph_meta: dict[str, dict[str, Any]] = {}
+        #: the main graph's values by ONNX name, and the types its proto declares
+        self.main_scope: dict[str, Value] = {}
+        self.main_types: dict[str, onnx.TypeProto] = {}
 
     def lower(self) -> Model:
         with paused_gc():  # long-lived graph objects: collections would rescan them again and again
@@ -587,6 +653,8 @@ class _Lowerer:
         rename = self._claim(gp)
         scope: ChainMap[str, Value] = ChainMap({}, outer)
         types = {vi.name: vi.type for vi in list(gp.input) + list(gp.value_info) + list(gp.output)}
+        if key == "":
+            self.main_scope, self.main_types = scope.maps[0], types
         meta: dict[str, Any] = {}
         init_names = {t.name for t in gp.initializer}
         for tensor in gp.initializer:
@@ -613,6 +681,31 @@ class _Lowerer:
         if meta:
             self.graph_meta[key] = meta
         return graph
+
+    def apply_types(self, inferred: InferredTypes) -> None:
+        """Type the main graph (lowered with its declared types) as lowering the proto
+        shape inference returned would have (``inferred``: that proto's main-graph types).
+        Every graph input and node output takes the type its name has there (the last of
+        input, value_info, output), one that has none there is untyped; a graph output
+        still untyped then takes its output entry's."""
+        entries, outputs = inferred
+        types = dict(entries)
+        scope = self.main_scope
+        with paused_gc():
+            for name in self.main_types.keys() - types.keys():
+                value = scope.get(name)
+                if value is not None and not value.is_constant:
+                    value.dtype, value.shape = DType.UNKNOWN, None
+                    self.raw_types.pop(value.name, None)
+            for name, data in types.items():
+                value = scope.get(name)
+                if value is not None and not value.is_constant:
+                    self._apply_type_bytes(value, data)
+            for name, data in outputs:
+                value = scope.get(name)
+                if value is not None and value.dtype == DType.UNKNOWN and value.name not in self.raw_types \
+                        and onnx.TypeProto.FromString(data).WhichOneof("value") is not None:
+                    self._apply_type_bytes(value, data)
 
     def _graph_extras(self, gp: onnx.GraphProto, local_names: Iterable[str], meta: dict[str, Any]) -> None:
         """Graph fields without an IR counterpart (doc string, metadata, quantization
@@ -680,6 +773,15 @@ class _Lowerer:
         value.dtype, value.shape = dtype, shape
         if lossy:
             self.raw_types[value.name] = _copy(tp, onnx.TypeProto)
+        else:
+            self.raw_types.pop(value.name, None)
+
+    def _apply_type_bytes(self, value: Value, data: bytes) -> None:
+        """``_apply_type`` of a serialized TypeProto."""
+        dtype, shape, lossy = type_from_bytes(data)
+        value.dtype, value.shape = dtype, shape
+        if lossy:
+            self.raw_types[value.name] = onnx.TypeProto.FromString(data)
         else:
             self.raw_types.pop(value.name, None)
 

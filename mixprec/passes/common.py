@@ -94,9 +94,13 @@ def graph_policy(graph: Graph, policy: str | None) -> Policy:
     return load_policy(record.policy if record is not None else graph.root.framework)
 
 
+#: each dtype's name (``DType.value`` is an enum property: slow, asked once per node)
+_NAMES = {dtype: dtype.value for dtype in DType}
+
+
 def is_lowered(node: Node, target: DType) -> bool:
     """True when the node's decision is to run in ``target``."""
-    return node.meta.get("precision") == target.value
+    return node.meta.get("precision") == _NAMES[target]
 
 
 def decide(node: Node, precision: str, category: str | None, reason: str) -> None:

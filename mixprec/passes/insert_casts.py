@@ -24,6 +24,8 @@ from mixprec.passes.registry import register_pass
 
 logger = logging.getLogger(__name__)
 
+_F32 = DType.FLOAT32
+
 
 @register_pass
 @dataclass
@@ -48,7 +50,7 @@ class _CastInserter:
         self.graph = graph
         self.target = target
         self.policy = graph_policy(graph, policy)
-        self._ask = PolicyAnswers(self.policy).ask
+        self._facts = PolicyAnswers(self.policy).facts
         self.owners = value_owners(graph)
         self.cache: dict[tuple[int, DType], Value] = {}
         self.anchor: dict[int, Node] = {}
@@ -64,29 +66,30 @@ class _CastInserter:
 
     def _visit(self, node: Node) -> None:
         target = self.target
+        lowered = is_lowered(node, target)
         if is_cast(node):
-            if is_lowered(node, target) and cast_target(node) == DType.FLOAT32:
+            if lowered and cast_target(node) == _F32:
                 set_cast_target(node, target)
                 self.retyped.add(id(node.outputs[0]))
                 self.changed = True
             return
-        lowered = is_lowered(node, target)
-        op = node.qualified_op
-        if self._ask("is_shape_source", op):
+        facts = self._facts(node.qualified_op)
+        if facts.shape_source:
             return  # reads only its input's shape: any dtype will do
+        some_pinned, retyped = bool(facts.pinned), self.retyped
         for index, value in enumerate(node.inputs):
             if value is None:
                 continue
-            pinned = self._ask("is_pinned", op, index)
-            if lowered and not pinned and value.dtype == DType.FLOAT32:
+            pinned = some_pinned and facts.is_pinned(index)
+            if lowered and not pinned and value.dtype is _F32:
                 node.set_input(index, self._cast(value, target, node))
-            elif value.dtype == target and id(value) in self.retyped and (pinned or not lowered):
-                node.set_input(index, self._cast(value, DType.FLOAT32, node))
+            elif value.dtype is target and (pinned or not lowered) and id(value) in retyped:
+                node.set_input(index, self._cast(value, _F32, node))
         if lowered:
             for index, value in enumerate(node.outputs):
-                if value.dtype == DType.FLOAT32 and not self._ask("is_output_pinned", op, index):
+                if value.dtype is _F32 and not facts.is_output_pinned(index):
                     value.dtype = target
-                    self.retyped.add(id(value))
+                    retyped.add(id(value))
                     self.changed = True
 
     def _cast(self, value: Value, dtype: DType, reader: Node | None) -> Value:

@@ -525,3 +525,72 @@ def test_large_graphs_check_structure_in_the_background_with_the_same_errors(tmp
     assert len(started) == 3 and model.graph.nodes[0].op == "MatMul"
     assert [r.getMessage() for r in caplog.records if "onnx.checker" in r.getMessage()] == [
         next(r.getMessage() for r in caplog.records if "does not pass onnx.checker" in r.getMessage())]
+
+
+def _lowered(path_or_proto):
+    """What a load gives: the IR text, the re-emitted model's bytes and its lossy types."""
+    from mixprec.backends import onnx as backend
+    model = load(path_or_proto)
+    return dump(model.graph), backend.resolved(backend.emit(model)).SerializeToString(), \
+        sorted(model.meta[ONNX_META]["types"])
+
+
+@pytest.mark.parametrize("name", ["generated", "declared", "minilm-l6-onnx", "gpt2-onnx-ts", "zoo-resnet50"])
+def test_large_graphs_infer_shapes_in_the_background_to_the_same_ir(tmp_path, monkeypatch, name):
+    """From background.LARGE_GRAPH_NODES nodes a graph without subgraphs is shape-inferred
+    in the forked child while the parent lowers it with its declared types, then typed
+    from the child's answer: the same IR, meta and re-emitted model as inferring here."""
+    import threading
+
+    from bench.onnx_peers import big_graph
+    from mixprec import background
+    from tests.corpus import registry
+    if not sys.platform.startswith("linux"):
+        pytest.skip("background jobs fork on Linux only")
+    if name in ("generated", "declared"):
+        proto = big_graph(300)
+        if name == "declared":  # some values declared, one of them with a symbolic dim and one wrongly
+            declared = [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, ["batch", None])
+                        for node in proto.graph.node[:40:3]]
+            declared[1].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+            proto.graph.value_info.extend(declared)
+        path = tmp_path / "model.onnx"
+        path.write_bytes(proto.SerializeToString())
+    else:
+        entry = next(e for e in registry.ENTRIES if e.name == name)
+        missing = registry.missing_modules(entry)
+        if missing:
+            pytest.skip(f"{name} needs {', '.join(missing)} (pip install -r requirements.txt)")
+        path = registry.build(entry) / entry.model_file
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # threads other tests' frameworks left running
+    here = _lowered(path)
+    monkeypatch.setattr(background, "LARGE_GRAPH_NODES", 0)
+    started = []
+    real = background.start
+    monkeypatch.setattr(background, "start", lambda fn, what: started.append(what) or real(fn, what))
+    assert _lowered(path) == here
+    assert started == ["shape inference, structure check and onnx.checker of the input"]
+
+
+def test_a_failed_background_shape_inference_keeps_the_declared_types(tmp_path, monkeypatch, caplog):
+    import threading
+
+    from bench.onnx_peers import big_graph
+    from mixprec import background
+    if not sys.platform.startswith("linux"):
+        pytest.skip("background jobs fork on Linux only")
+    proto = big_graph(300)
+    proto.graph.value_info.append(onnx.helper.make_tensor_value_info(proto.graph.node[0].output[0],
+                                                                     onnx.TensorProto.FLOAT, [8, 16]))
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inference broke")
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+    with caplog.at_level("WARNING", logger="mixprec.frontends.onnx"):
+        here = _lowered(proto)
+        monkeypatch.setattr(background, "LARGE_GRAPH_NODES", 0)
+        assert _lowered(proto) == here
+    assert [r.getMessage() for r in caplog.records if "shape inference failed" in r.getMessage()] == [
+        "ONNX shape inference failed (inference broke); using the types the model declares"] * 2
+    assert "f32[8,16]" in here[0]
