@@ -57,9 +57,11 @@ class ApplyOverrides(Pass):
         target = target_dtype(self.precision)
         policy = graph_policy(graph, self.policy)
         nodes = [n for n in graph.all_nodes() if n.meta.get("category") not in (SHAPE, "cast") and not is_cast(n)]
-        present = {n.op for n in nodes} | {n.qualified_op for n in nodes} | {_packet(n.op) for n in nodes}
-        for op in self.fp32_ops + self.lp_ops:
-            if op not in present and op not in policy.known_ops:
+        asked = [op for op in self.fp32_ops + self.lp_ops if op not in policy.known_ops]
+        present = {n.op for n in nodes} | {n.qualified_op for n in nodes} | {_packet(n.op) for n in nodes} \
+            if asked else set()
+        for op in asked:
+            if op not in present:
                 raise ConfigError(f"unknown op type {op!r}: it is neither in the model nor in the "
                                   f"{policy.framework} policy (op types are case-sensitive, e.g. 'MatMul')")
         modified = False
@@ -77,7 +79,7 @@ class ApplyOverrides(Pass):
         pin per node); runtime pins come beside them and set_pin keeps the strongest."""
         out: list[tuple[Node, Pin]] = []
         runtime = set(self.runtime_fp32_ops)
-        for node in nodes:
+        for node in nodes if runtime or self.runtime_fp32_nodes else ():
             if {node.qualified_op, node.op} & runtime:
                 out.append((node, Pin(FP32, "runtime", f"{self.runtime} has no {target.value} kernel for "
                                                        f"{node.qualified_op}")))
@@ -88,7 +90,7 @@ class ApplyOverrides(Pass):
                                             (self.fallback_ops, FP32, "tuning", TUNING),
                                             (self.fp32_ops, FP32, "user", USER)):
             wanted = set(ops)
-            for node in nodes:
+            for node in nodes if wanted else ():
                 if {node.op, node.qualified_op, _packet(node.op)} & wanted:
                     chosen[id(node)] = (node, Pin(precision, source, f"{who}: op type {node.op} -> {precision}"))
         for patterns, precision, source, who in ((self.lp_nodes, target.value, "user", USER),

@@ -30,7 +30,7 @@ class OpFacts:
     """What a policy says of one op, asked once (``PolicyAnswers.facts``): its list
     (``category``: (list, why); None when conditional rules make its attributes decide),
     the input and output indices that keep their dtype, whether it is a shape source,
-    and its gather-table input."""
+    its gather-table input and the inputs that carry shapes, indices, axes or bounds."""
 
     base_category: str
     category: tuple[str, str] | None
@@ -38,10 +38,15 @@ class OpFacts:
     output_pinned: frozenset[int]
     shape_source: bool
     gather_table: int | None
+    shape_inputs: frozenset[int]
 
     def is_pinned(self, index: int) -> bool:
         pinned = self.pinned
         return bool(pinned) and (index in pinned or -1 in pinned)
+
+    def is_shape_input(self, index: int) -> bool:
+        shape_inputs = self.shape_inputs
+        return bool(shape_inputs) and (index in shape_inputs or -1 in shape_inputs)
 
     def is_output_pinned(self, index: int) -> bool:
         pinned = self.output_pinned
@@ -72,7 +77,7 @@ class PolicyAnswers:
             facts = self._answers[op] = OpFacts(
                 policy.base_category(op), None if policy.has_rules(op) else policy.category(op),
                 policy.pinned_inputs(op), policy.pinned_outputs(op), policy.is_shape_source(op),
-                policy.gather_table(op))
+                policy.gather_table(op), policy.shape_input_indices(op))
         return facts
 
 

@@ -29,16 +29,18 @@ class MarkShapeSubgraphs(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         policy = graph_policy(graph, self.policy)
-        ask = PolicyAnswers(policy).ask
-        before = {id(n) for n in graph.all_nodes() if n.meta.get("category") == SHAPE}
-        for node in graph.all_nodes():
-            if node.meta.get("category") == SHAPE:
-                node.meta.clear()
+        facts_of = PolicyAnswers(policy).facts
+        before: set[int] = set()
         stack: list[tuple[Value, str]] = []
         for node in graph.all_nodes():
-            op = node.qualified_op
+            if node.meta.get("category") == SHAPE:
+                before.add(id(node))
+                node.meta.clear()
+            facts = facts_of(node.qualified_op)
+            if not facts.shape_inputs:
+                continue
             for index, value in enumerate(node._inputs):
-                if value is not None and ask("is_shape_input", op, index):
+                if value is not None and facts.is_shape_input(index):
                     stack.append((value, f"computes input {index} of {node.name!r} ({node.op})"))
         marked: set[int] = set()
         while stack:
@@ -46,11 +48,12 @@ class MarkShapeSubgraphs(Pass):
             prod = value.producer
             if prod is None or id(prod) in marked:
                 continue
-            if ask("base_category", prod.qualified_op) == "allow":
+            facts = facts_of(prod.qualified_op)
+            if facts.base_category == "allow":
                 continue
             marked.add(id(prod))
             decide(prod, KEEP, SHAPE, reason)
-            if ask("is_shape_source", prod.qualified_op):
+            if facts.shape_source:
                 continue
             for inp in prod.inputs:
                 if inp is not None:

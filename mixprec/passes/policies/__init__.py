@@ -130,6 +130,10 @@ class Policy:
         """The output indices of ``op`` that keep their dtype (-1: every output)."""
         return _lookup(self.output_pins, self.canonical(op)) or frozenset()
 
+    def shape_input_indices(self, op: str) -> frozenset[int]:
+        """The input indices of ``op`` that carry a shape, index, axis or bound (-1: every input)."""
+        return _lookup(self.shape_inputs, self.canonical(op)) or frozenset()
+
     def is_pinned(self, op: str, index: int) -> bool:
         """True when input ``index`` of ``op`` keeps its dtype (never cast)."""
         return _has_index(_lookup(self.pins, self.canonical(op)), index)
