@@ -56,10 +56,15 @@ def activation_bytes(ir_model: Model) -> int:
     """Bytes of the node outputs whose shapes are static, counted as float32 (unknown
     dims count as 1: the sample inputs use batch 1)."""
     total = 0
+    sizes: dict[tuple, int] = {}  # a large graph has few distinct shapes
     for node in ir_model.graph.all_nodes():
         for value in node.outputs:
-            if value.shape is not None:
-                total += 4 * math.prod(d if isinstance(d, int) and d > 0 else 1 for d in value.shape)
+            shape = value.shape
+            if shape is not None:
+                size = sizes.get(shape)
+                if size is None:
+                    size = sizes[shape] = 4 * math.prod(d if isinstance(d, int) and d > 0 else 1 for d in shape)
+                total += size
     return total
 
 

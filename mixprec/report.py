@@ -93,9 +93,9 @@ class Report:
         """Per op type: total, low-precision, FP32 and kept (no float tensor) counts.
         Casts come last as one row per op."""
         rows: dict[str, Counter] = {}
-        for node in self.nodes:
-            bucket = "lp" if node.precision == self.precision else ("keep" if node.precision == "keep" else "fp32")
-            rows.setdefault(node.op, Counter())[bucket] += 1
+        for (op, precision), count in Counter((n.op, n.precision) for n in self.nodes).items():
+            bucket = "lp" if precision == self.precision else ("keep" if precision == "keep" else "fp32")
+            rows.setdefault(op, Counter())[bucket] += count
         casts = {n.op for n in self.nodes if n.category == "cast"}
         order = sorted(rows, key=lambda op: (op in casts, op))
         return [{"op": op, "total": sum(rows[op].values()), self.precision: rows[op]["lp"],

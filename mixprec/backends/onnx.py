@@ -806,10 +806,15 @@ def _unstash_data(proto: onnx.ModelProto, stash: dict[str, bytes]) -> None:
 
 
 def _is_large(proto: onnx.ModelProto) -> bool:
+    return _byte_size(proto) >= LARGE_MODEL_BYTES
+
+
+def _byte_size(proto: onnx.ModelProto) -> int:
+    """``proto``'s serialized size; a size past what protobuf can count reads as 2**63."""
     try:
-        return proto.ByteSize() >= LARGE_MODEL_BYTES
+        return proto.ByteSize()
     except Exception:  # pragma: no cover - protobuf refuses to size a >2 GiB message
-        return True
+        return 2**63
 
 
 # ------------------------------------------------------------------ validate, save ---
@@ -876,8 +881,9 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     directory = Path(os.path.abspath(path)).parent
     pending = pending_bytes(proto)
     if external_data is None:
-        external_data = (_is_large(proto) or proto.ByteSize() + pending >= EXTERNAL_DATA_THRESHOLD
-                         or _pending_from_files(proto))
+        size = _byte_size(proto)  # 0.07 s of a 100k-node graph: once
+        external_data = size >= LARGE_MODEL_BYTES or size + pending >= EXTERNAL_DATA_THRESHOLD or \
+            _pending_from_files(proto)
     if external_data:
         logger.info("writing %s with its tensors in %s.data", path, path.name)
         _save_with_external_data(proto, path, directory)
