@@ -672,9 +672,10 @@ class _Lowerer:
             scope[vi.name] = graph.add_input(self._value(vi.name, rename, types.get(vi.name)))
         output_names = {vi.name for vi in gp.output}
         for np_node in gp.node:
-            if self._lift_constant(np_node, graph, rename, scope, output_names, meta):
+            op = np_node.op_type
+            if op == "Constant" and self._lift_constant(np_node, graph, rename, scope, output_names, meta):
                 continue
-            self._node(np_node, graph, rename, scope, types, key)
+            self._node(np_node, op, graph, rename, scope, types, key)
         for vi in gp.output:
             graph.outputs.append(self._output(vi, gp, scope))
         self._graph_extras(gp, scope.maps[0].keys(), meta)
@@ -803,37 +804,51 @@ class _Lowerer:
         return value
 
     # ---- nodes --------------------------------------------------------------------------
-    def _node(self, np_node: onnx.NodeProto, graph: Graph, rename: dict[str, str], scope: dict,
+    def _node(self, np_node: onnx.NodeProto, op: str, graph: Graph, rename: dict[str, str], scope: ChainMap,
               types: Mapping[str, onnx.TypeProto], key: str) -> None:
-        inputs = [None if name == "" else self._lookup(scope, name, np_node) for name in np_node.input]
-        outputs = []
-        for name in np_node.output:
+        local = scope.maps[0]  # this graph's own values: a plain dict read first
+        inputs = []
+        for name in np_node.input:
             if name == "":
-                placeholder = self._fresh(f"{np_node.name or np_node.op_type}.unused")
+                inputs.append(None)
+            else:
+                value = local.get(name)
+                inputs.append(value if value is not None else self._lookup(scope, name, np_node))
+        outputs = []
+        names = np_node.output
+        declared = self.declared
+        for name in names:
+            if name == "":
+                placeholder = self._fresh(f"{np_node.name or op}.unused")
                 self.renamed[placeholder] = ""
                 outputs.append(Value(placeholder))
             else:
-                value = self._value(name, rename, types.get(name))
-                if self.declared is not None and name not in self.declared:
+                tp = types.get(name)
+                value = Value(rename.get(name, name)) if tp is None else self._value(name, rename, tp)
+                if declared is not None and name not in declared:
                     self.inferred.add(value.name)
                 outputs.append(value)
-        node = Node(np_node.op_type, inputs, outputs, {}, domain=np_node.domain, name=np_node.name or None)
+        node_name = np_node.name
+        node = Node(op, inputs, outputs, {}, domain=np_node.domain, name=node_name or None)
         node_meta: dict[str, Any] = {}
-        for attr in np_node.attribute:
-            node.attrs[attr.name] = self._attr(attr, np_node, node, graph, scope, key, node_meta)
+        attributes = np_node.attribute
+        if attributes:
+            attrs = node.attrs
+            for attr in attributes:
+                attrs[attr.name] = self._attr(attr, np_node, node, graph, scope, key, node_meta)
         if any(_node_extra(np_node)):
             shell = onnx.NodeProto()
             _copy_fields(np_node, shell, skip=_NODE_LOWERED)
             if shell.ByteSize():
                 node_meta["shell"] = shell
-        if not np_node.name:
+        if not node_name:
             node_meta["unnamed"] = True
         if node_meta:
             node.meta[NODE_META] = node_meta
         graph.append(node)
-        for name, value in zip(np_node.output, outputs):
+        for name, value in zip(names, outputs):
             if name:
-                scope[name] = value
+                local[name] = value
 
     def _attr(self, attr: onnx.AttributeProto, np_node: onnx.NodeProto, node: Node, graph: Graph,
               scope: Mapping[str, Value], key: str, node_meta: dict[str, Any]) -> Any:
