@@ -263,7 +263,7 @@ def check_tensor(tensor: onnx.TensorProto, base_dir: str | None, where: str) -> 
         _check_external(tensor, base_dir, where)
         return
     present = len(tensor.raw_data) if tensor.HasField("raw_data") else None
-    values = sum(len(getattr(tensor, name)) for name in _TYPED_FIELDS)
+    values = sum(len(getattr(tensor, name)) for name in _TYPED_FIELDS) if present is None else 0
     limit = (present if present is not None else values) * _PER_VALUE
     count = element_count(tensor.dims, where, limit)
     if present is not None:
