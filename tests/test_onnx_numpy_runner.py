@@ -16,6 +16,7 @@ from bench.onnx_peers import big_graph
 from mixprec import mix_precision
 from mixprec.backends import onnx as backend
 from mixprec.config import MixedPrecisionConfig
+from mixprec.dialects.onnx import NodeTable
 from mixprec.frontends import onnx as frontend
 from mixprec.ir.dtypes import DType
 from mixprec.passes.pipeline import DEFAULT_PIPELINE, build_pipeline
@@ -340,7 +341,7 @@ def _corpus_model(name):
 def test_the_emitters_table_gives_the_plan_read_from_the_nodes(any_size, name):
     model, feeds = (big_graph(3000), None) if name == "generated" else _corpus_model(name)
     feeds = feeds or _feeds(model)
-    table = backend.EmittedNodes()
+    table = NodeTable()
     proto, _ = backend.emit_legal(_converted_ir(model), table)
     assert table.covers(proto) and len(table.rows) == len(proto.graph.node) - table.start
     for row, node in zip(table.rows, proto.graph.node[table.start:]):
@@ -363,7 +364,7 @@ def test_an_attribute_the_table_does_not_model_is_read_from_the_node(any_size):
             for i in range(3)]
     graph = helper.make_graph([helper.make_node("Shape", ["x"], ["s"]), *fills, *adds], "g", [x], [y])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    table = backend.EmittedNodes()
+    table = NodeTable()
     emitted, _ = backend.emit_legal(frontend.load(proto), table)
     assert [row[4] for row in table.rows if row[0] == "ConstantOfShape"] == [None, None, None]
     written, read = onnx_numpy.NumpyRunner(emitted, table), onnx_numpy.NumpyRunner(emitted)
@@ -378,7 +379,7 @@ def test_an_opset_conversion_leaves_the_table_empty(any_size):
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y],
                               [numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")])
     ir = _converted_ir(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    table = backend.EmittedNodes()
+    table = NodeTable()
     proto, notes = backend.emit_legal(ir, table)
     assert any("opset raised from 17 to 22" in n for n in notes)
     assert table.rows == [] and not table.covers(proto)
@@ -396,3 +397,48 @@ def test_the_check_of_a_large_fit_runs_the_emitters_table(monkeypatch):
     converted = mix_precision.fit(big_graph(1500), config=MixedPrecisionConfig())
     assert converted.report.checks[0].cosine > 0.999
     assert tables[-1] is True  # the converted model's runner; the FP32 one read its file's nodes
+
+
+def test_the_fp32_run_of_a_large_file_reads_what_the_lowering_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_numpy, "MIN_NODES", 1000)
+    monkeypatch.setenv("MIXPREC_BACKGROUND", "0")  # both runs here, where the spy sees them
+    path = tmp_path / "big.onnx"
+    path.write_bytes(big_graph(1500).SerializeToString())
+    made = []
+    real = onnx_numpy.NumpyRunner.__init__
+
+    def spy(self, proto, table=None):
+        made.append((table is not None and table.covers(proto), table is not None and table.rows[0][5] is None))
+        real(self, proto, table)
+        made[-1] += (_steps(self),)
+    monkeypatch.setattr(onnx_numpy.NumpyRunner, "__init__", spy)
+    converted = mix_precision.fit(str(path), config=MixedPrecisionConfig())
+    assert converted.report.checks[0].cosine > 0.999
+    (fp32_covered, fp32_read, fp32_steps), (low_covered, low_read, _) = made
+    assert (fp32_covered, fp32_read) == (True, True)  # the lowering's table: types left to the proto
+    assert (low_covered, low_read) == (True, False)  # the emitter's table: types as written
+    monkeypatch.setattr(onnx_numpy.NumpyRunner, "__init__", real)
+    assert fp32_steps == _steps(onnx_numpy.NumpyRunner(onnx.load(str(path))))
+
+
+@pytest.mark.parametrize("name", ["minilm-l6-onnx", "gpt2-onnx-ts", "t5-onnx-ts", "converted"])
+def test_the_lowerings_table_gives_the_plan_read_from_the_nodes(any_size, name, tmp_path):
+    if name == "converted":  # a bf16 model: its declared low types come from the proto
+        model = big_graph(600)
+        path, feeds = tmp_path / "converted.onnx", _feeds(model)
+        mix_precision.fit(model, config=MixedPrecisionConfig(check_outputs=False)).save(path)
+    else:
+        path, feeds = _corpus_model(name)
+    table = NodeTable()
+    frontend.load(str(path), table=table)
+    proto = frontend.read_file(path)
+    assert table.covers(proto) and table.start == 0
+    assert any(row[0] == "Constant" and row[4] is None for row in table.rows) or name in ("minilm-l6-onnx",
+                                                                                          "converted")
+    assert onnx_numpy.suited(proto) is None
+    onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    read, recorded = onnx_numpy.NumpyRunner(proto), onnx_numpy.NumpyRunner(proto, table)
+    assert _steps(recorded) == _steps(read) and recorded.kernels == read.kernels
+    assert any(step[3] for step in _steps(read)) == (name == "converted")  # bf16 outputs rounded
+    for mine, theirs in zip(recorded.run(feeds), read.run(feeds)):
+        assert np.array_equal(mine, theirs, equal_nan=True)

@@ -26,8 +26,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mixprec import progress
-from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, dtype_to_onnx, graph_key,
-                                   onnx_type_string, sparse_to_dense, sub_byte_types, type_from_proto)
+from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, NodeTable, RawAttribute, dtype_to_onnx,
+                                   graph_key, onnx_type_string, sparse_to_dense, sub_byte_types, type_from_proto)
 from mixprec.errors import ConfigError, ConversionError
 from mixprec.fileio import atomic_write, atomic_write_bytes, first_line, make_temp_dir, publish, same_file
 from mixprec.ir.dtypes import DType
@@ -68,7 +68,7 @@ def _model_opset(model: Model) -> int:
 
 
 def _emit_needing(model: Model, required: tuple[int, str], opset: int | None = None,
-                  table: EmittedNodes | None = None) -> onnx.ModelProto:
+                  table: NodeTable | None = None) -> onnx.ModelProto:
     """``emit`` given ``required_opset``'s answer for the model as it is."""
     proto = _emit_proto(model, table)
     current = _default_opset(proto)
@@ -84,7 +84,7 @@ def _emit_needing(model: Model, required: tuple[int, str], opset: int | None = N
     return proto
 
 
-def emit_legal(model: Model, table: EmittedNodes | None = None) -> tuple[onnx.ModelProto, list[str]]:
+def emit_legal(model: Model, table: NodeTable | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """``emit``, making every node legal at the emitted opset: a node whose tensor types
     its schema at the model's opset rejects (bf16 Conv before opset 22, a f16
     BatchNormalization with f32 statistics before opset 15, ...) raises the opset when a
@@ -161,37 +161,13 @@ def keep_in_float32(nodes: list[Node]) -> None:
         node.meta["reason"] = "kept f32: its op's schema rejects its mixed types at the model's opset"
 
 
-def _emit_proto(model: Model, table: EmittedNodes | None = None) -> onnx.ModelProto:
+def _emit_proto(model: Model, table: NodeTable | None = None) -> onnx.ModelProto:
     """The model as a ModelProto at its own opset (no conversion)."""
     proto = onnx.ModelProto()
     with paused_gc():
         _Emitter(model, table).fill_graph(proto.graph, model.graph, "")
     _fill_model_fields(proto, model.meta)
     return proto
-
-
-class EmittedNodes:
-    """What the emitter wrote for each node of the main graph, for a reader that would
-    otherwise read it back from the proto (the output check's runner: reading 121k
-    NodeProtos back costs about a second). ``rows[i]`` is ``proto.graph.node[start + i]``
-    as ``(op_type, domain, inputs, outputs, attributes, output_dtypes)``: the input and
-    output names as written; ``attributes`` a hashable key, equal for two rows exactly
-    when their attributes were written alike (None where an attribute is of a kind the
-    key does not model: read that node's attributes from the proto); ``output_dtypes``
-    each output's IR dtype, which its declared element type is. The nodes before
-    ``start`` (Constant nodes) are not in the table. Empty when the proto holds other
-    nodes than the emitter wrote (an opset conversion)."""
-
-    def __init__(self) -> None:
-        self.start = 0
-        self.rows: list[tuple] = []
-
-    def clear(self) -> None:
-        self.start, self.rows = 0, []
-
-    def covers(self, proto: onnx.ModelProto) -> bool:
-        """True when the table describes the nodes of ``proto``'s main graph from ``start``."""
-        return bool(self.rows) and self.start + len(self.rows) == len(proto.graph.node)
 
 
 def _fill_model_fields(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
@@ -234,7 +210,7 @@ _EMPTY_TYPE = onnx.TypeProto()
 class _Emitter:
     """Builds GraphProtos from IR graphs, restoring ONNX names from the model meta."""
 
-    def __init__(self, model: Model, table: EmittedNodes | None = None) -> None:
+    def __init__(self, model: Model, table: NodeTable | None = None) -> None:
         onnx_meta = model.meta.get(ONNX_META, {})
         self.table = table
         self.renamed: dict[str, str] = onnx_meta.get("renamed", {})
@@ -359,7 +335,7 @@ class _Emitter:
 
     # ---- nodes --------------------------------------------------------------------------
     def fill_node(self, proto: onnx.NodeProto, node: Node, key: str) -> tuple:
-        """Fill the empty ``proto`` with ``node``; returns its row of ``EmittedNodes``."""
+        """Fill the empty ``proto`` with ``node``; returns its row of ``NodeTable``."""
         meta = node.meta.get(NODE_META, _NO_META)
         renamed = self.renamed
         outputs = node._outputs

@@ -1,8 +1,9 @@
 """The ONNX dialect of the IR: its registration record and what the ONNX frontend,
 backend and runtime share: the meta keys of the round-trip data, element types <-> IR
 dtypes, ONNX names of IR values, subgraph keys, attributes kept verbatim
-(:class:`RawAttribute`), TypeProtos as (dtype, shape), and reading tensors (dense and
-sparse) with their data checked first.
+(:class:`RawAttribute`), TypeProtos as (dtype, shape), reading tensors (dense and
+sparse) with their data checked first, and :class:`NodeTable` (a graph's NodeProtos as
+the code that wrote or read them saw them).
 
 Invariant: importing this module imports no onnx (the framework registry imports every
 dialect to read its record); the functions that need onnx import it when called."""
@@ -28,6 +29,30 @@ if TYPE_CHECKING:
     import onnx
 
 logger = logging.getLogger(__name__)
+
+
+class NodeTable:
+    """What a main graph's NodeProtos hold, recorded by the code that wrote them (the
+    emitter) or read them (the lowering), for a reader that would otherwise read them
+    back (the output check's runner: reading 121k NodeProtos costs about a second).
+    ``rows[i]`` is ``graph.node[start + i]`` as ``(op_type, domain, inputs, outputs,
+    attributes, output_dtypes)``: input and output names as in the proto; ``attributes``
+    a hashable key, equal for two rows of one table exactly when their attributes are
+    alike (None: read that node's attributes from the proto); ``output_dtypes`` each
+    output's IR dtype, which its declared element type is (None: read the declared types
+    from the proto). Nodes before ``start`` are not in the table. Empty when the proto
+    holds other nodes than were recorded (an opset conversion rewrote them)."""
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.rows: list[tuple] = []
+
+    def clear(self) -> None:
+        self.start, self.rows = 0, []
+
+    def covers(self, proto: "onnx.ModelProto") -> bool:
+        """True when the table describes the nodes of ``proto``'s main graph from ``start``."""
+        return bool(self.rows) and self.start + len(self.rows) == len(proto.graph.node)
 
 FRAMEWORK = Framework(
     name="onnx", suffixes=(".onnx",), module_roots=("onnx",), cast=CastSpec("Cast", "to"), policy="onnx",

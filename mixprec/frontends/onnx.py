@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 from mixprec import background
-from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, RawAttribute, check_sparse,
+from mixprec.dialects.onnx import (LARGE_MODEL_BYTES, NODE_META, ONNX_META, NodeTable, RawAttribute, check_sparse,
                                    check_tensor, dtype_from_onnx, graph_key, sparse_to_dense, tensor_to_array,
                                    type_from_bytes, type_from_proto)
 from mixprec.errors import ModelLoadError
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------- reading ---
 def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = True,
-         base_dir: "str | os.PathLike | None" = None) -> Model:
+         base_dir: "str | os.PathLike | None" = None, table: NodeTable | None = None) -> Model:
     """Lower an ONNX model (a ModelProto or a path to a .onnx file) to an IR Model.
 
     The input is never modified. Shape inference fills dtypes and shapes the model lacks
@@ -60,7 +60,9 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
     that folder (nothing is read from the current directory). Raises ModelLoadError for
     unreadable files and malformed models (undefined values, tensors whose data does not
     fit their dims or type, undeclared op-set domains, names that are not UTF-8) and
-    UnsupportedModelError for what mixprec cannot hold (a sparse tensor too large dense)."""
+    UnsupportedModelError for what mixprec cannot hold (a sparse tensor too large dense).
+    ``table``, when given, is filled with the main graph's nodes as read (``NodeTable``:
+    attribute keys as their bytes, types left to the proto)."""
     if isinstance(model, onnx.ModelProto):
         proto, path = model, None
         base = os.fspath(base_dir) if base_dir is not None else None
@@ -83,7 +85,7 @@ def load(model: "onnx.ModelProto | str | os.PathLike", *, infer_shapes: bool = T
             if not checks.infers:
                 proto = _infer_shapes(proto, path)
         lowerer = _Lowerer(proto, base, declared, lazy_inline=path is not None,
-                           own_file=path.name if path is not None and base_dir is None else None)
+                           own_file=path.name if path is not None and base_dir is None else None, table=table)
         model = lowerer.lower()
     except Exception:
         checks.finish(False)  # a malformed model: its structure error is the one to report
@@ -565,8 +567,9 @@ class _Lowerer:
     """Lowers one ModelProto. Holds the tree-wide naming state and the round-trip meta."""
 
     def __init__(self, proto: onnx.ModelProto, base_dir: str | None, declared: set[str] | None,
-                 lazy_inline: bool = False, own_file: str | None = None) -> None:
+                 lazy_inline: bool = False, own_file: str | None = None, table: NodeTable | None = None) -> None:
         self.proto = proto
+        self.table = table  # filled with the main graph's nodes as read (attribute keys as their bytes)
         self.lazy_inline = lazy_inline  # the proto is mixprec's own: its raw_data may be read later
         self.own_file = own_file  # the model file's name, when it is read in place (``read_file``)
         self.base_dir = base_dir
@@ -671,11 +674,19 @@ class _Lowerer:
                 continue
             scope[vi.name] = graph.add_input(self._value(vi.name, rename, types.get(vi.name)))
         output_names = {vi.name for vi in gp.output}
+        rows = None
+        if key == "" and self.table is not None:
+            self.table.clear()
+            rows = self.table.rows
         for np_node in gp.node:
             op = np_node.op_type
             if op == "Constant" and self._lift_constant(np_node, graph, rename, scope, output_names, meta):
+                if rows is not None:
+                    rows.append((op, np_node.domain, tuple(np_node.input), tuple(np_node.output), None, None))
                 continue
-            self._node(np_node, op, graph, rename, scope, types, key)
+            row = self._node(np_node, op, graph, rename, scope, types, key, rows is not None)
+            if rows is not None:
+                rows.append(row)
         for vi in gp.output:
             graph.outputs.append(self._output(vi, gp, scope))
         self._graph_extras(gp, scope.maps[0].keys(), meta)
@@ -805,17 +816,19 @@ class _Lowerer:
 
     # ---- nodes --------------------------------------------------------------------------
     def _node(self, np_node: onnx.NodeProto, op: str, graph: Graph, rename: dict[str, str], scope: ChainMap,
-              types: Mapping[str, onnx.TypeProto], key: str) -> None:
+              types: Mapping[str, onnx.TypeProto], key: str, row: bool = False) -> tuple | None:
+        """Lower ``np_node`` into ``graph``; with ``row``, return its NodeTable row (types left to the proto)."""
         local = scope.maps[0]  # this graph's own values: a plain dict read first
         inputs = []
-        for name in np_node.input:
+        read = tuple(np_node.input)
+        for name in read:
             if name == "":
                 inputs.append(None)
             else:
                 value = local.get(name)
                 inputs.append(value if value is not None else self._lookup(scope, name, np_node))
         outputs = []
-        names = np_node.output
+        names = tuple(np_node.output)
         declared = self.declared
         for name in names:
             if name == "":
@@ -849,6 +862,10 @@ class _Lowerer:
         for name, value in zip(names, outputs):
             if name:
                 local[name] = value
+        if not row:
+            return None
+        return (op, node.domain, read, names,
+                b"".join([a.SerializeToString() for a in attributes]) if attributes else b"", None)
 
     def _attr(self, attr: onnx.AttributeProto, np_node: onnx.NodeProto, node: Node, graph: Graph,
               scope: Mapping[str, Value], key: str, node_meta: dict[str, Any]) -> Any:

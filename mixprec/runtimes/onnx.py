@@ -25,7 +25,7 @@ from mixprec import background
 from mixprec import progress as bars
 from mixprec.backends import onnx as backend
 from mixprec.config import MixedPrecisionConfig
-from mixprec.dialects.onnx import LARGE_MODEL_BYTES, dtype_to_onnx, onnx_name
+from mixprec.dialects.onnx import LARGE_MODEL_BYTES, NodeTable, dtype_to_onnx, onnx_name
 from mixprec.errors import ConfigError, ConversionError, ModelRunError, OutputCheckUnavailable, SampleInputError
 from mixprec.fileio import first_line
 from mixprec.frontends import onnx as frontend
@@ -44,8 +44,10 @@ logger = logging.getLogger(__name__)
 #: onnx.reference for when onnxruntime cannot run the FP32 model: the evaluator runs about
 #: 1k nodes a second in Python, so larger graphs skip the check with a note instead
 REFERENCE_MAX_NODES = 20000
-#: the per-fit memo of what the emitter wrote for each emitted proto: id -> (proto, EmittedNodes)
+#: the per-fit memo of what the emitter wrote for each emitted proto: id -> (proto, NodeTable)
 EMITTED_NODES = "emitted nodes"
+#: the per-fit memo of what the lowering read of each model file: file version -> NodeTable
+READ_NODES = "read nodes"
 
 
 class OnnxAdapter(Adapter):
@@ -53,7 +55,16 @@ class OnnxAdapter(Adapter):
     reloads_cheaply = True
 
     def load(self, model: Any, config: MixedPrecisionConfig) -> Model:
-        return frontend.load(model)
+        """The IR of ``model``; within a fit, what the lowering read of a large model
+        file's nodes is kept for the output check's runner (``numpy_runner``)."""
+        memo = per_fit_memo(READ_NODES)
+        if memo is None or not isinstance(model, (str, os.PathLike)):
+            return frontend.load(model)
+        table = NodeTable()
+        ir_model = frontend.load(model, table=table)
+        if len(table.rows) >= onnx_numpy.MIN_NODES:
+            memo[_file_version(Path(model))] = table
+        return ir_model
 
     def runtime_limits(self, ir_model: Model, config: MixedPrecisionConfig) -> RuntimeLimits:
         nodes = _onnxruntime_crashers(ir_model) if config.precision == "fp16" else {}
@@ -75,7 +86,7 @@ class OnnxAdapter(Adapter):
         """``emit`` without the validation; within a fit, what the emitter wrote for each
         node is kept for the output check's runner (``numpy_runner``)."""
         memo = per_fit_memo(EMITTED_NODES)
-        table = backend.EmittedNodes() if memo is not None else None
+        table = NodeTable() if memo is not None else None
         proto, notes = backend.emit_legal(ir_model, table)
         if memo is not None and table.rows:
             memo[id(proto)] = (proto, table)  # the proto held: its id is not reused within the fit
@@ -286,8 +297,13 @@ def _unavailable_on_error(what: str, run: Callable[..., list[np.ndarray]], *args
 
 
 def _prefetch_key(path: Path) -> tuple:
+    return ("prefetched FP32 run", *_file_version(path))
+
+
+def _file_version(path: Path) -> tuple:
+    """The file at ``path`` as it is now (its path, inode, size and modification time)."""
     stat = os.stat(path)
-    return ("prefetched FP32 run", os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _same_array(a: Any, b: Any) -> bool:
@@ -302,12 +318,13 @@ def numpy_runner(model: onnx.ModelProto | Path) -> onnx_numpy.NumpyRunner | None
     (onnxruntime runs it) otherwise."""
     if isinstance(model, Path):
         def make() -> onnx_numpy.NumpyRunner | None:
+            table = (per_fit_memo(READ_NODES) or {}).get(_file_version(model))  # the same file as lowered
             structure = frontend.read_file(model)
-            why = onnx_numpy.suited(structure)
+            why = onnx_numpy.suited(structure, table)
             if why is not None:
                 return None
             onnx.external_data_helper.load_external_data_for_model(structure, str(model.parent))
-            return onnx_numpy.NumpyRunner(structure)
+            return onnx_numpy.NumpyRunner(structure, table)
         return load_once_per_fit("numpy runners", model, make)
     memo = per_fit_memo("numpy runners")
     held = memo.get(id(model)) if memo is not None else None

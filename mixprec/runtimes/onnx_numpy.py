@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 
 from mixprec.backends import onnx as backend
+from mixprec.dialects.onnx import NodeTable
 from mixprec.runtimes import onnx_numpy_kernels
 from mixprec.ir.dtypes import DType
 from mixprec.ir.gcpause import paused_gc
@@ -64,9 +65,9 @@ _ROUNDING = {onnx.TensorProto.BFLOAT16: DType.BFLOAT16.to_numpy(), onnx.TensorPr
 _LOW_NUMPY = frozenset(_ROUNDING.values())
 
 
-def suited(proto: onnx.ModelProto, table: backend.EmittedNodes | None = None) -> str | None:
+def suited(proto: onnx.ModelProto, table: NodeTable | None = None) -> str | None:
     """None when this runner should run ``proto`` (see the module docstring); else why not.
-    ``table``: what the emitter wrote for its nodes (``backend.EmittedNodes``), read instead
+    ``table``: what the emitter wrote or the lowering read of its nodes (``NodeTable``), read instead
     of the protos where it covers them."""
     nodes = proto.graph.node
     if len(nodes) < MIN_NODES:
@@ -92,14 +93,14 @@ class NumpyRunner:
     reads, how each output is rounded, and the values it reads last (freed after it).
     ``proto`` holds its weights (a file's model loaded with its external data; pending data
     of an emitted model is resolved here). ``table``: what the emitter wrote for its nodes
-    (``backend.EmittedNodes``), read instead of the NodeProtos where it covers them (the
+    (``NodeTable``), read instead of the NodeProtos where it covers them (the
     same names, attributes and types; reading 121k protos back costs about a second)."""
 
-    def __init__(self, proto: onnx.ModelProto, table: backend.EmittedNodes | None = None) -> None:
+    def __init__(self, proto: onnx.ModelProto, table: NodeTable | None = None) -> None:
         with paused_gc():  # a plan of long-lived tuples
             self._build(backend.resolved(proto), table)
 
-    def _build(self, proto: onnx.ModelProto, table: backend.EmittedNodes | None) -> None:
+    def _build(self, proto: onnx.ModelProto, table: NodeTable | None) -> None:
         graph = proto.graph
         types = _LazyTypes(graph)  # every declared element type, read only for onnx.reference kernels
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -107,11 +108,11 @@ class NumpyRunner:
         written = table is not None and table.covers(proto)
         start = table.start if written else len(graph.node)
         protos = graph.node
-        # per node: (op, domain, inputs, outputs, attribute key or None, the low types of its outputs or None)
-        nodes = [(node.op_type, node.domain, tuple(node.input), tuple(node.output), None, None)
+        # per node: (op, domain, inputs, outputs, attribute key or None, its outputs' low types or _DECLARED)
+        nodes = [(node.op_type, node.domain, tuple(node.input), tuple(node.output), None, _DECLARED)
                  for node in protos[:start]]
         if written:
-            lows_of: dict[tuple, Any] = {}  # output dtypes -> their low types (a few distinct)
+            lows_of: dict[Any, Any] = {None: _DECLARED}  # output dtypes -> their low types (a few distinct)
             for op, domain, inputs, outputs, attrs, dtypes in table.rows:
                 lows = lows_of.get(dtypes, lows_of)
                 if lows is lows_of:
@@ -126,7 +127,8 @@ class NumpyRunner:
         for name, index in last_read.items():
             if name and name not in keep and name not in self.weights:
                 freed_after.setdefault(index, []).append(name)
-        low_types = _low_types(graph) if start else {}  # only the nodes read from protos need them
+        # the declared low types, for the nodes whose types the table does not hold
+        low_types = _low_types(graph) if any(row[5] is _DECLARED for row in nodes) else {}
         kernels: dict[Any, tuple[bool, Any]] = {}
         self.plan = []
         for index, (op, domain, inputs, outputs, attrs, lows) in enumerate(nodes):
@@ -140,9 +142,10 @@ class NumpyRunner:
             # per output the low type it is rounded to (None: none is)
             if op in _EXACT_OPS:
                 lows = None
-            elif index < start and low_types and (outputs[0] in low_types if len(outputs) == 1 else
-                                                  any(name in low_types for name in outputs)):
-                lows = tuple(low_types.get(name) for name in outputs)
+            elif lows is _DECLARED:
+                lows = tuple(low_types.get(name) for name in outputs) if low_types and (
+                    outputs[0] in low_types if len(outputs) == 1 else any(name in low_types for name in outputs)) \
+                    else None
             self.plan.append((made[0], made[1], inputs, outputs, lows, freed_after.get(index, ())))
         self.kernels = len(kernels)
         self.direct = sum(1 for step in self.plan if step[0])
@@ -208,6 +211,8 @@ class _LazyTypes(Mapping[str, int]):
         return len(self._all())
 
 
+#: a plan row's low types are the proto's declared ones (looked up by output name)
+_DECLARED = object()
 #: the numpy type a value of a low-precision IR dtype is rounded to
 _WRITTEN_ROUNDING = {DType.BFLOAT16: _ROUNDING[onnx.TensorProto.BFLOAT16],
                      DType.FLOAT16: _ROUNDING[onnx.TensorProto.FLOAT16]}
