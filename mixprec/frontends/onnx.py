@@ -24,6 +24,7 @@ Model meta keys: ``ir_version``, ``opset_import`` ({domain: version}), ``produce
 from __future__ import annotations
 
 import logging
+import math
 import operator
 import os
 import tempfile
@@ -479,8 +480,8 @@ def lazy_initializer(tensor: onnx.TensorProto, base_dir: str | None, where: str,
         return None
     if dtype.kind not in "fiub" or dtype.itemsize == 0 or dtype.byteorder == ">":
         return None
-    shape = tuple(int(d) for d in tensor.dims)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+    shape = tuple(tensor.dims)
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < LAZY_MIN_BYTES:
         return None
     check_tensor(tensor, base_dir, where)
