@@ -524,9 +524,11 @@ def _defined_names(gp: onnx.GraphProto) -> list[str]:
     declared = set(names)
     names += [t.name for t in gp.initializer if t.name not in declared]
     names += [s.values.name for s in gp.sparse_initializer]
+    outputs: list[str] = []
+    extend = outputs.extend
     for node in gp.node:
-        names.extend(n for n in node.output if n)
-    return names
+        extend(node.output)
+    return names + ([n for n in outputs if n] if "" in outputs else outputs)
 
 
 def _subgraphs(gp: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
@@ -635,8 +637,14 @@ class _Lowerer:
         """Claim the names ``gp`` defines; names claimed earlier (by an enclosing or an
         earlier graph) get fresh IR names. Returns {onnx name: ir name} of the renames."""
         rename: dict[str, str] = {}
+        names = _defined_names(gp)
+        if not self.claimed:  # the first graph: nothing to rename; one set, unless a name repeats
+            claimed = set(names)
+            if len(claimed) == len(names):
+                self.claimed = claimed
+                return rename
         seen: set[str] = set()
-        for name in _defined_names(gp):
+        for name in names:
             if name in seen:
                 raise ModelLoadError(f"value {name!r} is defined twice in graph {gp.name!r}; the model is "
                                      "not valid ONNX (not in SSA form): re-export it")
