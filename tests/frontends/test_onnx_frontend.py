@@ -594,3 +594,15 @@ def test_a_failed_background_shape_inference_keeps_the_declared_types(tmp_path, 
     assert [r.getMessage() for r in caplog.records if "shape inference failed" in r.getMessage()] == [
         "ONNX shape inference failed (inference broke); using the types the model declares"] * 2
     assert "f32[8,16]" in here[0]
+
+
+@pytest.mark.parametrize("where", ["node", "input"])
+def test_a_name_defined_twice_in_the_main_graph_is_refused(where):
+    proto = onnx_models.matmul_model()
+    if where == "node":
+        proto.graph.node[1].output[0] = proto.graph.node[0].output[0]
+    else:
+        proto.graph.node[0].output[0] = proto.graph.input[0].name
+    name = proto.graph.node[0].output[0]
+    with pytest.raises(ModelLoadError, match=rf"value '{name}' is defined twice in graph .*not in SSA form"):
+        load(proto)
