@@ -6,7 +6,10 @@ so the graph and not the weights dominates), cached under ``--cache`` (default
 ``$TMPDIR/mixprec-scale``), and runs the whole CLI as a user does,
 ``python -m mixprec.cli convert IN -o OUT`` with the default output check, in a fresh
 subprocess per size: wall time, peak RSS, the check's own time and the casts inserted
-(from the summary it prints; no ``--report``, as a user runs it). On the ``--peer-size``
+(from the summary it prints; no ``--report``, as a user runs it). With ``--repeat N``
+(default 3) the sizes run round-robin N times (interleaved, so a slow spell of a shared
+machine hits every size alike) and each row gives the median run, with the fastest and
+slowest wall times beside it. On the ``--peer-size``
 file it also times onnxconverter-common's
 ``float16.convert_float_to_float16(keep_io_types=True)`` as a whole process too (load,
 convert, save; onnxconverter-common has no BF16 converter) next to ``mixprec convert
@@ -15,7 +18,7 @@ convert, save; onnxconverter-common has no BF16 converter) next to ``mixprec con
 ``--profile N`` runs one convert of the N-node graph under cProfile and prints where the
 time goes per stage (load, each pass, emit, onnx.checker, the output check, writing).
 
-    PYTHONPATH=. .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--peer-size 100000]
+    PYTHONPATH=. .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--peer-size 100000] [--repeat 3]
     PYTHONPATH=. .venv/bin/python bench/scale.py --profile 100000
 """
 from __future__ import annotations
@@ -122,6 +125,18 @@ def occ_convert(path: Path, out_dir: Path, timeout: float) -> dict[str, Any]:
                          timeout)
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median wall time (a failed run counts as slowest), with the fastest and
+    slowest times, the number of runs and the highest peak RSS of them."""
+    ordered = sorted(runs, key=lambda r: (r["rc"] != 0, r["seconds"] if r["seconds"] == r["seconds"] else 1e18))
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    if any(r["rc"] != 0 for r in runs):
+        median = dict(next(r for r in runs if r["rc"] != 0))
+    median.update(fastest=ordered[0]["seconds"], slowest=ordered[-1]["seconds"], runs=len(runs),
+                  rss_mib=max(r["rss_mib"] for r in runs))
+    return median
+
+
 def _nodes(path: Path) -> int:
     import onnx
 
@@ -133,10 +148,11 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def table(rows: list[dict[str, Any]], peers: dict[str, Any]) -> str:
-    lines = ["| nodes | convert s (default check) | of it check s | peak RSS MiB | casts | exit |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| nodes | convert s (default check, median) | fastest / slowest s | runs | of it check s | "
+             "peak RSS MiB | casts | exit |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['nodes']} | {_fmt(r['seconds'])} | {_fmt(r.get('check_s', 'n/a'))} "
+        lines.append(f"| {r['nodes']} | {_fmt(r['seconds'])} | {_fmt(r.get('fastest', r['seconds']))} / "
+                     f"{_fmt(r.get('slowest', r['seconds']))} | {r.get('runs', 1)} | {_fmt(r.get('check_s', 'n/a'))} "
                      f"| {_fmt(r['rss_mib'], 0)} | {r.get('casts', 'n/a')} | {r['rc']} |")
     if len(rows) >= 2:
         for a, b in zip(rows, rows[1:]):
@@ -189,18 +205,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=int, metavar="N", help="profile one convert of the N-node graph instead")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mixprec-scale")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds over the sizes (the median run is reported)")
     args = ap.parse_args(argv)
     out_dir = Path(tempfile.mkdtemp(prefix="mixprec-scale-out-"))
     if args.profile:
         print(profile(model_path(args.cache, args.profile), out_dir, args.timeout))
         return 0
-    rows = []
-    for size in args.sizes:
-        path = model_path(args.cache, size)
-        run = mixprec_convert(path, out_dir, timeout=args.timeout)
-        run["nodes"] = _nodes(path)
-        rows.append(run)
-        print(f"{run['nodes']} nodes: {_fmt(run['seconds'])} s", file=sys.stderr, flush=True)
+    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in args.sizes}
+    for _ in range(max(1, args.repeat)):
+        for size in args.sizes:
+            path = model_path(args.cache, size)
+            run = mixprec_convert(path, out_dir, timeout=args.timeout)
+            run["nodes"] = _nodes(path)
+            runs[size].append(run)
+            print(f"{run['nodes']} nodes: {_fmt(run['seconds'])} s", file=sys.stderr, flush=True)
+    rows = [_median_run(runs[size]) for size in args.sizes]
     peers: dict[str, Any] = {}
     if args.peer_size:
         path = model_path(args.cache, args.peer_size)
@@ -219,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in rows if r["rc"] != 0]
     for r in failed:
         print(f"\n{r['nodes']} nodes failed: {r['stderr'][-1000:]}")
-    keep = ("nodes", "seconds", "rss_mib", "rc", "casts", "check_s", "notes")
+    keep = ("nodes", "seconds", "fastest", "slowest", "runs", "rss_mib", "rc", "casts", "check_s", "notes")
     print("\n```json\n" + json.dumps({"rows": [{k: r.get(k) for k in keep} for r in rows],
                                        "peers": {k: ({f: v.get(f) for f in keep} if isinstance(v, dict) else v)
                                                  for k, v in peers.items()}}, indent=1) + "\n```")
