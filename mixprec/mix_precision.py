@@ -139,12 +139,16 @@ def _fit(model: Any, config: MixedPrecisionConfig, eval_func: Callable[[Any], fl
         converted, ir_model, report = _convert(adapter, loaded.clone() if keep_fp32 else loaded, config, [], [],
                                                progress)
         fp32: Model | None = loaded if keep_fp32 else None
+        # sized before the validation's child forks: walking the IR after it copies its pages
+        too_big = check_skip_reason(ir_model) if config.check_outputs else None
         validated = adapter.start_validation(converted, config)  # it may run beside the check
     else:
         converted, ir_model, report = _tune(adapter, model, loaded, config, evaluate, progress)
         fp32, validated = loaded, lambda: None
+        too_big = check_skip_reason(ir_model) if config.check_outputs else None
     try:
-        check = _check_outputs(adapter, model, converted, ir_model, config, report) if config.check_outputs else None
+        check = _check_outputs(adapter, model, converted, ir_model, config, report, too_big) \
+            if config.check_outputs else None
     except Exception:
         validated()  # a model that fails its validation: that is the error to report
         raise
@@ -545,7 +549,8 @@ def _refuse_converted(graph: Graph, precision: str) -> None:
 
 
 def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Model,
-                   config: MixedPrecisionConfig, report: Report) -> tuple[Any, list[Any]] | None:
+                   config: MixedPrecisionConfig, report: Report,
+                   too_big: str | None | object = ...) -> tuple[Any, list[Any]] | None:
     """Compare the converted model's outputs with the FP32 model's; see ``fit``. Returns
     the sample inputs and the FP32 outputs on them, or None when the check was skipped.
 
@@ -553,8 +558,10 @@ def _check_outputs(adapter: Adapter, original: Any, converted: Any, ir_model: Mo
     (the FP32 model fails or gives non-finite outputs on every candidate), or no runtime
     can run the converted model, the check is skipped with a note. Only a converted model
     whose outputs miss ``min_cosine`` (or are not finite where the FP32 ones are) fails,
-    with AccuracyCheckError raised by ``fit``."""
-    too_big = check_skip_reason(ir_model)
+    with AccuracyCheckError raised by ``fit``. ``too_big``: ``check_skip_reason`` of
+    ``ir_model`` when the caller asked it already."""
+    if too_big is ...:
+        too_big = check_skip_reason(ir_model)
     if too_big:
         _skip_check(report, too_big)
         return
