@@ -87,13 +87,16 @@ def is_cast(node: Node, framework: str | None = None) -> bool:
             while graph.parent is not None:
                 graph = graph.parent
             framework = graph.framework
-    spec, allowed = _spec_entry(framework)
+    spec, allowed = _SPECS.get(framework) or _spec_entry(framework)
     if node.op != spec.op or node.domain != spec.domain or len(node._outputs) != 1:
         return False
     attrs = node.attrs
     if not isinstance(attrs.get(spec.to_attr), DType) or not allowed.issuperset(attrs):
         return False
-    return sum(v is not None for v in node._inputs) == 1
+    inputs = node._inputs
+    if len(inputs) == 1:
+        return inputs[0] is not None
+    return sum(v is not None for v in inputs) == 1
 
 
 def cast_target(node: Node) -> DType:

@@ -93,7 +93,7 @@ def _chain(node: Node, rw: _Rewriter) -> bool:
 
 
 def _duplicate(node: Node, rw: _Rewriter) -> bool:
-    if not node.outputs[0].num_uses:
+    if not node.outputs[0].num_uses or node.inputs[0].num_uses < 2:  # its input's only reader: no twin
         return False
     twins = [r for r, _ in node.inputs[0].uses() if r is not node and r.graph is node.graph and is_cast(r)
              and cast_target(r) == cast_target(node) and id(r.outputs[0]) not in rw.protected]
