@@ -67,8 +67,8 @@ _LOW_NUMPY = frozenset(_ROUNDING.values())
 
 def suited(proto: onnx.ModelProto, table: NodeTable | None = None) -> str | None:
     """None when this runner should run ``proto`` (see the module docstring); else why not.
-    ``table``: what the emitter wrote or the lowering read of its nodes (``NodeTable``), read instead
-    of the protos where it covers them."""
+    ``table``: what the emitter wrote or the lowering read of its nodes (``NodeTable``),
+    read instead of the protos where it covers them."""
     nodes = proto.graph.node
     if len(nodes) < MIN_NODES:
         return f"{len(nodes)} nodes (onnxruntime below {MIN_NODES})"
@@ -92,9 +92,9 @@ class NumpyRunner:
     of a few dozen kinds of node makes a few dozen -- and its plan: per node the values it
     reads, how each output is rounded, and the values it reads last (freed after it).
     ``proto`` holds its weights (a file's model loaded with its external data; pending data
-    of an emitted model is resolved here). ``table``: what the emitter wrote for its nodes
-    (``NodeTable``), read instead of the NodeProtos where it covers them (the
-    same names, attributes and types; reading 121k protos back costs about a second)."""
+    of an emitted model is resolved here). ``table``: what the emitter wrote or the lowering
+    read of its nodes (``NodeTable``), read instead of the NodeProtos where it covers them
+    (the same names, attributes and types; reading 121k protos back costs about a second)."""
 
     def __init__(self, proto: onnx.ModelProto, table: NodeTable | None = None) -> None:
         with paused_gc():  # a plan of long-lived tuples
