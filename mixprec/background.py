@@ -14,7 +14,9 @@ objects are frozen (``gc.freeze``) so that the child's collections do not touch,
 the parent's memory; the parent unfreezes them right after.
 
 The child inherits the parent's memory copy-on-write; it logs nothing (its messages would
-interleave with the parent's) and draws no progress bar."""
+interleave with the parent's), draws no progress bar and runs at a lower priority
+(``CHILD_NICENESS``): when more children than cores are runnable, the parent, whose work
+is the critical path, keeps its core."""
 from __future__ import annotations
 
 import gc
@@ -94,6 +96,11 @@ class Job:
         _remove(self.path)
 
 
+#: children run at this lower priority: where more of them than cores are runnable, the
+#: parent (the critical path) keeps its core and they take what is left
+CHILD_NICENESS = 10
+
+
 def start(fn: Callable[[], Any], what: str) -> Job | None:
     """``fn()`` in a forked child (see the module docstring); None when fork is not
     available here, and the caller does the work itself."""
@@ -113,6 +120,8 @@ def start(fn: Callable[[], Any], what: str) -> Job | None:
         code = 1
         try:
             logging.disable(logging.CRITICAL)
+            if CHILD_NICENESS:
+                os.nice(CHILD_NICENESS)
             value = fn()
             with open(path, "wb") as out:
                 pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)

@@ -74,3 +74,10 @@ def test_no_fork_without_memory_for_a_second_copy(monkeypatch):
         return real_open(path, *args, **kwargs)
     monkeypatch.setattr(builtins, "open", tight)
     assert not background._memory_allows() and background.start(lambda: 1, "test") is None
+
+
+def test_a_child_runs_at_a_lower_priority_than_its_parent():
+    mine = os.nice(0)
+    job = background.start(lambda: os.nice(0), "test")
+    assert job.result() == min(19, mine + background.CHILD_NICENESS) > mine
+    assert os.nice(0) == mine  # the parent's own priority is untouched
