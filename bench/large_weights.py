@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
+
 from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -178,7 +178,8 @@ def _convert(adapter: Adapter, ir_model: Model, config: MixedPrecisionConfig, fa
     """Run the pipeline on ``ir_model`` in place and emit it, without the framework's
     separate validation (``adapter.validate``: a tuning trial is only run; the model fit
     returns is validated by its caller)."""
-    logger.info("running the pipeline on %d nodes", sum(1 for _ in ir_model.graph.all_nodes()))
+    if logger.isEnabledFor(logging.INFO):  # counting walks every node
+        logger.info("running the pipeline on %d nodes", sum(1 for _ in ir_model.graph.all_nodes()))
     verified: list[Callable[[], None]] = []  # the last verification runs beside the emitter
     report = run_pipeline(adapter, ir_model, config, progress=progress, fallback_ops=fallback_ops,
                           fallback_nodes=fallback_nodes, deferred=verified)

@@ -27,7 +27,7 @@ import mixprec.backends.onnx as backend  # noqa: E402
 from mixprec import MixedPrecisionConfig, mix_precision  # noqa: E402
 from mixprec.runtimes.onnx import (candidate_feeds, check_feeds, input_specs, run_emulated,  # noqa: E402
                                    run_onnxruntime, run_reference)
-from mixprec.errors import ConfigError, SampleInputError  # noqa: E402
+from mixprec.errors import ConfigError  # noqa: E402
 from mixprec.frontends.onnx import load  # noqa: E402
 from tests import onnx_models  # noqa: E402
 

@@ -64,7 +64,7 @@ def test_accuracy_criterion(criterion, baseline, score, ok):
 
 
 def test_fit_tunes_an_onnx_model_down_to_the_sensitive_conv(tmp_path):
-    onnx = pytest.importorskip("onnx", reason="tuning an ONNX model needs onnx")
+    pytest.importorskip("onnx", reason="tuning an ONNX model needs onnx")
     pytest.importorskip("onnxruntime", reason="tuning an ONNX model needs onnxruntime")
     from onnx import TensorProto
     from mixprec import MixedPrecisionConfig, mix_precision

@@ -2,7 +2,7 @@
 import textwrap
 import random
 
-from mixprec.ir import dump, parse
+from mixprec.ir import parse
 from mixprec.passes import build_pipeline
 
 from .conftest import golden

@@ -100,7 +100,7 @@ def test_tensorflow_cnn_performance():
 
 
 def test_onnx_performance_stays_fp32_with_a_note():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
     weights = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), f"w{i}") for i in range(2)]
