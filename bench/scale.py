@@ -9,7 +9,8 @@ subprocess per size: wall time, peak RSS, the check's own time and the casts ins
 (from the summary it prints; no ``--report``, as a user runs it). With ``--repeat N``
 (default 3) the sizes run round-robin N times (interleaved, so a slow spell of a shared
 machine hits every size alike) and each row gives the median run, with the fastest and
-slowest wall times beside it. On the ``--peer-size``
+slowest wall times beside it; graphs of ``--once-from`` nodes and more (default 500k) run
+in the first round only. On the ``--peer-size``
 file it also times onnxconverter-common's
 ``float16.convert_float_to_float16(keep_io_types=True)`` as a whole process too (load,
 convert, save; onnxconverter-common has no BF16 converter) next to ``mixprec convert
@@ -18,7 +19,7 @@ convert, save; onnxconverter-common has no BF16 converter) next to ``mixprec con
 ``--profile N`` runs one convert of the N-node graph under cProfile and prints where the
 time goes per stage (load, each pass, emit, onnx.checker, the output check, writing).
 
-    PYTHONPATH=. .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--peer-size 100000] [--repeat 3]
+    PYTHONPATH=. .venv/bin/python bench/scale.py [--sizes 1000 10000 100000 1000000] [--peer-size 100000] [--repeat 3]
     PYTHONPATH=. .venv/bin/python bench/scale.py --profile 100000
 """
 from __future__ import annotations
@@ -206,14 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mixprec-scale")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
     ap.add_argument("--repeat", type=int, default=3, help="rounds over the sizes (the median run is reported)")
+    ap.add_argument("--once-from", type=int, default=500000, metavar="N",
+                    help="graphs of N nodes and more run in the first round only (1M: about 2.5 min a run)")
     args = ap.parse_args(argv)
     out_dir = Path(tempfile.mkdtemp(prefix="mixprec-scale-out-"))
     if args.profile:
         print(profile(model_path(args.cache, args.profile), out_dir, args.timeout))
         return 0
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in args.sizes}
-    for _ in range(max(1, args.repeat)):
+    for round_ in range(max(1, args.repeat)):
         for size in args.sizes:
+            if round_ and size >= args.once_from:
+                continue
             path = model_path(args.cache, size)
             run = mixprec_convert(path, out_dir, timeout=args.timeout)
             run["nodes"] = _nodes(path)
