@@ -58,10 +58,11 @@ def test_a_callers_frozen_objects_stay_frozen(gc_enabled):
     kept = [[i] for i in range(1000)]
     gc.freeze()
     try:
-        frozen = gc.get_freeze_count()
         with paused_gc():
             made = [[i] for i in range(1000)]
-        assert gc.get_freeze_count() == frozen
+        # Not an equality with the count before: frozen objects that reference counting
+        # frees meanwhile (the rest of a test session's heap) leave the count too.
+        assert gc.get_freeze_count() >= len(kept)
         assert not any(id(o) in {id(k) for k in kept} for o in gc.get_objects())
         assert made
     finally:
