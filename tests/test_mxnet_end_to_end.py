@@ -115,6 +115,7 @@ def test_outputs_match_fp32(converted):
     assert all(c.cosine >= MIN_COSINE for c in result.report.checks)
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_compute_ops_run_in_bf16(converted):
     precisions = _precisions(converted[3])
     for op in LOW_PRECISION_OPS & set(precisions):
@@ -133,6 +134,7 @@ def test_deny_ops_stay_fp32(converted):
     assert all(v.dtype == DType.FLOAT32 for v in graph.inputs + graph.outputs)
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_softmax_stays_fp32():
     block, x = mm.mlp()
     result = mix_precision.fit(block, config=MixedPrecisionConfig(example_inputs=(x,)))
@@ -141,6 +143,7 @@ def test_softmax_stays_fp32():
     np.testing.assert_allclose(_run(result.model, x).sum(axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_ops_without_a_bf16_kernel_stay_fp32():
     """dot is an infer op fed by a bf16 FullyConnected, but mxnet 1.9.1 has no bf16 CPU dot."""
     block, x = mm.dot_head()
@@ -186,6 +189,7 @@ def test_fp16_keeps_gemm_ops_fp32():
     assert _cosine(_run(result.model, x), _run(block, x)) >= MIN_COSINE
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_bf16_inputs_and_outputs_without_keep_io_types():
     block, x = mm.cnn()
     result = mix_precision.fit(block, config=MixedPrecisionConfig(example_inputs=(x,), keep_io_types=False))
@@ -194,6 +198,7 @@ def test_bf16_inputs_and_outputs_without_keep_io_types():
     assert result.report.checks[0].cosine >= MIN_COSINE  # the adapter fed bf16 and read bf16
 
 
+@pytest.mark.mxnet_onednn_bf16
 @pytest.mark.parametrize("op, call, runs", [
     ("Convolution", lambda b: mx.nd.Convolution(b(1, 3, 6, 6), b(2, 3, 3, 3), b(2), kernel=(3, 3), num_filter=2),
      True),
@@ -222,6 +227,7 @@ def test_kernel_table_matches_this_mxnet(op, call, runs):
 
 
 # ---------------------------------------------------------------- saving ---
+@pytest.mark.mxnet_onednn_bf16
 def test_saved_json_keeps_the_casts_and_bf16_weights(saved_cnn):
     _, _, result, prefix = saved_cnn
     nodes = json.loads(Path(f"{prefix}-symbol.json").read_text())["nodes"]
@@ -234,6 +240,7 @@ def test_saved_json_keeps_the_casts_and_bf16_weights(saved_cnn):
     assert all(params[k].dtype == np.float32 for k in params if k.startswith("aux:"))
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_saved_pair_reloads_without_mixprec(saved_cnn, tmp_path):
     block, x, result, prefix = saved_cnn
     fresh = _fresh_input("reload", x)
@@ -265,6 +272,7 @@ def test_fit_from_a_saved_pair(tmp_path):
     assert (tmp_path / "cnn_bf16-0000.params").exists()
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_cli_convert(tmp_path, capsys):
     block, x = mm.cnn()
     symbol_file, _ = mm.export(block, x, str(tmp_path / "cnn"))
@@ -280,6 +288,7 @@ def test_cli_convert(tmp_path, capsys):
     assert "refusing to overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_cli_dump_of_a_params_file(tmp_path, capsys):
     block, x = mm.mlp()
     _, params_file = mm.export(block, x, str(tmp_path / "mlp"))
@@ -288,6 +297,7 @@ def test_cli_dump_of_a_params_file(tmp_path, capsys):
     assert text.startswith("graph main<mxnet>(%data: f32[1,20])") and "amp_cast" in text
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_fit_accepts_a_symbol_params_triple():
     from mixprec.backends.mxnet import emit
     block, example = mm.mlp()
@@ -317,6 +327,7 @@ def test_given_input_shape_is_used(tmp_path):
     assert result.report.checks
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_embedding_first_language_model_converts_with_token_ids(tmp_path):
     """Embedding -> LSTM -> Dense: the token ids get values below the vocabulary size,
     the table is stored bf16 (the lookup is exact) and the saved pair reloads."""
@@ -338,6 +349,7 @@ def test_embedding_first_language_model_converts_with_token_ids(tmp_path):
     assert _cosine(_run(reloaded, fresh), _run(block, fresh)) >= 0.999
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_normalization_of_the_raw_input_keeps_offset_images_accurate():
     """Images with an offset of 100: rounding them to bf16 before the BatchNorm removes
     their mean left a cosine of 0.990 on the stem's feature map (min_cosine failed); kept FP32 by the

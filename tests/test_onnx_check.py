@@ -278,17 +278,35 @@ def deep_bf16():
     return _fit(proto, check_outputs=False).model, feeds
 
 
-def test_deep_residual_network_emulation_agrees_bit_for_bit_with_a_float32_accumulating_evaluator(deep_bf16):
+def _order_differences(model, feeds) -> dict[str, float]:
+    """The values where the emulation and a float32-accumulating evaluator differ, each
+    checked to be one bf16 rounding step of the value's scale at most: the two sum float32
+    products in different orders (onnxruntime's MLAS kernels for this CPU against numpy's),
+    and where the two sums sit on either side of a bf16 rounding boundary they round apart.
+    On an AVX-512 Xeon there were none; on an AVX2-only EPYC, 4 of 638 values."""
+    diffs = _differences(model, feeds, _float32_accumulating_ops(model))
+    values = [vi.name for vi in _with_every_value_as_output(model).graph.output]
+    emulated = dict(zip(values, run_emulated(_with_every_value_as_output(model), feeds)))
+    for value, diff in diffs.items():
+        scale = float(np.abs(emulated[value]).max())
+        assert diff <= scale * 2.0 ** -7, f"{value} differs by {diff} (max {scale})"
+    assert len(diffs) <= len(values) // 100, sorted(diffs)  # isolated, they do not spread
+    return diffs
+
+
+def test_deep_residual_network_emulation_agrees_with_a_float32_accumulating_evaluator(deep_bf16):
     model, feeds = deep_bf16
     assert sum(n.op_type == "Add" for n in model.graph.node) == 158
-    assert _differences(model, feeds, _float32_accumulating_ops(model)) == {}
+    _order_differences(model, feeds)
 
 
 def test_deep_residual_network_plain_evaluator_differs_only_from_its_bf16_accumulation(deep_bf16):
     model, feeds = deep_bf16
     diffs = _differences(model, feeds)
+    order = _order_differences(model, feeds)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    assert diffs and {producers[name] for name in diffs} <= {"GlobalAveragePool", "Flatten", "Gemm", "Cast"}
+    assert diffs and {producers[name] for name in diffs if name not in order} <= \
+        {"GlobalAveragePool", "Flatten", "Gemm", "Cast"}
     assert "pool" in diffs  # the first value that differs is the bf16 average
     (emulated,) = run_emulated(model, feeds)
     assert np.abs(emulated).max() > 1e3  # large values, where one bf16 ulp is large

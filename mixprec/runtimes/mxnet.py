@@ -6,14 +6,18 @@ saved files); MXNet's type and shape inference validate it first. Both models ru
 CPU through Gluon and their outputs are compared as float32.
 
 Runtime capability: MXNet 1.9.1's CPU build runs bf16 through oneDNN for some ops only.
-:data:`BF16_CPU` records what was measured on this machine (each op run alone on bf16
+:data:`BF16_CPU` records what was measured on an AVX-512 machine (each op run alone on bf16
 inputs, repeatedly, against its FP32 result). Ops measured to fail stay FP32 (they raise
 "Unknown type enum 12", or, like ``transpose``, corrupt the heap); an op that was never
-measured stays FP32 too, node by node, so that every converted model runs. FP16 on the
-CPU lacks Convolution and FullyConnected kernels altogether (:data:`FP16_CPU`).
+measured stays FP32 too, node by node, so that every converted model runs. On a CPU
+without AVX-512 oneDNN runs no bf16 at all, and the ops whose bf16 kernel is oneDNN's
+(:data:`ONEDNN_BF16_OPS`) stay FP32 as well: :func:`kernel_table` gives the table for the
+machine it runs on, measured once a process (:func:`onednn_runs_bf16`). FP16 on the CPU
+lacks Convolution and FullyConnected kernels altogether (:data:`FP16_CPU`).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -50,20 +54,27 @@ class KernelTable:
     ops: frozenset[str]
     conditional: dict[str, tuple[str, str, frozenset[str]]] = field(default_factory=dict)
     missing: frozenset[str] = frozenset()
+    runtime: str = RUNTIME
 
     def why_not(self, node: Node) -> str | None:
         """Why ``node`` cannot run in this precision, or None when it can."""
         if node.op in self.missing:
-            return f"{RUNTIME} has no {self.precision} kernel for {node.op}"
+            return f"{self.runtime} has no {self.precision} kernel for {node.op}"
         rule = self.conditional.get(node.op)
         if rule is not None:
             attr, default, working = rule
             value = str(node.attrs.get(attr, default))
             if value not in working:
-                return f"kept f32: {RUNTIME} has no {self.precision} kernel for {node.op} with {attr}={value}"
+                return f"kept f32: {self.runtime} has no {self.precision} kernel for {node.op} with {attr}={value}"
         if node.op not in self.ops and node.op not in self.conditional:
-            return f"kept f32: no {self.precision} kernel for {node.op} was verified on {RUNTIME}"
+            return f"kept f32: no {self.precision} kernel for {node.op} was verified on {self.runtime}"
         return None
+
+    def without(self, ops: frozenset[str], runtime: str) -> "KernelTable":
+        """This table with ``ops`` moved to ``missing``, for the runtime called ``runtime``."""
+        return KernelTable(self.precision, self.ops - ops,
+                           {op: rule for op, rule in self.conditional.items() if op not in ops},
+                           self.missing | ops, runtime)
 
 
 #: Measured with mxnet 1.9.1 (oneDNN, avx512_bf16, no AMX): each op on bf16 inputs,
@@ -105,6 +116,37 @@ FP16_CPU = KernelTable(
 )
 
 KERNELS = {"bf16": BF16_CPU, "fp16": FP16_CPU}
+
+#: Ops of :data:`BF16_CPU` whose bf16 kernel is oneDNN's alone. oneDNN runs bf16 only on
+#: AVX-512 CPUs; measured on an AVX2-only AMD EPYC, each of these fails on bf16 inputs
+#: ("could not create a primitive descriptor iterator"), while the rest of the table runs.
+ONEDNN_BF16_OPS = frozenset({"Convolution", "Deconvolution", "FullyConnected", "BatchNorm",
+                             "_contrib_BatchNormWithReLU", "LRN", "Activation", "LeakyReLU", "Pooling"})
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_runs_bf16() -> bool:
+    """Whether MXNet runs its oneDNN bf16 kernels on this CPU: one small bf16
+    FullyConnected, run once a process (a failed kernel raises MXNetError and leaves
+    the engine usable)."""
+    try:
+        data = mx.nd.amp_cast(mx.nd.ones((2, 8)), dtype="bfloat16")
+        weight = mx.nd.amp_cast(mx.nd.ones((4, 8)), dtype="bfloat16")
+        out = mx.nd.FullyConnected(data, weight, no_bias=True, num_hidden=4)
+        mx.nd.amp_cast(out, dtype="float32").asnumpy()
+    except mx.base.MXNetError as exc:
+        logger.info("mxnet runs no oneDNN bf16 kernel on this CPU: %s", str(exc).splitlines()[0])
+        return False
+    return True
+
+
+def kernel_table(precision: str) -> KernelTable | None:
+    """The kernels ``precision`` has on this machine: :data:`KERNELS`' table, less the
+    oneDNN bf16 kernels where this CPU cannot run them; None for a precision with no table."""
+    table = KERNELS.get(precision)
+    if table is None or precision != "bf16" or onednn_runs_bf16():
+        return table
+    return table.without(ONEDNN_BF16_OPS, f"{RUNTIME} without AVX-512 (oneDNN's bf16 kernels need it)")
 
 
 class MxnetAdapter(Adapter):
@@ -181,7 +223,7 @@ class MxnetAdapter(Adapter):
 
     # ---- converting ---------------------------------------------------------------------
     def runtime_limits(self, ir_model: Model, config: MixedPrecisionConfig) -> RuntimeLimits:
-        table = KERNELS[config.precision]
+        table = kernel_table(config.precision)
         ops = {node.op for node in ir_model.graph.iter_nodes()}
         nodes = {}
         for node in ir_model.graph.iter_nodes():
@@ -190,7 +232,7 @@ class MxnetAdapter(Adapter):
             why = table.why_not(node)
             if why is not None:
                 nodes[node.name] = why
-        return RuntimeLimits(sorted(ops & table.missing), nodes, RUNTIME)
+        return RuntimeLimits(sorted(ops & table.missing), nodes, table.runtime)
 
     def emit(self, ir_model: Model, config: MixedPrecisionConfig) -> Any:
         symbol, args, aux = backend.emit(ir_model)

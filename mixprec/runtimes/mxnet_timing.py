@@ -9,7 +9,7 @@ measured is the compute, not the enqueueing.
 Invariants:
 
 - a low twin is run only when every node of it that touches the low precision has a
-  kernel the runtime table (mixprec.runtimes.mxnet.KERNELS) verified; otherwise
+  kernel the runtime table (mixprec.runtimes.mxnet.kernel_table) verified; otherwise
   TimingUnavailable, before MXNet sees it (some ops without a bf16 kernel corrupt the
   heap instead of raising), so such a region is unknown and stays FP32;
 - an MXNet error while building or running a region is TimingUnavailable, never a crash;
@@ -67,7 +67,7 @@ def unsupported(graph: Graph, precision: str) -> str | None:
     """Why ``graph`` (a region's low twin) cannot run on this runtime in ``precision``
     (the first node touching a low precision whose kernel the table has not verified),
     or None when it can."""
-    table = runtime.KERNELS.get(precision)
+    table = runtime.kernel_table(precision)
     for node in graph.iter_nodes():
         values = [v for v in (*node.inputs, *node.outputs) if v is not None]
         if not any(v.dtype in _LOW for v in values):

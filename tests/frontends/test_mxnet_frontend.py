@@ -127,6 +127,7 @@ def test_multi_output_ops():
     assert all(len(n.outputs) == 1 for n in gluon.graph.iter_nodes() if n.op == "BatchNorm")
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_amp_cast_lowers_to_the_canonical_cast():
     from mxnet.contrib import amp
     (symbol, args, aux), x = mm.two_outputs()
@@ -215,6 +216,7 @@ def test_declared_input_shape_is_used(tmp_path):
     assert model.meta[frontend.META]["shapes_from"] == "__shape__ attributes"
 
 
+@pytest.mark.mxnet_onednn_bf16
 @pytest.mark.filterwarnings("ignore:Cannot decide type")  # SymbolBlock.imports' own warning
 def test_save_writes_a_loadable_pair_with_casts(tmp_path):
     from mxnet.contrib import amp

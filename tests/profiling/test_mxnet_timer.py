@@ -73,6 +73,7 @@ def _timer(block, x):
 
 
 # ------------------------------------------------------------------ real runtime ---
+@pytest.mark.mxnet_onednn_bf16
 @pytest.mark.parametrize("name", ["wide_mlp", "cnn"])
 def test_block_converted_for_performance_is_measured_and_consistent(name, cache_dir):
     block, x = wide_mlp() if name == "wide_mlp" else mm.cnn()
@@ -119,6 +120,7 @@ def test_saved_performance_model_reloads_without_mixprec(tmp_path):
     np.testing.assert_allclose(reloaded, reference, atol=0.05 * float(np.abs(reference).max()))
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_cli_profile_then_convert_with_the_profile(tmp_path, capsys):
     block, x = wide_mlp(seed=1)
     symbol_file, _ = mm.export(block, x, str(tmp_path / "mlp"))
@@ -159,6 +161,7 @@ def test_version_key_holds_the_mxnet_version_and_thread_settings(monkeypatch, tm
     assert frameworks.frameworks()["mxnet"].timer == "mixprec.runtimes.mxnet_timing:MXNetTimer"
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_time_measures_both_twins_and_capture_returns_fp32_values():
     block, x = mm.cnn()
     timer, loaded = _timer(block, x)
@@ -194,6 +197,7 @@ def _symbol_region(symbol, shape):
     return MXNetTimer(adapter, (symbol, args, aux), loaded, config), loaded
 
 
+@pytest.mark.mxnet_onednn_bf16
 @pytest.mark.parametrize("make, op, why", [
     (lambda d: mx.sym.transpose(mx.sym.FullyConnected(d, num_hidden=8, name="fc"), name="t"), "transpose",
      "has no bf16 kernel for transpose"),  # measured to corrupt the heap: must never run
@@ -218,6 +222,7 @@ def test_a_low_twin_without_a_verified_kernel_is_not_run(make, op, why):
     assert set(pins) >= {n.name for n in graph.iter_nodes() if n.op == op}  # stays FP32
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_a_region_mxnet_rejects_is_timing_unavailable():
     timer, loaded = _symbol_region(mx.sym.FullyConnected(mx.sym.var("data"), num_hidden=8, name="fc"), (2, 8))
     region = extract(loaded.graph, ["fc"], "bf16", "mxnet", "single")
@@ -243,6 +248,7 @@ class FakeConvTimer(MXNetTimer):
         return Measurement(1.0, 0.9, 7)
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_fake_timer_keeps_exactly_the_winning_convolutions_low(monkeypatch):
     record = frameworks.frameworks()["mxnet"]
     monkeypatch.setitem(frameworks.frameworks(), "mxnet",
@@ -265,6 +271,7 @@ def test_fake_timer_keeps_exactly_the_winning_convolutions_low(monkeypatch):
     assert _cosine(_run(converted.model, x), _run(block, x)) > 0.99
 
 
+@pytest.mark.mxnet_onednn_bf16
 def test_regions_of_a_symbol_with_guessed_shapes_are_timed_at_the_sample_shapes(tmp_path):
     """The regression: a -symbol.json without shapes gets its input shape guessed from the
     weights (1x3x32x32 in the IR) while the sample inputs come from the ladder

@@ -74,7 +74,8 @@ FULL = ([("mlp", size, k) for size in (10, 40, 160) for k in (1, 2, 4)]
         + [("residual", 24, k) for k in (1, 2, 4)] + [("cnn", 6, k) for k in (1, 2, 4)])
 
 
-@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+@pytest.mark.parametrize("framework", [
+    pytest.param(name, marks=pytest.mark.mxnet_onednn_bf16) if name == "mxnet" else name for name in sorted(FRAMEWORKS)])
 @pytest.mark.parametrize("kind, size, k", DEFAULT)
 def test_planted_model(framework, kind, size, k):
     result, seen, baseline, top1 = tune(framework, _spec(kind, size, k))
