@@ -62,6 +62,7 @@ def test_tensorflow_tuning_loads_once(monkeypatch):
     assert len(_tuned(monkeypatch, "tensorflow", model)) == 1
 
 
+@pytest.mark.mxnet_onednn_bf16  # its evaluation needs a Convolution converted to bf16
 def test_mxnet_tuning_loads_once(monkeypatch):
     mx = pytest.importorskip("mixprec.frontends.mxnet", reason="needs mxnet 1.9.1 importable").mx
     net = mx.gluon.nn.HybridSequential()
