@@ -541,9 +541,10 @@ def check_paths(model: Any, output: str | os.PathLike | None = None, report: str
 def _refuse_converted(graph: Graph, precision: str) -> None:
     """A model with no FP32 tensor left has nothing to convert: say so instead of
     returning it unchanged."""
-    dtypes = {v.dtype for g in graph.all_graphs() for v in g.values()}
-    low = {DType.BFLOAT16, DType.FLOAT16} & dtypes
-    if low and DType.FLOAT32 not in dtypes:
+    if any(v.dtype is DType.FLOAT32 for g in graph.all_graphs() for v in g.values()):
+        return  # the usual answer, found at the first float32 value (a set of every dtype: 0.2 s at 100k nodes)
+    low = {DType.BFLOAT16, DType.FLOAT16} & {v.dtype for g in graph.all_graphs() for v in g.values()}
+    if low:
         names = ", ".join(sorted(d.value for d in low))
         raise UnsupportedModelError(f"the model is already in {names} (it has no float32 tensor); "
                                     f"convert the FP32 model instead")

@@ -391,3 +391,35 @@ def test_the_streamed_save_shows_a_weights_bar(tmp_path):
     text = stream.getvalue()
     assert "weights" in text and "3/3 tensors" in text and "48.0k" in text, text
     assert (tmp_path / "m.onnx.data").stat().st_size >= 3 * 64 * 64 * 4
+
+
+def test_a_file_without_external_data_is_listed_without_parsing_it(tmp_path, monkeypatch):
+    """The input-file listing (output-path safety) parses the model only when its bytes
+    name a ``location``: a 100k-node file without external data costs no second parse."""
+    plain, external = tmp_path / "plain.onnx", tmp_path / "ext.onnx"
+    onnx.save(layered_model(2), str(plain))
+    model = layered_model(2)
+    onnx.save(model, str(external), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    parsed: list[str] = []
+    read_file = runtime.frontend.read_file
+    monkeypatch.setattr(runtime.frontend, "read_file", lambda path, *a: parsed.append(path.name) or read_file(path, *a))
+    runtime._external_locations.cache_clear()
+    assert runtime._external_files(plain) == []
+    assert parsed == []
+    assert runtime._external_files(external) == [tmp_path / "ext.data"]
+    assert parsed == ["ext.onnx"]
+
+
+def test_a_model_already_in_bf16_is_refused_and_one_with_float32_left_is_not():
+    from mixprec.errors import UnsupportedModelError
+    from mixprec.mix_precision import _refuse_converted
+
+    for dtype, refused in (("bf16", True), ("f32", False), ("i64", False)):
+        b = GraphBuilder(framework="generic")
+        b.output(b.op("Relu", b.input("x", dtype, (2,)), out="y"))
+        if refused:
+            with pytest.raises(UnsupportedModelError, match="already in bf16"):
+                _refuse_converted(b.graph, "bf16")
+        else:
+            _refuse_converted(b.graph, "bf16")

@@ -36,10 +36,19 @@ class _Rewriter:
     """The worklist and what the rules share: protected values and graph order."""
 
     def __init__(self, graph: Graph) -> None:
+        self.graph = graph
         self.protected = {id(v) for g in graph.all_graphs() for v in g.outputs}
-        self.order = {id(n): i for i, n in enumerate(graph.all_nodes())}
+        self._order: dict[int, int] | None = None
         self.work: list[Node] = [n for n in graph.all_nodes() if is_cast(n)]
         self.fired: Counter[str] = Counter()
+
+    @property
+    def order(self) -> dict[int, int]:
+        """id(node) -> position in the graph as the pass began (numbered on first use:
+        only ``duplicate`` asks, and only when a value has two casts to one dtype)."""
+        if self._order is None:
+            self._order = {id(n): i for i, n in enumerate(self.graph.all_nodes())}
+        return self._order
 
     def requeue_readers(self, node: Node) -> None:
         """The casts reading ``node``'s output (what a rewrite of it may enable)."""
@@ -95,8 +104,11 @@ def _chain(node: Node, rw: _Rewriter) -> bool:
 def _duplicate(node: Node, rw: _Rewriter) -> bool:
     if not node.outputs[0].num_uses or node.inputs[0].num_uses < 2:  # its input's only reader: no twin
         return False
+    target = cast_target(node)
     twins = [r for r, _ in node.inputs[0].uses() if r is not node and r.graph is node.graph and is_cast(r)
-             and cast_target(r) == cast_target(node) and id(r.outputs[0]) not in rw.protected]
+             and cast_target(r) == target and id(r.outputs[0]) not in rw.protected]
+    if not twins:
+        return False
     first = min(twins + [node], key=lambda n: rw.order.get(id(n), len(rw.order)))
     if first is node:  # a rewrite (chain) may have made ``node`` the earlier twin of casts already seen
         rw.work.extend(twins)

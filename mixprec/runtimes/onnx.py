@@ -29,6 +29,7 @@ from mixprec.dialects.onnx import LARGE_MODEL_BYTES, NodeTable, dtype_to_onnx, o
 from mixprec.errors import ConfigError, ConversionError, ModelRunError, OutputCheckUnavailable, SampleInputError
 from mixprec.fileio import first_line
 from mixprec.frontends import onnx as frontend
+from mixprec.frontends import onnx_wire
 from mixprec.ir.dtypes import DType
 from mixprec.ir.graph import Model, Node, Value
 from mixprec.passes.common import target_dtype
@@ -952,6 +953,8 @@ def _external_files(path: Path) -> list[Path]:
 @functools.lru_cache(maxsize=8)
 def _external_locations(path_text: str, inode: int, size: int, mtime_ns: int) -> tuple[str, ...]:
     path = Path(path_text)
+    if size < onnx_wire.MIN_FILE_BYTES and not _names_a_location(path):
+        return ()  # no tensor keeps its data elsewhere: nothing to parse
     try:
         proto = frontend.read_file(path)
     except Exception:  # not readable: the loader says why; nothing else is read
@@ -963,6 +966,16 @@ def _external_locations(path_text: str, inode: int, size: int, mtime_ns: int) ->
             if location and location != path.name:
                 found.add(location)
     return tuple(sorted(found))
+
+
+def _names_a_location(path: Path) -> bool:
+    """Whether the file's bytes hold the key ``location``, which every external-data
+    entry carries (a file without it has no external data; one with it, say in a node's
+    name, is parsed). Unreadable: True, the parse says why."""
+    try:
+        return b"location" in path.read_bytes()
+    except OSError:
+        return True
 
 
 def _tensors(graph: Any) -> Iterator[Any]:
