@@ -55,17 +55,24 @@ STAGES = {
 
 
 def model_path(cache: Path, nodes: int) -> Path:
-    """The cached generated model of about ``nodes`` nodes (made on first use)."""
+    """The cached generated model of about ``nodes`` nodes (made on first use, in a
+    subprocess: a 1M-node proto built here would stay in this process, and every child's
+    ``ru_maxrss`` counts the parent's memory it was forked from)."""
     path = cache / f"transformer_{nodes}.onnx"
     if not path.exists():
-        import onnx
-        from onnx_peers import big_graph
-
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        onnx.save(big_graph(nodes), str(tmp))
+        subprocess.run([sys.executable, "-c", GENERATE_SCRIPT, str(nodes), str(tmp), str(ROOT / "bench")], check=True, env=_env())
         os.replace(tmp, path)
     return path
+
+
+GENERATE_SCRIPT = """
+import sys, onnx
+sys.path.insert(0, sys.argv[3])
+from onnx_peers import big_graph
+onnx.save(big_graph(int(sys.argv[1])), sys.argv[2])
+"""
 
 
 def _env() -> dict[str, str]:
