@@ -62,7 +62,8 @@ def model_path(cache: Path, nodes: int) -> Path:
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        subprocess.run([sys.executable, "-c", GENERATE_SCRIPT, str(nodes), str(tmp), str(ROOT / "bench")], check=True, env=_env())
+        subprocess.run([sys.executable, "-c", GENERATE_SCRIPT, str(nodes), str(tmp), str(ROOT / "bench")],
+                       check=True, env=_env())
         os.replace(tmp, path)
     return path
 

@@ -44,8 +44,9 @@ class _Rewriter:
 
     @property
     def order(self) -> dict[int, int]:
-        """id(node) -> position in the graph as the pass began (numbered on first use:
-        only ``duplicate`` asks, and only when a value has two casts to one dtype)."""
+        """id(node) -> position in the graph, numbered on first use (only ``duplicate``
+        asks, when a value has two casts to one dtype); the rules remove nodes but never
+        move one, so the nodes left keep the order the pass began with."""
         if self._order is None:
             self._order = {id(n): i for i, n in enumerate(self.graph.all_nodes())}
         return self._order
