@@ -82,14 +82,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def timed_process(cmd: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds, the child's own peak RSS (MiB, from wait4), exit status
-    ("timeout" when killed after ``timeout`` s) and its output."""
+def timed_process(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` (in ``env``, default: this checkout's ``mixprec`` on ``PYTHONPATH``); wall
+    seconds, the child's own peak RSS (MiB, from wait4), exit status ("timeout" when killed
+    after ``timeout`` s) and its output."""
     import threading
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=_env())
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env or _env())
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
